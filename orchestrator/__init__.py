@@ -1,0 +1,1 @@
+"""JigsawServe orchestrator: app specs, profiles, planning, placement (no Triton imports here)."""

@@ -1,0 +1,166 @@
+"""Candidate instance configurations (task, variant, segment, batch) and static budgets.
+
+A candidate is one segment (MIG size x MPS processes) running one variant at one max batch.
+Its worst-case latency is 2x the profiled p95 (one batch forming while one executes). Candidates
+dominated by another of the same task and variant (no more slices, no less throughput, no more
+latency) are pruned: that is exact, since a smaller MIG shape fits wherever a larger one does.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .appspec import AppSpec
+from .errors import InfeasibleError
+from .features import Features
+from .gpus import GpuType
+from .profiles import ProfilePoint, Profiles
+
+WORST_CASE_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    task: str
+    variant: str
+    accuracy: float
+    point: ProfilePoint
+    mem_slices: int
+
+    @property
+    def slices(self) -> int:
+        return self.point.mig
+
+    @property
+    def throughput(self) -> float:
+        return self.point.throughput_rps
+
+    @property
+    def wc_latency_ms(self) -> float:
+        return WORST_CASE_FACTOR * self.point.latency_ms
+
+    @property
+    def key(self) -> tuple[str, str, int, int, int]:
+        p = self.point
+        return (self.task, self.variant, p.mig, p.mps, p.batch)
+
+
+def _fits_memory(p: ProfilePoint, gpu: GpuType) -> bool:
+    if p.memory_mb is None or not gpu.mig:
+        return True
+    return p.memory_mb * p.mps <= gpu.shape(p.mig).memory_gb * 1024
+
+
+def _pareto(cands: list[Candidate]) -> list[Candidate]:
+    ordered = sorted(cands, key=lambda c: (c.slices, -c.throughput, c.wc_latency_ms, c.point.mps, c.point.batch))
+    kept: list[Candidate] = []
+    for c in ordered:
+        if not any(k.slices <= c.slices and k.throughput >= c.throughput and k.wc_latency_ms <= c.wc_latency_ms
+                   for k in kept):
+            kept.append(c)
+    return kept
+
+
+def demand_bounds(app: AppSpec, features: Features) -> dict[str, tuple[float, float]]:
+    """Per-task (min, max) items per source request, over the variants the features allow."""
+    bounds: dict[str, tuple[float, float]] = {}
+    for task in app.tasks:
+        parents = app.parents(task.name)
+        if not parents:
+            bounds[task.name] = (1.0, 1.0)
+            continue
+        lo = hi = 0.0
+        for e in parents:
+            upstream = allowed_variants(app, e.src, features)
+            fs = [e.factor_for(v) for v in upstream]
+            lo += bounds[e.src][0] * min(fs)
+            hi += bounds[e.src][1] * max(fs)
+        bounds[task.name] = (lo, hi)
+    return bounds
+
+
+def allowed_variants(app: AppSpec, task: str, features: Features) -> list[str]:
+    t = app.task(task)
+    return [v.name for v in t.variants] if features.accuracy_scaling else [t.best.name]
+
+
+def build_candidates(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Features,
+                     budgets_ms: dict[str, float] | None = None) -> dict[str, list[Candidate]]:
+    """Runnable, non-dominated candidates per task within the SLO (or the static per-task budgets)."""
+    out: dict[str, list[Candidate]] = {}
+    for task in app.tasks:
+        limit = budgets_ms[task.name] if budgets_ms else app.latency_slo_ms
+        cands: list[Candidate] = []
+        for vname in allowed_variants(app, task.name, features):
+            v = task.variant(vname)
+            per_variant = []
+            for p in profiles.for_variant(v.profile, gpu.name):
+                if not features.spatial and (p.mig != gpu.slices or p.mps != 1):
+                    continue
+                if WORST_CASE_FACTOR * p.latency_ms > limit + 1e-9 or not _fits_memory(p, gpu):
+                    continue
+                per_variant.append(Candidate(task.name, vname, v.accuracy, p, gpu.shape(p.mig).mem_slices))
+            cands.extend(_pareto(per_variant))
+        out[task.name] = cands
+    return out
+
+
+def fastest_latency(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Features) -> dict[str, float]:
+    """Each task's lowest worst-case latency over all the variants and segments the features allow."""
+    fastest = {}
+    for task in app.tasks:
+        lat = [WORST_CASE_FACTOR * p.latency_ms
+               for vname in allowed_variants(app, task.name, features)
+               for p in profiles.for_variant(task.variant(vname).profile, gpu.name)
+               if (features.spatial or (p.mig == gpu.slices and p.mps == 1)) and _fits_memory(p, gpu)]
+        fastest[task.name] = min(lat) if lat else math.inf
+    return fastest
+
+
+def check_latency_reachable(app: AppSpec, fastest: dict[str, float]) -> None:
+    """Raise InfeasibleError when even the fastest configuration of every task misses the SLO."""
+    for path in app.paths:
+        total = sum(fastest[t] for t in path.tasks)
+        if total > app.latency_slo_ms + 1e-9:
+            parts = ", ".join(f"{t} {fastest[t]:.1f} ms" for t in path.tasks)
+            raise InfeasibleError(
+                f"latency: the fastest possible path {' -> '.join(path.tasks)} takes {total:.1f} ms "
+                f"worst-case (2x p95: {parts}) vs the SLO of {app.latency_slo_ms:g} ms", binding="latency")
+
+
+def static_budgets(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Features) -> tuple[
+        dict[str, float], dict[str, float], dict[str, float]]:
+    """Graph-unaware budgets (the paper's Appendix B): per task latency (ms), resource share and accuracy.
+
+    Latency is split along each path in proportion to each task's need: the worst-case latency of its
+    most accurate variant at batch 1 on the largest segment allowed; a task on several paths keeps its
+    smallest share. Resources are split in proportion to the slices each task would need with that
+    variant's most slice-efficient segment within its budget, at its worst-case demand. Accuracy: each
+    task must reach ``slo ** (1 / L)`` on its own, L the number of tasks on the longest path through it.
+    """
+    need: dict[str, float] = {}
+    for task in app.tasks:
+        rows = [p for p in profiles.for_variant(task.best.profile, gpu.name)
+                if features.spatial or (p.mig == gpu.slices and p.mps == 1)]
+        largest = max(p.mig for p in rows) if rows else gpu.slices
+        b1 = [p for p in rows if p.mig == largest and p.mps == 1] or rows
+        need[task.name] = WORST_CASE_FACTOR * min(p.latency_ms for p in b1) if b1 else math.inf
+    latency: dict[str, float] = {t.name: math.inf for t in app.tasks}
+    length: dict[str, int] = {t.name: 1 for t in app.tasks}
+    for path in app.paths:
+        total = sum(need[t] for t in path.tasks)
+        for t in path.tasks:
+            latency[t] = min(latency[t], app.latency_slo_ms * need[t] / total)
+            length[t] = max(length[t], len(path.tasks))
+    bounds = demand_bounds(app, features)
+    cost: dict[str, float] = {}
+    for task in app.tasks:
+        rows = [p for p in profiles.for_variant(task.best.profile, gpu.name)
+                if (features.spatial or (p.mig == gpu.slices and p.mps == 1))
+                and WORST_CASE_FACTOR * p.latency_ms <= latency[task.name]]
+        per_slice = max((p.throughput_rps / p.mig for p in rows), default=0.0)
+        cost[task.name] = bounds[task.name][1] / per_slice if per_slice > 0 else math.inf
+    finite = sum(c for c in cost.values() if math.isfinite(c))
+    share = {t: (c / finite if math.isfinite(c) and finite > 0 else 1.0) for t, c in cost.items()}
+    accuracy = {t: app.accuracy_slo ** (1.0 / length[t]) for t in length}
+    return latency, share, accuracy

@@ -1,0 +1,115 @@
+"""A plan: instance counts per (task, variant, segment, batch), routing shares and its metrics."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .candidates import WORST_CASE_FACTOR
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """``count`` segments of ``mig`` slices, each running ``mps`` processes of ``variant`` at ``batch``."""
+
+    task: str
+    variant: str
+    mig: int
+    mps: int
+    batch: int
+    count: int
+    latency_ms: float
+    throughput_rps: float
+    share: float = 0.0
+
+    @property
+    def wc_latency_ms(self) -> float:
+        return WORST_CASE_FACTOR * self.latency_ms
+
+
+@dataclass
+class Plan:
+    app: str
+    gpu_type: str
+    features: str
+    demand_rps: float
+    latency_slo_ms: float
+    accuracy_slo: float
+    entries: list[Entry]
+    routing: dict[str, dict[str, float]]
+    task_demand: dict[str, float] = field(default_factory=dict)
+    task_accuracy: dict[str, float] = field(default_factory=dict)
+    accuracy: float = 0.0
+    slices: int = 0
+    gpus: int = 0
+    paths: list[dict[str, Any]] = field(default_factory=list)
+    placement: dict[str, Any] = field(default_factory=dict)
+    solve_seconds: float = 0.0
+    solver: dict[str, Any] = field(default_factory=dict)
+
+    def tasks(self) -> dict[str, list[Entry]]:
+        out: dict[str, list[Entry]] = {t: [] for t in self.routing}
+        for e in self.entries:
+            out.setdefault(e.task, []).append(e)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "app": self.app, "gpu_type": self.gpu_type, "features": self.features,
+            "demand_rps": self.demand_rps,
+            "slo": {"latency_ms": self.latency_slo_ms, "accuracy": self.accuracy_slo},
+            "tasks": {t: [{k: v for k, v in asdict(e).items() if k != "task"} for e in es]
+                      for t, es in self.tasks().items()},
+            "routing": self.routing, "task_demand": self.task_demand,
+            "accuracy": self.accuracy, "task_accuracy": self.task_accuracy,
+            "slices": self.slices, "gpus": self.gpus, "paths": self.paths,
+            "placement": self.placement, "solve_seconds": self.solve_seconds, "solver": self.solver,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Plan":
+        try:
+            entries = [Entry(task=t, **e) for t, es in doc["tasks"].items() for e in es]
+            return cls(app=doc["app"], gpu_type=doc["gpu_type"], features=doc["features"],
+                       demand_rps=float(doc["demand_rps"]), latency_slo_ms=float(doc["slo"]["latency_ms"]),
+                       accuracy_slo=float(doc["slo"]["accuracy"]), entries=entries, routing=doc["routing"],
+                       task_demand=doc.get("task_demand", {}), task_accuracy=doc.get("task_accuracy", {}),
+                       accuracy=float(doc.get("accuracy", 0.0)), slices=int(doc.get("slices", 0)),
+                       gpus=int(doc.get("gpus", 0)), paths=doc.get("paths", []),
+                       placement=doc.get("placement", {}), solve_seconds=float(doc.get("solve_seconds", 0.0)),
+                       solver=doc.get("solver", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"plan JSON: missing or bad field {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read plan ({exc.strerror})") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+
+    def summary(self) -> str:
+        """A readable multi-line summary."""
+        lines = [f"plan for {self.app} on {self.gpu_type} at {self.demand_rps:g} req/s, features {self.features}",
+                 f"  accuracy {self.accuracy:.4f} (SLO {self.accuracy_slo:g} of max), {self.slices} slices on "
+                 f"{self.gpus} GPU(s), fragmentation {self.placement.get('fragmentation', 0):.1%}, "
+                 f"solved in {self.solve_seconds:.2f} s ({self.solver.get('method', '?')}, "
+                 f"{self.solver.get('status', '?')})"]
+        for task, es in self.tasks().items():
+            lines.append(f"  task {task}: {self.task_demand.get(task, 0):.1f} items/s, "
+                         f"accuracy {self.task_accuracy.get(task, 0):.4f}")
+            for e in es:
+                lines.append(f"    {e.count:3d} x {e.variant:<14} mig {e.mig} mps {e.mps} batch {e.batch:<3d} "
+                             f"p95 {e.latency_ms:7.1f} ms  {e.count * e.throughput_rps:9.1f} items/s  "
+                             f"share {e.share:.1%}")
+        for p in self.paths:
+            lines.append(f"  path {' -> '.join(p['tasks'])}: worst-case {p['latency_ms']:.1f} ms "
+                         f"(SLO {self.latency_slo_ms:g}), accuracy {p['accuracy']:.4f}")
+        return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""Profiles: measured p95 batch latency and segment throughput per variant x segment x batch.
+
+Canonical CSV columns: ``variant,gpu,mig,mps,batch,latency_ms,throughput_rps`` and optionally
+``memory_mb``. ``mig`` is the segment size in slices, ``mps`` the number of identical MPS processes
+sharing it, ``latency_ms`` the p95 of one batch in one process and ``throughput_rps`` that of the
+whole segment. Rows with a zero latency or throughput record a configuration that did not run
+(out of memory) and are skipped.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .appspec import AppSpec
+from .errors import InputError
+from .gpus import GpuType
+
+COLUMNS = ("variant", "gpu", "mig", "mps", "batch", "latency_ms", "throughput_rps")
+
+
+@dataclass(frozen=True)
+class ProfilePoint:
+    variant: str
+    gpu: str
+    mig: int
+    mps: int
+    batch: int
+    latency_ms: float
+    throughput_rps: float
+    memory_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """All runnable profile points, with lookups by (profile variant, gpu)."""
+
+    points: tuple[ProfilePoint, ...]
+
+    def gpus(self) -> list[str]:
+        return sorted({p.gpu for p in self.points})
+
+    def for_variant(self, variant: str, gpu: str) -> list[ProfilePoint]:
+        return [p for p in self.points if p.variant == variant and p.gpu == gpu]
+
+
+def _parse_row(row: dict[str, str], where: str) -> ProfilePoint | None:
+    def num(col: str, kind: type) -> float:
+        text = (row.get(col) or "").strip()
+        try:
+            value = kind(float(text)) if kind is int else float(text)
+        except ValueError:
+            raise InputError(f"{where}: column {col!r}: expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"{where}: column {col!r}: expected a finite value >= 0, got {text!r}")
+        if kind is int and float(text) != int(float(text)):
+            raise InputError(f"{where}: column {col!r}: expected an integer, got {text!r}")
+        return value
+
+    latency, thr = num("latency_ms", float), num("throughput_rps", float)
+    mig, mps, batch = int(num("mig", int)), int(num("mps", int)), int(num("batch", int))
+    for col, val in (("mig", mig), ("mps", mps), ("batch", batch)):
+        if val < 1:
+            raise InputError(f"{where}: column {col!r}: must be >= 1, got {val}")
+    if latency == 0 or thr == 0:
+        return None
+    mem_text = (row.get("memory_mb") or "").strip()
+    memory = num("memory_mb", float) if mem_text else None
+    variant, gpu = (row.get("variant") or "").strip(), (row.get("gpu") or "").strip().lower()
+    if not variant or not gpu:
+        raise InputError(f"{where}: columns 'variant' and 'gpu' must not be empty")
+    return ProfilePoint(variant, gpu, mig, mps, batch, latency, thr, memory)
+
+
+def _read_csv(path: Path) -> list[ProfilePoint]:
+    points = []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(COLUMNS)}[,memory_mb])")
+        for i, row in enumerate(reader, start=2):
+            point = _parse_row(row, f"{path}:{i}")
+            if point is not None:
+                points.append(point)
+    return points
+
+
+def load_profiles(path: str | Path) -> Profiles:
+    """Load one CSV file, or every ``*.csv`` in a directory."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.csv"))
+        if not files:
+            raise InputError(f"{p}: no *.csv profile files in this directory")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise InputError(f"{p}: no such profile file or directory")
+    points: list[ProfilePoint] = []
+    for f in files:
+        points.extend(_read_csv(f))
+    if not points:
+        raise InputError(f"{p}: no runnable profile rows (all rows have zero latency or throughput)")
+    return Profiles(tuple(points))
+
+
+def check_coverage(app: AppSpec, profiles: Profiles, gpu: GpuType) -> None:
+    """Every variant of the app needs runnable profile rows on ``gpu`` with valid segment sizes."""
+    for task in app.tasks:
+        for v in task.variants:
+            rows = profiles.for_variant(v.profile, gpu.name)
+            if not rows:
+                have = sorted({pt.gpu for pt in profiles.points if pt.variant == v.profile})
+                hint = f" (it has rows for {', '.join(have)})" if have else ""
+                raise InputError(f"tasks.{task.name}.variants.{v.name}: no profile for "
+                                 f"{v.profile!r} on gpu {gpu.name!r}{hint}")
+            for r in rows:
+                gpu.shape(r.mig)
+
+
+def default_gpu(profiles: Profiles) -> str:
+    """The profiles' GPU type when there is exactly one."""
+    gpus = profiles.gpus()
+    if len(gpus) != 1:
+        raise InputError(f"profiles cover several gpu types ({', '.join(gpus)}): choose one with --gpu-type")
+    return gpus[0]

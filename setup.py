@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="jigsawserve",
+    version="0.1.0",
+    description="Serving compound inference (task graphs of ML models) on GPU slices with Triton",
+    packages=find_packages(include=["orchestrator", "orchestrator.*", "triton_backend", "tools"]),
+    package_data={"": ["*.j2"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy<2",
+        "cvxpy>=1.5",
+        "highspy>=1.7",
+        "pyyaml>=6",
+        "jinja2>=3",
+        "click>=8",
+        "prometheus-client>=0.17",
+        "nvidia-ml-py>=12",
+        "tritonclient[all]>=2.40",
+        "nvidia-pytriton>=0.5",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["jigsaw=orchestrator.cli:run"]},
+)
