@@ -171,7 +171,13 @@ def _topological(tasks: dict[str, Task], edges: list[Edge]) -> list[str]:
                     order.append(e.dst)
         i += 1
     if len(order) != len(tasks):
-        cyclic = sorted(t for t in tasks if indeg[t] > 0)
+        left = {t for t in tasks if indeg[t] > 0}
+        while True:  # peel off tasks with no edge back into the rest: what stays lies on a cycle
+            sinks = {t for t in left if not any(e.src == t and e.dst in left for e in edges)}
+            if not sinks:
+                break
+            left -= sinks
+        cyclic = sorted(left)
         raise InputError(f"edges: the task graph has a cycle through {', '.join(cyclic)}")
     return order
 

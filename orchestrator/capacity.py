@@ -19,7 +19,7 @@ class Capacity:
     max_demand_rps: float
     plan: Plan | None
     probes: int
-    solve_seconds: list[float]
+    probe_seconds: list[float]
     seconds: float
 
 
@@ -37,25 +37,26 @@ def _upper_bound(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptio
 
 def max_demand(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions, rel_tol: float = 0.005,
                progress: Callable[[str], None] | None = None) -> Capacity:
-    """Bisect on demand; each probe asks for the fewest slices (alpha 0) that meet both SLOs."""
+    """Bisect on demand (0 when nothing fits); each probe asks for the fewest slices that meet both SLOs."""
     start = time.perf_counter()
     probe_opts = replace(opts, alpha=0.0, beta=1.0)
     lo, hi = 0.0, _upper_bound(app, profiles, gpu, opts)
     best: Plan | None = None
     times: list[float] = []
-    while hi - lo > rel_tol * hi:
-        mid = (lo + hi) / 2 if lo > 0 else hi / 8 if not times else (lo + hi) / 2
+    floor = hi * 1e-6
+    while hi - lo > rel_tol * hi and hi > floor:
+        mid = (lo + hi) / 2
+        began = time.perf_counter()
         try:
             plan = make_plan(app, profiles, gpu, mid, probe_opts)
-            times.append(plan.solve_seconds)
             lo, best = mid, plan
             verdict = f"fits ({plan.slices} slices)"
         except InfeasibleError as exc:
-            times.append(0.0)
             hi = mid
             verdict = f"does not fit ({exc.binding})"
             if exc.binding in ("latency", "accuracy"):
                 lo = hi = 0.0
+        times.append(time.perf_counter() - began)
         if progress:
             progress(f"  {opts.features.label}: {mid:10.1f} req/s {verdict}")
     return Capacity(lo, best, len(times), times, time.perf_counter() - start)

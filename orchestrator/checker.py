@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from .appspec import AppSpec
 from .plan import Entry, Plan
 
-TOL = 1e-6
+TOL = 1e-6  # relative
+ABS_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def violations(app: AppSpec, plan: Plan, slice_cap: int | None = None) -> list[s
             out.append(f"routing: task {t.name} routes {routed:.3f} items/s but receives {m.task_demand[t.name]:.3f}")
         for v, rate in plan.routing.get(t.name, {}).items():
             cap = sum(e.count * e.throughput_rps for e in plan.entries if e.task == t.name and e.variant == v)
-            if rate > cap * (1 + TOL) + TOL:
+            if rate > cap * (1 + TOL) + ABS_TOL:
                 out.append(f"throughput: task {t.name} variant {v} is routed {rate:.2f} items/s "
                            f"but its instances serve {cap:.2f}")
     for path, lat in m.path_latency.items():

@@ -82,7 +82,7 @@ def capacity(app_path: str, profiles_path: str, gpu_type: str | None, features: 
     if as_json:
         click.echo(json.dumps({"max_demand_rps": cap.max_demand_rps, "features": opts.features.label,
                                "gpus": gpus, "gpu_type": gpu.name, "probes": cap.probes,
-                               "max_solve_seconds": max(cap.solve_seconds, default=0.0)}))
+                               "max_probe_seconds": max(cap.probe_seconds, default=0.0)}))
 
 
 def main(argv: list[str] | None = None) -> int:

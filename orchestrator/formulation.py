@@ -38,10 +38,12 @@ class Weights:
 
 @dataclass(frozen=True)
 class Limits:
-    """Cluster limits: compute and memory slices (None: unlimited) and static budgets when T is off."""
+    """Cluster limits: compute and memory slices (None: unlimited), the number of 7-slice MIG GPUs
+    (for the layout cuts) and the static budgets when T is off."""
 
     slices: int | None = None
     mem_slices: int | None = None
+    mig_gpus: int | None = None
     task_slice_share: dict[str, float] | None = None
     task_accuracy: dict[str, float] | None = None
 
@@ -124,7 +126,7 @@ def solve(app: AppSpec, cands: dict[str, list[Candidate]], demand: float, featur
     for j, c in enumerate(clist):
         cap[vidx[(c.task, c.variant)], j] = c.throughput
     if M is not None:
-        cons.append(cap @ M >= demand * x)
+        cons.append((cap / demand) @ M >= x)
     else:
         cons.append(x == 0)
 
@@ -133,6 +135,8 @@ def solve(app: AppSpec, cands: dict[str, list[Candidate]], demand: float, featur
         cons.append(slices <= limits.slices)
     if limits.mem_slices is not None and M is not None:
         cons.append(mem @ M <= limits.mem_slices)
+    if limits.mig_gpus is not None and M is not None:
+        cons += _mig_layout_cuts(clist, M, limits.mig_gpus)
     if limits.task_slice_share and limits.slices is not None and M is not None:
         for t in app.tasks:
             mask = np.array([c.task == t.name for c in clist], dtype=float)
@@ -218,6 +222,20 @@ def solve(app: AppSpec, cands: dict[str, list[Candidate]], demand: float, featur
     for (tname, v), val in zip(vkeys, x.value):
         routing[tname][v] = max(float(val), 0.0)
     return Solution(counts, routing, str(problem.status), seconds, relaxed)
+
+
+def _mig_layout_cuts(clist: list[Candidate], M: cp.Variable, gpus: int) -> list[cp.Constraint]:
+    """Valid inequalities of the A100/H100/H200 MIG layout (each GPU: a left half, memory slices 0-3,
+    and a right half, 4-7, of which 1g/2g can use only 3 compute slices): a 7g takes both halves, a 4g
+    the left one, a 3g either; a 3g beyond the right halves goes left and wastes one compute slice."""
+    def count(size: int) -> cp.Expression:
+        mask = np.array([c.slices == size for c in clist], dtype=float)
+        return mask @ M
+    n3, n4, n7 = count(3), count(4), count(7)
+    waste = cp.Variable(nonneg=True, name="waste3g")
+    compute = np.array([c.slices for c in clist], dtype=float) @ M
+    return [2 * n7 + n4 + n3 <= 2 * gpus, n7 + n4 <= gpus, waste >= n3 + n7 - gpus,
+            compute + waste <= 7 * gpus]
 
 
 def _latency_binds(app: AppSpec, cands: dict[str, list[Candidate]]) -> bool:

@@ -64,6 +64,7 @@ def _setup(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions) ->
     limits = Limits(
         slices=opts.gpus * gpu.slices if opts.gpus else None,
         mem_slices=opts.gpus * gpu.mem_slices if opts.gpus else None,
+        mig_gpus=opts.gpus if opts.gpus and gpu.mig else None,
         task_slice_share=None if feats.task_graph else shares,
         task_accuracy=None if feats.task_graph else task_acc)
     return _Setup(cands, limits, budgets)
@@ -103,7 +104,8 @@ def _score(app: AppSpec, sol: Solution, demand: float, w: Weights) -> float:
 
 
 def _round_up(app: AppSpec, lp: Solution, demand: float) -> Solution:
-    """Ceil every count, then drop instances (largest segments first) while capacity still covers routing."""
+    """Ceil every count, top up any variant still short (most slice-efficient candidate), then drop
+    instances (largest segments first) while capacity still covers the routed items."""
     counts = {c: float(math.ceil(n - 1e-6)) for c, n in lp.counts.items()}
     for t in app.tasks:
         for v, rate in lp.routing[t.name].items():
@@ -111,6 +113,11 @@ def _round_up(app: AppSpec, lp: Solution, demand: float) -> Solution:
                          key=lambda c: (-c.slices, c.throughput))
             need = demand * rate
             have = sum(counts[c] * c.throughput for c in own)
+            if own and have < need:
+                best = max(own, key=lambda c: (c.throughput / c.slices, lp.counts[c]))
+                extra = math.ceil((need - have) / best.throughput)
+                counts[best] += extra
+                have += extra * best.throughput
             for c in own:
                 while counts[c] > 0 and have - c.throughput >= need * (1 + 1e-9):
                     counts[c] -= 1
@@ -179,7 +186,7 @@ def _diagnose(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, gpu
     """Find the binding constraint by dropping constraints one at a time."""
     feats, cap = opts.features, setup.limits.slices
     least = Weights(0.0, 1.0)
-    no_mem = dataclasses.replace(setup.limits, mem_slices=None)
+    no_mem = dataclasses.replace(setup.limits, mem_slices=None, mig_gpus=None)
     if cap is not None and gpu.mig and solve(app, setup.cands, demand, feats, least, no_mem,
                                              time_limit=opts.time_limit) is not None:
         return InfeasibleError(

@@ -1,0 +1,307 @@
+"""Tests for the ``jigsaw`` CLI, run in-process through orchestrator.cli.main on small, fast inputs."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import orchestrator.capacity as capacity_mod
+from orchestrator.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = str(ROOT / "examples" / "a100" / "profiles.csv")
+TAGGING = str(ROOT / "examples" / "tagging.yaml")
+
+TINY_TEMPLATE = """\
+name: tiny
+latency_slo_ms: {slo}
+accuracy_slo: 0.9
+tasks:
+  scene:
+    variants:
+      resnet50: {{accuracy: 76.130}}
+      resnet152: {{accuracy: 78.312}}
+  objects:
+    variants:
+      densenet121: {{accuracy: 74.434}}
+edges:
+  - {{from: scene, to: objects, factor: 2.0}}
+"""
+
+ONE_TASK = """\
+name: one
+latency_slo_ms: 100
+accuracy_slo: 0.9
+tasks:
+  scene:
+    variants:
+      resnet50: {accuracy: 76.130}
+      resnet152: {accuracy: 78.312}
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> str:
+    """A two-task chain (scene -> objects) over three of the measured A100 variants."""
+    return write(tmp_path, "tiny.yaml", TINY_TEMPLATE.format(slo=100))
+
+
+@pytest.fixture
+def one_task(tmp_path: Path) -> str:
+    return write(tmp_path, "one.yaml", ONE_TASK)
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def last_json(out: str) -> dict:
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines, "no stdout"
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------- plan
+
+def test_plan_tiny_app_writes_plan_json(capsys, tiny: str, tmp_path: Path) -> None:
+    out_path = tmp_path / "plan.json"
+    rc, out, err = run_cli(capsys, "plan", tiny, "--profiles", PROFILES, "--demand", "500",
+                           "--gpus", "4", "--out", out_path)
+    assert rc == 0, err
+    for task in ("scene", "objects"):
+        assert f"task {task}" in out
+    assert f"wrote {out_path}" in out
+    doc = json.loads(out_path.read_text())
+    for key in ("tasks", "accuracy", "slices", "gpus", "paths", "placement", "solve_seconds"):
+        assert key in doc, key
+    assert set(doc["tasks"]) == {"scene", "objects"}
+    total_slices = 0
+    for task, entries in doc["tasks"].items():
+        assert entries, f"no instances for {task}"
+        for e in entries:
+            assert {"variant", "mig", "mps", "batch", "count"} <= set(e)
+            assert e["count"] >= 1 and e["mig"] in (1, 2, 3, 4, 7)
+            total_slices += e["mig"] * e["count"]
+    assert {e["variant"] for e in doc["tasks"]["objects"]} == {"densenet121"}
+    assert {e["variant"] for e in doc["tasks"]["scene"]} <= {"resnet50", "resnet152"}
+    assert doc["slices"] == total_slices
+    assert 1 <= doc["gpus"] <= 4
+    assert doc["accuracy"] >= 0.9 - 1e-6
+    assert doc["solve_seconds"] >= 0
+    assert [p["tasks"] for p in doc["paths"]] == [["scene", "objects"]]
+    for p in doc["paths"]:
+        assert 0 < p["latency_ms"] <= 100 + 1e-6
+    # capacity covers the demand: scene gets 500 items/s, objects 2 x 500
+    for task, need in (("scene", 500), ("objects", 1000)):
+        served = sum(e["count"] * e["throughput_rps"] for e in doc["tasks"][task])
+        assert served >= need * (1 - 1e-6)
+
+
+def test_plan_tagging_example(capsys, tmp_path: Path) -> None:
+    out_path = tmp_path / "tagging.json"
+    rc, out, err = run_cli(capsys, "plan", TAGGING, "--profiles", PROFILES, "--demand", "2000",
+                           "--gpus", "20", "--out", out_path)
+    assert rc == 0, err
+    for task in ("scene", "objects", "attributes"):
+        assert task in out
+    doc = json.loads(out_path.read_text())
+    assert set(doc["tasks"]) == {"scene", "objects", "attributes"}
+    assert sorted(tuple(p["tasks"]) for p in doc["paths"]) == [("scene", "attributes"), ("scene", "objects")]
+    assert all(p["latency_ms"] <= 100 + 1e-6 for p in doc["paths"])
+    assert doc["accuracy"] >= 0.95 - 1e-6
+    assert doc["gpus"] <= 20
+
+
+def test_plan_without_out_writes_nothing(capsys, tiny: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    rc, out, _ = run_cli(capsys, "plan", tiny, "--profiles", PROFILES, "--demand", "200")
+    assert rc == 0
+    assert "wrote" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+
+def test_plan_latency_slo_below_fastest_path(capsys, tmp_path: Path) -> None:
+    app = write(tmp_path, "fast.yaml", TINY_TEMPLATE.format(slo=5))
+    rc, out, err = run_cli(capsys, "plan", app, "--profiles", PROFILES, "--demand", "500")
+    assert rc == 2
+    assert "latency" in err and "fastest" in err
+    assert "scene -> objects" in err
+
+
+def test_plan_too_few_gpus(capsys, tiny: str) -> None:
+    rc, out, err = run_cli(capsys, "plan", tiny, "--profiles", PROFILES, "--demand", "3000", "--gpus", "1")
+    assert rc == 2
+    assert "infeasible" in err
+    assert "slices" in err or "placement" in err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--features", "xyz"], "--features"),
+    (["--features", ""], "--features"),
+    (["--gpus", "0"], "--gpus"),
+    (["--gpus", "-3"], "--gpus"),
+    (["--demand", "lots"], "--demand"),
+    (["--demand", "0"], "--demand"),
+    (["--demand", "-10"], "--demand"),
+    (["--gpu-type", "nope"], "nope"),
+    (["--gpu-type", "h100-80gb"], "tasks.scene.variants"),
+    (["--method", "magic"], "--method"),
+])
+def test_plan_bad_options_exit_1(capsys, tiny: str, args: list[str], fragment: str) -> None:
+    argv = ["plan", tiny, "--profiles", PROFILES, *args]
+    for flag, default in (("--demand", "500"), ("--gpus", "2")):
+        if flag not in args:
+            argv += [flag, default]
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 1, (out, err)
+    assert fragment in err, err
+
+
+def test_plan_missing_profile_file(capsys, tiny: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.csv"
+    rc, _, err = run_cli(capsys, "plan", tiny, "--profiles", missing, "--demand", "100")
+    assert rc == 1
+    assert str(missing) in err
+
+
+def test_plan_missing_app_file(capsys, tmp_path: Path) -> None:
+    rc, _, err = run_cli(capsys, "plan", tmp_path / "nope.yaml", "--profiles", PROFILES, "--demand", "100")
+    assert rc == 1
+    assert "nope.yaml" in err
+
+
+def test_plan_bad_spec(capsys, tmp_path: Path) -> None:
+    app = write(tmp_path, "bad.yaml", TINY_TEMPLATE.format(slo=100).replace("accuracy_slo: 0.9",
+                                                                           "accuracy_slo: 1.5"))
+    rc, _, err = run_cli(capsys, "plan", app, "--profiles", PROFILES, "--demand", "100")
+    assert rc == 1
+    assert "accuracy_slo" in err
+
+
+def test_plan_spec_with_unprofiled_variant(capsys, tmp_path: Path) -> None:
+    app = write(tmp_path, "unprof.yaml", TINY_TEMPLATE.format(slo=100).replace("resnet152", "resnet9000"))
+    rc, _, err = run_cli(capsys, "plan", app, "--profiles", PROFILES, "--demand", "100")
+    assert rc == 1
+    assert "tasks.scene.variants.resnet9000" in err
+
+
+def test_plan_requires_demand(capsys, tiny: str) -> None:
+    rc, _, err = run_cli(capsys, "plan", tiny, "--profiles", PROFILES)
+    assert rc == 1
+    assert "--demand" in err
+
+
+def test_unknown_command(capsys) -> None:
+    rc, _, _ = run_cli(capsys, "frobnicate")
+    assert rc == 1
+
+
+def test_plan_tiny_demand_without_features_is_infeasible_not_a_crash(capsys, tiny: str) -> None:
+    # features none on 2 GPUs: each task's static slice share of 14 is below one whole GPU (7 slices),
+    # so no demand fits; the planner must say so (exit 2, slices) rather than crash.
+    rc, _, err = run_cli(capsys, "plan", tiny, "--profiles", PROFILES, "--demand", "0.001",
+                         "--gpus", "2", "--features", "none")
+    assert rc == 2
+    assert "slices" in err
+
+
+# ---------------------------------------------------------------- capacity
+
+def test_capacity_json(capsys, tiny: str) -> None:
+    rc, out, err = run_cli(capsys, "capacity", tiny, "--profiles", PROFILES, "--gpus", "2", "--json")
+    assert rc == 0, err
+    doc = last_json(out)
+    assert doc["max_demand_rps"] > 0
+    assert doc["gpus"] == 2 and doc["gpu_type"] == "a100-80gb" and doc["features"] == "A+S+T"
+    assert doc["probes"] >= 1
+    assert "max serviceable demand" in out
+    # the HiGHS banner and bisection progress stay off stdout
+    assert all(line.startswith(("max serviceable demand", "{")) for line in out.splitlines() if line.strip())
+
+
+def test_capacity_without_json_prints_no_json(capsys, one_task: str) -> None:
+    rc, out, _ = run_cli(capsys, "capacity", one_task, "--profiles", PROFILES, "--gpus", "1")
+    assert rc == 0
+    assert "max serviceable demand" in out
+    assert "{" not in out
+
+
+def test_capacity_no_features_at_most_all_features(capsys, one_task: str) -> None:
+    caps = {}
+    for feats in ("none", "ast"):
+        rc, out, err = run_cli(capsys, "capacity", one_task, "--profiles", PROFILES, "--gpus", "1",
+                               "--features", feats, "--json")
+        assert rc == 0, err
+        caps[feats] = last_json(out)["max_demand_rps"]
+    assert 0 < caps["none"] <= caps["ast"]
+
+
+def test_capacity_latency_slo_unreachable_is_zero(capsys, tmp_path: Path) -> None:
+    # a latency (or accuracy) bound that no demand can meet: capacity 0, reported as such
+    app = write(tmp_path, "fast.yaml", TINY_TEMPLATE.format(slo=5))
+    rc, out, err = run_cli(capsys, "capacity", app, "--profiles", PROFILES, "--gpus", "1", "--json")
+    assert rc == 0, err
+    assert last_json(out)["max_demand_rps"] == 0
+    assert "latency" in err  # the bisection progress names the binding constraint
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--gpus", "0"], "--gpus"),
+    (["--gpus", "1", "--features", "q"], "--features"),
+])
+def test_capacity_bad_input(capsys, tiny: str, args: list[str], fragment: str) -> None:
+    rc, _, err = run_cli(capsys, "capacity", tiny, "--profiles", PROFILES, *args)
+    assert rc == 1
+    assert fragment in err
+
+
+def test_capacity_requires_gpus(capsys, tiny: str) -> None:
+    rc, _, err = run_cli(capsys, "capacity", tiny, "--profiles", PROFILES)
+    assert rc == 1
+    assert "--gpus" in err
+
+
+def test_capacity_when_nothing_fits_reports_zero(capsys, tiny: str, monkeypatch) -> None:
+    real = capacity_mod.make_plan
+    calls = []
+
+    def bounded(*args, **kwargs):
+        calls.append(args[3])
+        assert len(calls) <= 60, f"capacity bisection did not stop after {len(calls)} probes"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(capacity_mod, "make_plan", bounded)
+    rc, out, err = run_cli(capsys, "capacity", tiny, "--profiles", PROFILES, "--gpus", "2",
+                           "--features", "none", "--json")
+    assert rc in (0, 2), err
+    if rc == 0:
+        assert last_json(out)["max_demand_rps"] == 0
+
+
+# ---------------------------------------------------------------- console script
+
+def test_installed_console_script_help() -> None:
+    exe = Path(sys.executable).parent / "jigsaw"
+    script = str(exe) if exe.exists() else shutil.which("jigsaw")
+    assert script, "the jigsaw console script is not installed (pip install -e .)"
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "plan" in proc.stdout and "capacity" in proc.stdout
+
+
+def test_main_help_returns_zero(capsys) -> None:
+    rc, out, _ = run_cli(capsys, "plan", "--help")
+    assert rc == 0
+    assert "--demand" in out and "--profiles" in out

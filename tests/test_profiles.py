@@ -1,0 +1,249 @@
+"""Tests for orchestrator.profiles (CSV loading, coverage, default GPU) and orchestrator.gpus lookups."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from orchestrator.appspec import parse_app
+from orchestrator.errors import InputError
+from orchestrator.gpus import CATALOGUE, gpu_type
+from orchestrator.profiles import (COLUMNS, ProfilePoint, Profiles, check_coverage, default_gpu,
+                                   load_profiles)
+
+ROOT = Path(__file__).resolve().parents[1]
+A100_CSV = ROOT / "examples" / "a100" / "profiles.csv"
+HEADER = ",".join(COLUMNS)
+
+
+def write_csv(path: Path, *lines: str, header: str = HEADER) -> Path:
+    path.write_text("\n".join([header, *lines]) + "\n")
+    return path
+
+
+def one_task_app(*variants: str, profile: dict[str, str] | None = None):
+    profile = profile or {}
+    vs = {v: ({"accuracy": 0.5 + 0.1 * i, "profile": profile[v]} if v in profile else {"accuracy": 0.5 + 0.1 * i})
+          for i, v in enumerate(variants)}
+    return parse_app({"name": "cov", "latency_slo_ms": 100, "accuracy_slo": 0.9,
+                      "tasks": {"scene": {"variants": vs}}})
+
+
+# ---------------------------------------------------------------- the shipped A100 profiles
+
+@pytest.fixture(scope="module")
+def a100() -> Profiles:
+    return load_profiles(A100_CSV)
+
+
+def test_shipped_a100_profiles_skip_rows_that_did_not_run(a100: Profiles) -> None:
+    with A100_CSV.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    runnable = [r for r in rows if float(r["latency_ms"]) > 0 and float(r["throughput_rps"]) > 0]
+    assert 0 < len(runnable) < len(rows)  # the file does record some out-of-memory configurations
+    assert len(a100.points) == len(runnable)
+    assert all(p.latency_ms > 0 and p.throughput_rps > 0 for p in a100.points)
+    assert a100.gpus() == ["a100-80gb"]
+    assert {p.variant for p in a100.points} == {r["variant"] for r in runnable}
+
+
+def test_shipped_a100_profile_point_values(a100: Profiles) -> None:
+    with A100_CSV.open(newline="") as fh:
+        first = next(r for r in csv.DictReader(fh) if float(r["latency_ms"]) > 0)
+    rows = [p for p in a100.for_variant(first["variant"], "a100-80gb")
+            if (p.mig, p.mps, p.batch) == (int(first["mig"]), int(first["mps"]), int(first["batch"]))]
+    assert len(rows) == 1
+    p = rows[0]
+    assert isinstance(p, ProfilePoint)
+    assert (p.latency_ms, p.throughput_rps) == (float(first["latency_ms"]), float(first["throughput_rps"]))
+    assert p.memory_mb is None
+    assert isinstance(p.mig, int) and isinstance(p.batch, int)
+
+
+def test_for_variant_filters_by_variant_and_gpu(a100: Profiles) -> None:
+    rows = a100.for_variant("resnet50", "a100-80gb")
+    assert rows and all(p.variant == "resnet50" and p.gpu == "a100-80gb" for p in rows)
+    assert {p.mig for p in rows} <= set(gpu_type("a100-80gb").shapes)
+    assert a100.for_variant("resnet50", "h100-80gb") == []
+    assert a100.for_variant("no-such-model", "a100-80gb") == []
+
+
+def test_shipped_profiles_cover_the_tagging_example(a100: Profiles) -> None:
+    from orchestrator.appspec import load_app
+    check_coverage(load_app(ROOT / "examples" / "tagging.yaml"), a100, gpu_type("a100-80gb"))
+
+
+# ---------------------------------------------------------------- CSV parsing
+
+def test_load_directory_of_csvs(tmp_path: Path) -> None:
+    write_csv(tmp_path / "one.csv", "m1,a100-80gb,1,1,1,5,100", "m1,a100-80gb,7,1,8,9,900")
+    write_csv(tmp_path / "two.csv", "m2,a100-80gb,2,1,4,7,300", "m2,a100-80gb,3,1,4,0,0")
+    (tmp_path / "notes.txt").write_text("not a profile\n")
+    prof = load_profiles(tmp_path)
+    assert len(prof.points) == 3
+    assert {p.variant for p in prof.points} == {"m1", "m2"}
+    assert len(prof.for_variant("m1", "a100-80gb")) == 2
+    assert load_profiles(str(tmp_path)).points == prof.points  # str paths work too
+
+
+def test_directory_without_csvs(tmp_path: Path) -> None:
+    (tmp_path / "readme.md").write_text("x")
+    with pytest.raises(InputError, match=r"no \*\.csv"):
+        load_profiles(tmp_path)
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such profile"):
+        load_profiles(tmp_path / "missing.csv")
+
+
+def test_only_zero_rows_is_an_error(tmp_path: Path) -> None:
+    p = write_csv(tmp_path / "oom.csv", "m,a100-80gb,1,1,1,0,0", "m,a100-80gb,1,1,2,0.0,0.0")
+    with pytest.raises(InputError, match="no runnable"):
+        load_profiles(p)
+
+
+def test_zero_latency_or_zero_throughput_alone_skips_the_row(tmp_path: Path) -> None:
+    p = write_csv(tmp_path / "p.csv", "m,a100-80gb,1,1,1,0,50", "m,a100-80gb,1,1,2,10,0",
+                  "m,a100-80gb,1,1,4,10,50")
+    assert [pt.batch for pt in load_profiles(p).points] == [4]
+
+
+@pytest.mark.parametrize("column", ["throughput_rps", "mig", "variant"])
+def test_missing_column_is_named(tmp_path: Path, column: str) -> None:
+    cols = [c for c in COLUMNS if c != column]
+    p = tmp_path / "p.csv"
+    p.write_text(",".join(cols) + "\n" + ",".join("1" for _ in cols) + "\n")
+    with pytest.raises(InputError) as info:
+        load_profiles(p)
+    msg = str(info.value)
+    assert "missing column" in msg and column in msg
+    assert str(p) in msg
+
+
+def test_bad_number_names_file_line_and_column(tmp_path: Path) -> None:
+    p = write_csv(tmp_path / "p.csv", "m,a100-80gb,1,1,1,5,100", "m,a100-80gb,1,1,2,fast,100")
+    with pytest.raises(InputError) as info:
+        load_profiles(p)
+    msg = str(info.value)
+    assert f"{p}:3" in msg  # header is line 1, the bad row is line 3
+    assert "latency_ms" in msg and "fast" in msg
+
+
+@pytest.mark.parametrize("row, column", [
+    ("m,a100-80gb,1,1,1.5,5,100", "batch"),         # non-integer batch
+    ("m,a100-80gb,0,1,1,5,100", "mig"),             # segment size < 1
+    ("m,a100-80gb,1,0,1,5,100", "mps"),             # no processes
+    ("m,a100-80gb,1,1,1,-5,100", "latency_ms"),     # negative latency
+    ("m,a100-80gb,1,1,1,5,inf", "throughput_rps"),  # non-finite throughput
+    ("m,a100-80gb,1,1,,5,100", "batch"),            # empty cell
+])
+def test_bad_values_name_the_column(tmp_path: Path, row: str, column: str) -> None:
+    p = write_csv(tmp_path / "p.csv", row)
+    with pytest.raises(InputError) as info:
+        load_profiles(p)
+    msg = str(info.value)
+    assert f"{p}:2" in msg and repr(column) in msg, msg
+
+
+def test_empty_variant_or_gpu(tmp_path: Path) -> None:
+    p = write_csv(tmp_path / "p.csv", ",a100-80gb,1,1,1,5,100")
+    with pytest.raises(InputError, match="variant"):
+        load_profiles(p)
+
+
+def test_gpu_names_are_lowercased(tmp_path: Path) -> None:
+    p = write_csv(tmp_path / "p.csv", "m, A100-80GB ,1,1,1,5,100")
+    assert load_profiles(p).gpus() == ["a100-80gb"]
+
+
+def test_optional_memory_column(tmp_path: Path) -> None:
+    p = write_csv(tmp_path / "p.csv", "m,a100-80gb,1,1,1,5,100,2048", "m,a100-80gb,1,1,2,8,150,",
+                  header=HEADER + ",memory_mb")
+    by_batch = {pt.batch: pt for pt in load_profiles(p).points}
+    assert by_batch[1].memory_mb == 2048.0
+    assert by_batch[2].memory_mb is None
+
+
+def test_bad_memory_value(tmp_path: Path) -> None:
+    p = write_csv(tmp_path / "p.csv", "m,a100-80gb,1,1,1,5,100,lots", header=HEADER + ",memory_mb")
+    with pytest.raises(InputError, match="memory_mb"):
+        load_profiles(p)
+
+
+def test_columns_in_any_order(tmp_path: Path) -> None:
+    p = tmp_path / "p.csv"
+    p.write_text("throughput_rps,latency_ms,batch,mps,mig,gpu,variant\n100,5,4,2,3,a100-80gb,m\n")
+    (pt,) = load_profiles(p).points
+    assert (pt.variant, pt.gpu, pt.mig, pt.mps, pt.batch, pt.latency_ms, pt.throughput_rps) == \
+        ("m", "a100-80gb", 3, 2, 4, 5.0, 100.0)
+
+
+# ---------------------------------------------------------------- coverage and GPU selection
+
+def test_check_coverage_passes_with_profile_alias(a100: Profiles) -> None:
+    app = one_task_app("fast", "slow", profile={"fast": "resnet50", "slow": "resnet152"})
+    check_coverage(app, a100, gpu_type("a100-80gb"))
+
+
+def test_check_coverage_names_the_uncovered_variant(a100: Profiles) -> None:
+    app = one_task_app("resnet50", "resnet9000")
+    with pytest.raises(InputError) as info:
+        check_coverage(app, a100, gpu_type("a100-80gb"))
+    msg = str(info.value)
+    assert "tasks.scene.variants.resnet9000" in msg
+    assert "a100-80gb" in msg
+
+
+def test_check_coverage_on_another_gpu_mentions_which_gpus_it_has(a100: Profiles) -> None:
+    app = one_task_app("resnet50")
+    with pytest.raises(InputError) as info:
+        check_coverage(app, a100, gpu_type("h100-80gb"))
+    msg = str(info.value)
+    assert "tasks.scene.variants.resnet50" in msg
+    assert "h100-80gb" in msg
+    assert "has rows for a100-80gb" in msg
+
+
+def test_check_coverage_rejects_segment_sizes_the_gpu_lacks(tmp_path: Path) -> None:
+    prof = load_profiles(write_csv(tmp_path / "p.csv", "m,a100-80gb,5,1,1,5,100"))
+    with pytest.raises(InputError, match="5 slices"):
+        check_coverage(one_task_app("m"), prof, gpu_type("a100-80gb"))
+
+
+def test_default_gpu_single_type(a100: Profiles) -> None:
+    assert default_gpu(a100) == "a100-80gb"
+
+
+def test_default_gpu_several_types(tmp_path: Path) -> None:
+    prof = load_profiles(write_csv(tmp_path / "p.csv", "m,a100-80gb,1,1,1,5,100", "m,h100-80gb,1,1,1,4,120"))
+    assert prof.gpus() == ["a100-80gb", "h100-80gb"]
+    with pytest.raises(InputError) as info:
+        default_gpu(prof)
+    msg = str(info.value)
+    assert "a100-80gb" in msg and "h100-80gb" in msg and "--gpu-type" in msg
+
+
+def test_gpu_type_lookup() -> None:
+    a100 = gpu_type("a100-80gb")
+    assert a100.name == "a100-80gb" and a100.mig and a100.slices == 7
+    assert gpu_type("A100-80GB") is a100  # case-insensitive
+    assert sorted(a100.shapes) == [1, 2, 3, 4, 7]
+    assert a100.whole.size == 7
+    assert gpu_type("l4-24gb").slices == 1 and not gpu_type("l4-24gb").mig
+
+
+def test_gpu_type_unknown() -> None:
+    with pytest.raises(InputError) as info:
+        gpu_type("nope")
+    msg = str(info.value)
+    assert "'nope'" in msg
+    for known in CATALOGUE:
+        assert known in msg
+
+
+def test_gpu_shape_unknown_size() -> None:
+    with pytest.raises(InputError) as info:
+        gpu_type("a100-80gb").shape(5)
+    assert "5 slices" in str(info.value) and "[1, 2, 3, 4, 7]" in str(info.value)
