@@ -28,6 +28,10 @@ CHORD_POINTS = 16
 HIGHS_FEASIBLE = 2  # HighsInfo.primal_solution_status: a feasible primal solution is known
 
 
+class SolveTimeout(Exception):
+    """HiGHS reached its time limit before finding any feasible plan (feasibility unknown)."""
+
+
 @dataclass(frozen=True)
 class Weights:
     """Objective: maximise alpha * pipeline accuracy - beta * slices."""
@@ -89,7 +93,8 @@ def exp_chord_slope(tau: float) -> float:
 
 def solve(app: AppSpec, cands: dict[str, list[Candidate]], demand: float, features: Features,
           weights: Weights, limits: Limits, *, relaxed: bool = False, time_limit: float = 10.0) -> Solution | None:
-    """Build and solve the model; None when it is infeasible (or no incumbent within the time limit)."""
+    """Build and solve the model; None when it is infeasible, SolveTimeout when the time limit passed
+    before any feasible plan was found."""
     start = time.perf_counter()
     clist = [c for t in app.tasks for c in cands[t.name]]
     n = len(clist)
@@ -212,9 +217,11 @@ def solve(app: AppSpec, cands: dict[str, list[Candidate]], demand: float, featur
         return None
     seconds = time.perf_counter() - start
     info = problem.solver_stats.extra_stats
+    feasible = getattr(info, "primal_solution_status", HIGHS_FEASIBLE) == HIGHS_FEASIBLE
+    if problem.status == cp.USER_LIMIT and not feasible:
+        raise SolveTimeout(f"no feasible plan found within the time limit of {time_limit:g} s")
     if problem.status not in (cp.OPTIMAL, cp.USER_LIMIT) or x.value is None \
-            or (M is not None and M.value is None) \
-            or getattr(info, "primal_solution_status", HIGHS_FEASIBLE) != HIGHS_FEASIBLE:
+            or (M is not None and M.value is None) or not feasible:
         return None
     values = M.value if M is not None else np.zeros(0)
     counts = {c: (float(round(v)) if not relaxed else float(max(v, 0.0))) for c, v in zip(clist, values)}

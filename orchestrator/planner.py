@@ -12,7 +12,7 @@ from .candidates import (Candidate, build_candidates, check_latency_reachable, f
 from .checker import metrics, task_demand, violations
 from .errors import InfeasibleError, InputError
 from .features import Features
-from .formulation import Limits, Solution, Weights, solve
+from .formulation import Limits, Solution, SolveTimeout, Weights, solve
 from .gpus import GpuType
 from .placement import Placement, place
 from .plan import Entry, Plan
@@ -173,7 +173,12 @@ def _solve(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, w: Wei
     feats = opts.features
     if opts.method == "relax":
         return _relax_and_round(app, setup, demand, feats, w, limits), "relax+round"
-    sol = solve(app, setup.cands, demand, feats, w, limits, time_limit=opts.time_limit)
+    try:
+        sol = solve(app, setup.cands, demand, feats, w, limits, time_limit=opts.time_limit)
+    except SolveTimeout as exc:
+        if opts.method == "milp":
+            raise _timeout(exc) from None
+        sol = None
     if opts.method == "milp" or (sol is not None and sol.status == "optimal"):
         return sol, "milp"
     rounded = _relax_and_round(app, setup, demand, feats, w, limits)
@@ -182,8 +187,20 @@ def _solve(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, w: Wei
     return sol, "milp (time limit)"
 
 
+def _timeout(exc: SolveTimeout) -> InfeasibleError:
+    return InfeasibleError(f"time limit: {exc}; whether a plan exists is unknown: raise --time-limit "
+                           f"or use --method relax", binding="time_limit")
+
+
 def _diagnose(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, gpu: GpuType) -> InfeasibleError:
     """Find the binding constraint by dropping constraints one at a time."""
+    try:
+        return _binding(app, setup, demand, opts, gpu)
+    except SolveTimeout as exc:
+        return _timeout(exc)
+
+
+def _binding(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, gpu: GpuType) -> InfeasibleError:
     feats, cap = opts.features, setup.limits.slices
     least = Weights(0.0, 1.0)
     no_mem = dataclasses.replace(setup.limits, mem_slices=None, mig_gpus=None)

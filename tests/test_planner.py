@@ -246,3 +246,15 @@ def test_shipped_example_plans() -> None:
                      PlanOptions(gpus=8))
     assert violations(app, plan, slice_cap=56) == []
     assert plan.gpus <= 8
+
+
+def test_time_limit_without_incumbent_is_not_called_infeasible() -> None:
+    app = load_app(ROOT / "examples" / "tagging.yaml")
+    from orchestrator.profiles import load_profiles
+    profiles = load_profiles(ROOT / "examples" / "a100" / "profiles.csv")
+    with pytest.raises(InfeasibleError, match="time limit") as exc:
+        make_plan(app, profiles, A100, 40000, PlanOptions(gpus=120, method="milp", time_limit=1e-6))
+    assert exc.value.binding == "time_limit"
+    plan = make_plan(app, profiles, A100, 40000, PlanOptions(gpus=120, method="auto", time_limit=1e-6))
+    assert plan.solver["method"] == "relax+round"
+    assert violations(app, plan, slice_cap=840) == []
