@@ -29,6 +29,31 @@ class Entry:
         return WORST_CASE_FACTOR * self.latency_ms
 
 
+def segment_label(entry: Entry, index: int) -> str:
+    """The placement label of the ``index``-th segment of ``entry``."""
+    return f"{entry.task}/{entry.variant}/{entry.mig}g/mps{entry.mps}/b{entry.batch}#{index}"
+
+
+@dataclass(frozen=True)
+class SegmentKey:
+    task: str
+    variant: str
+    mig: int
+    mps: int
+    batch: int
+    index: int
+
+
+def parse_label(label: str) -> SegmentKey:
+    """Inverse of ``segment_label``."""
+    try:
+        task, variant, mig, mps, rest = label.split("/")
+        batch, index = rest.split("#")
+        return SegmentKey(task, variant, int(mig.rstrip("g")), int(mps[3:]), int(batch[1:]), int(index))
+    except ValueError:
+        raise InputError(f"placement: bad segment label {label!r}") from None
+
+
 @dataclass
 class Plan:
     app: str

@@ -15,7 +15,7 @@ from .features import Features
 from .formulation import Limits, Solution, SolveTimeout, Weights, solve
 from .gpus import GpuType
 from .placement import Placement, place
-from .plan import Entry, Plan
+from .plan import Entry, Plan, segment_label
 from .profiles import Profiles, check_coverage
 
 METHODS = ("auto", "milp", "relax")
@@ -249,8 +249,7 @@ def make_plan(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float,
         spent += sol.seconds
         routing = _absolute_routing(app, sol, demand)
         entries = _entries(sol, routing)
-        placement = place([(f"{e.task}/{e.variant}/{e.mig}g/mps{e.mps}/b{e.batch}#{i}", e.mig)
-                           for e in entries for i in range(e.count)], gpu)
+        placement = place([(segment_label(e, i), e.mig) for e in entries for i in range(e.count)], gpu)
         if opts.gpus is None or placement.gpus_used <= opts.gpus:
             return _finish(app, gpu, demand, opts, entries, routing, placement, spent, method, sol.status)
         over = (placement.gpus_used - opts.gpus) * gpu.slices
