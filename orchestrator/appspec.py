@@ -41,6 +41,7 @@ class Variant:
     accuracy: float
     raw_accuracy: float
     profile: str
+    runtime: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class AppSpec:
     tasks: tuple[Task, ...]
     edges: tuple[Edge, ...]
     paths: tuple[Path, ...]
+    tensor_width: int = 16
+    doc: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def task(self, name: str) -> Task:
         for t in self.tasks:
@@ -138,22 +141,25 @@ def _parse_task(name: str, body: Any) -> Task:
     variants_raw = _require(body, "variants", where)
     if not isinstance(variants_raw, Mapping) or not variants_raw:
         raise InputError(f"{where}.variants: expected a non-empty mapping of variant name -> {{accuracy: ...}}")
-    raw: list[tuple[str, float, str]] = []
+    raw: list[tuple[str, float, str, dict]] = []
     for vname, vbody in variants_raw.items():
         vwhere = f"{where}.variants.{vname}"
         if isinstance(vbody, (int, float)) and not isinstance(vbody, bool):
             vbody = {"accuracy": vbody}
         acc = _number(_require(vbody, "accuracy", vwhere), f"{vwhere}.accuracy", 0, 100, lo_open=True)
-        _check_unknown(vbody, {"accuracy", "profile", "source", "metric"}, vwhere)
+        _check_unknown(vbody, {"accuracy", "profile", "source", "metric", "runtime"}, vwhere)
         profile = vbody.get("profile", vname)
         if not isinstance(profile, str) or not profile:
             raise InputError(f"{vwhere}.profile: expected a profile variant name")
-        raw.append((str(vname), acc, profile))
-    percent = any(acc > 1 for _, acc, _ in raw)
-    if percent and any(acc <= 1 for _, acc, _ in raw):
+        runtime = vbody.get("runtime") or {}
+        if not isinstance(runtime, Mapping) or ("kind" not in runtime and runtime):
+            raise InputError(f"{vwhere}.runtime: expected a mapping with a 'kind' (e.g. numpy_mlp)")
+        raw.append((str(vname), acc, profile, dict(runtime)))
+    percent = any(acc > 1 for _, acc, _, _ in raw)
+    if percent and any(acc <= 1 for _, acc, _, _ in raw):
         raise InputError(f"{where}.variants: mixes fractions (<= 1) and percentages (> 1); use one scale per task")
-    best = max(acc for _, acc, _ in raw)
-    variants = tuple(Variant(n, acc / best, acc, p) for n, acc, p in raw)
+    best = max(acc for _, acc, _, _ in raw)
+    variants = tuple(Variant(n, acc / best, acc, p, rt) for n, acc, p, rt in raw)
     return Task(name=str(name), variants=variants)
 
 
@@ -207,12 +213,16 @@ def parse_app(doc: Any, origin: str = "app spec") -> AppSpec:
     """Validate a parsed YAML document into an AppSpec; InputError names the offending field."""
     if not isinstance(doc, Mapping):
         raise InputError(f"{origin}: expected a mapping at the top level")
-    _check_unknown(doc, {"name", "latency_slo_ms", "accuracy_slo", "tasks", "edges", "paths", "description"}, origin)
+    _check_unknown(doc, {"name", "latency_slo_ms", "accuracy_slo", "tasks", "edges", "paths", "description",
+                         "tensor_width"}, origin)
     name = _require(doc, "name", origin)
     if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
         raise InputError(f"name: expected letters, digits, '-' or '_', got {name!r}")
     slo = _number(_require(doc, "latency_slo_ms", origin), "latency_slo_ms", 0, math.inf, lo_open=True)
     acc_slo = _number(_require(doc, "accuracy_slo", origin), "accuracy_slo", 0, 1, lo_open=True)
+    width = doc.get("tensor_width", 16)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise InputError(f"tensor_width: expected a positive integer, got {width!r}")
     tasks_raw = _require(doc, "tasks", origin)
     if not isinstance(tasks_raw, Mapping) or not tasks_raw:
         raise InputError("tasks: expected a non-empty mapping of task name -> {variants: ...}")
@@ -268,7 +278,8 @@ def parse_app(doc: Any, origin: str = "app spec") -> AppSpec:
             raise InputError("paths: the weights sum to zero")
         paths = tuple(Path(p, weights.get(p, 0.0) / total) for p in found)
     return AppSpec(name=name, latency_slo_ms=slo, accuracy_slo=acc_slo,
-                   tasks=tuple(tasks[t] for t in order), edges=tuple(edges), paths=paths)
+                   tasks=tuple(tasks[t] for t in order), edges=tuple(edges), paths=paths,
+                   tensor_width=width, doc=dict(doc))
 
 
 def load_app(path: str | FsPath) -> AppSpec:

@@ -73,6 +73,7 @@ class Plan:
     placement: dict[str, Any] = field(default_factory=dict)
     solve_seconds: float = 0.0
     solver: dict[str, Any] = field(default_factory=dict)
+    app_spec: dict[str, Any] = field(default_factory=dict)
 
     def tasks(self) -> dict[str, list[Entry]]:
         out: dict[str, list[Entry]] = {t: [] for t in self.routing}
@@ -91,6 +92,7 @@ class Plan:
             "accuracy": self.accuracy, "task_accuracy": self.task_accuracy,
             "slices": self.slices, "gpus": self.gpus, "paths": self.paths,
             "placement": self.placement, "solve_seconds": self.solve_seconds, "solver": self.solver,
+            "app_spec": self.app_spec,
         }
 
     @classmethod
@@ -104,7 +106,7 @@ class Plan:
                        accuracy=float(doc.get("accuracy", 0.0)), slices=int(doc.get("slices", 0)),
                        gpus=int(doc.get("gpus", 0)), paths=doc.get("paths", []),
                        placement=doc.get("placement", {}), solve_seconds=float(doc.get("solve_seconds", 0.0)),
-                       solver=doc.get("solver", {}))
+                       solver=doc.get("solver", {}), app_spec=doc.get("app_spec", {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"plan JSON: missing or bad field {exc}") from None
 

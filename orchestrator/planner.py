@@ -269,7 +269,8 @@ def _finish(app: AppSpec, gpu: GpuType, demand: float, opts: PlanOptions, entrie
                 paths=[{"tasks": list(p.tasks), "weight": p.weight, "latency_ms": m.path_latency[p.tasks],
                         "accuracy": m.path_accuracy[p.tasks]} for p in app.paths],
                 placement=placement.to_json(), solve_seconds=seconds,
-                solver={"method": method, "status": status, "time_limit_s": opts.time_limit})
+                solver={"method": method, "status": status, "time_limit_s": opts.time_limit},
+                app_spec=dict(app.doc))
     broken = violations(app, plan, opts.gpus * gpu.slices if opts.gpus else None)
     if broken:
         raise RuntimeError("internal error: the solver's plan fails the exact check: " + "; ".join(broken))

@@ -1,0 +1,154 @@
+"""Render a plan into a Triton model repository from the Jinja templates in model_repository_templates/.
+
+Models (``<app>`` is the app name):
+  <app>                      ensemble the clients call: INPUT [items, width] -> <sink>_OUTPUT per sink task
+  <app>__entry               stamps the DEADLINE tensor
+  <app>__<task>              the task's stage: EDF, early drop, weighted routing, fan-out
+  <app>__<task>__<variant>__<k>g<m>p<b>b
+                             a variant runner: one instance group per segment (``seg<i>``), one
+                             instance per MPS process, bound to its MIG device / MPS share / CPU
+Every rendered config is parsed into tritonclient's ModelConfig protobuf before it is written.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from .appspec import AppSpec, parse_app
+from .binding import SegmentBinding, bind, uses_mps
+from .errors import InputError
+from .gpus import gpu_type
+from .inventory import Inventory
+from .plan import Entry, Plan, parse_label
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository_templates"
+STAGE_INSTANCES = 2
+ENTRY_INSTANCES = 2
+MANIFEST = "jigsaw.json"
+
+
+@dataclass
+class Rendered:
+    """The repository's models as validated protobufs, plus the manifest written beside them."""
+
+    configs: dict[str, model_config_pb2.ModelConfig]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def config_json(self, name: str) -> str:
+        """A model's config as the JSON that Triton's load API takes as an override."""
+        return json_format.MessageToJson(self.configs[name], preserving_proto_field_name=True)
+
+
+def runner_name(app: str, e: Entry) -> str:
+    return f"{app}__{e.task}__{e.variant}__{e.mig}g{e.mps}p{e.batch}b"
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    env.filters["pbjson"] = lambda obj: json.dumps(json.dumps(obj, sort_keys=True), ensure_ascii=False)
+    return env
+
+
+def _parse(name: str, text: str) -> model_config_pb2.ModelConfig:
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise InputError(f"rendered config of model {name!r} is not a valid ModelConfig: {exc}\n{text}") from None
+
+
+def _fastest(plan: Plan) -> dict[str, float]:
+    return {t: min(e.latency_ms for e in es) for t, es in plan.tasks().items() if es}
+
+
+def _downstream(app: AppSpec, fastest: dict[str, float]) -> dict[str, float]:
+    """Fastest remaining latency after each task: the slowest chain of children's fastest p95."""
+    out: dict[str, float] = {}
+    for t in reversed(app.tasks):
+        kids = [e.dst for e in app.edges if e.src == t.name]
+        out[t.name] = max((fastest[k] + out[k] for k in kids), default=0.0)
+    return out
+
+
+def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float = 0.25) -> Rendered:
+    """Render and validate every model config of ``plan`` (nothing is written)."""
+    if not plan.app_spec:
+        raise InputError("plan JSON: no app_spec (plans written by `jigsaw plan` carry it; re-plan)")
+    app = parse_app(plan.app_spec, origin="plan app_spec")
+    gpu = gpu_type(plan.gpu_type)
+    bindings = bind(plan.placement, gpu, inventory)
+    env = _env()
+    width = app.tensor_width
+    configs: dict[str, model_config_pb2.ModelConfig] = {}
+
+    def add(template: str, name: str, **values: Any) -> None:
+        configs[name] = _parse(name, env.get_template(template).render(name=name, width=width, **values))
+
+    add("entry.pbtxt.j2", f"{app.name}__entry", instances=ENTRY_INSTANCES,
+        settings={"role": "entry", "slo_ms": app.latency_slo_ms})
+    by_entry: dict[tuple, list[SegmentBinding]] = {}
+    for label, b in bindings.items():
+        k = parse_label(label)
+        by_entry.setdefault((k.task, k.variant, k.mig, k.mps, k.batch), []).append(b)
+    for e in plan.entries:
+        segs = sorted(by_entry.get((e.task, e.variant, e.mig, e.mps, e.batch), []), key=lambda b: b.key.index)
+        if len(segs) != e.count:
+            raise InputError(f"plan JSON: placement has {len(segs)} segments for {runner_name(app.name, e)}, "
+                             f"the entry counts {e.count}")
+        groups = [{"name": f"seg{b.key.index}", "count": e.mps,
+                   "kind": "KIND_CPU" if b.processes[0].kind == "cpu" else "KIND_MODEL"} for b in segs]
+        runtime = dict(app.task(e.task).variant(e.variant).runtime) or {"kind": "numpy_mlp"}
+        add("runner.pbtxt.j2", runner_name(app.name, e), batch=e.batch, groups=groups,
+            queue_delay_us=int(e.latency_ms * 1000 * batch_wait_fraction),
+            queue_timeout_us=int(app.latency_slo_ms * 1000),
+            settings={"role": "runner", "runtime": runtime, "width": width,
+                      "bindings": {f"seg{b.key.index}": [dict(p.env) for p in b.processes] for b in segs}})
+    fastest = _fastest(plan)
+    downstream = _downstream(app, fastest)
+    steps = [{"model": f"{app.name}__entry", "inputs": {"INPUT": "INPUT"}, "outputs": {"DEADLINE": "deadline"}}]
+    sinks = []
+    for t in app.tasks:
+        parents = app.parents(t.name)
+        children = [e for e in app.edges if e.src == t.name]
+        inputs = {"INPUT": "INPUT"} if not parents else {f"IN_{e.src}": f"{e.src}_to_{t.name}" for e in parents}
+        outputs = {f"OUT_{e.dst}": f"{t.name}_to_{e.dst}" for e in children} or {"OUTPUT": f"{t.name}_OUTPUT"}
+        if not children:
+            sinks.append(f"{t.name}_OUTPUT")
+        routes = [{"model": runner_name(app.name, e), "variant": e.variant, "share": e.share, "batch": e.batch,
+                   "latency_ms": e.latency_ms} for e in plan.entries if e.task == t.name and e.share > 0]
+        if not routes:
+            raise InputError(f"plan JSON: task {t.name} has no entry with a positive share")
+        out_settings = {f"OUT_{e.dst}": {"factor": e.factor, "factors": dict(e.factors)} for e in children} \
+            or {"OUTPUT": {}}
+        add("stage.pbtxt.j2", f"{app.name}__{t.name}", inputs=list(inputs), outputs=list(outputs),
+            instances=STAGE_INSTANCES,
+            settings={"role": "stage", "app": app.name, "task": t.name, "inputs": list(inputs),
+                      "outputs": out_settings, "width": width, "routes": routes,
+                      "downstream_ms": downstream[t.name]})
+        steps.append({"model": f"{app.name}__{t.name}", "inputs": {**inputs, "DEADLINE": "deadline"},
+                      "outputs": outputs})
+    add("ensemble.pbtxt.j2", app.name, outputs=sinks, steps=steps)
+    manifest = {"app": app.name, "ensemble": app.name, "gpu_type": plan.gpu_type, "uses_mps": uses_mps(bindings),
+                "inventory": inventory.source, "models": sorted(configs),
+                "bindings": {label: [p.description for p in b.processes] for label, b in sorted(bindings.items())}}
+    return Rendered(configs, manifest)
+
+
+def write_repository(rendered: Rendered, out: Path) -> None:
+    """Write ``<model>/config.pbtxt`` and an empty version directory per model, and the manifest.
+    Model directories of an earlier render that the new one lacks are removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():
+        if old.is_dir() and (old / "config.pbtxt").exists() and old.name not in rendered.configs:
+            shutil.rmtree(old)
+    for name, cfg in rendered.configs.items():
+        (out / name / "1").mkdir(parents=True, exist_ok=True)
+        (out / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+    (out / MANIFEST).write_text(json.dumps(rendered.manifest, indent=2) + "\n")

@@ -1,0 +1,221 @@
+"""The ``jigsaw`` Python-based Triton backend: one TritonPythonModel, three roles by config.
+
+Installed as ``<backend-dir>/jigsaw/model.py``; a model selects it with ``backend: "jigsaw"`` and
+its role and settings come from the JSON in the config parameter ``jigsaw``:
+
+- ``entry``: stamps each request's absolute deadline (now + latency SLO, or the tighter
+  ``deadline_ms`` request parameter) into the ``DEADLINE`` tensor that travels through the graph.
+- ``stage``: one per task; earliest-deadline-first dispatch, early drop, weighted routing among the
+  plan's variant runners (async BLS, chunked to each runner's max batch) and fan-out downstream.
+- ``runner``: one per (task, variant, segment, batch); binds each instance to its partition before
+  anything touches CUDA, then runs the variant on the batch Triton's dynamic batcher formed.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from triton_backend.scheduling import DropDecision, FanOut, Route, WeightedRoundRobin, drop_decision
+from triton_backend.variants import build
+
+_FAMILIES: dict[str, Any] = {}
+
+
+def _counter(name: str, description: str) -> Any:
+    if name not in _FAMILIES:
+        _FAMILIES[name] = pb_utils.MetricFamily(name=name, description=description,
+                                                kind=pb_utils.MetricFamily.COUNTER)
+    return _FAMILIES[name]
+
+
+def _error(message: str) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+class _Entry:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.slo_ns = int(float(cfg["slo_ms"]) * 1e6)
+
+    def execute(self, requests: list) -> list:
+        out = []
+        for request in requests:
+            budget = self.slo_ns
+            params = json.loads(request.parameters() or "{}")
+            if "deadline_ms" in params:
+                try:
+                    budget = min(budget, int(float(params["deadline_ms"]) * 1e6))
+                except (TypeError, ValueError):
+                    out.append(_error(f"jigsaw: request parameter deadline_ms must be a number of "
+                                      f"milliseconds, got {params['deadline_ms']!r}"))
+                    continue
+            deadline = np.array([time.time_ns() + budget], dtype=np.int64)
+            out.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("DEADLINE", deadline)]))
+        return out
+
+
+class _Stage:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.task = cfg["task"]
+        self.inputs: list[str] = cfg["inputs"]
+        self.outputs: dict[str, dict[str, Any]] = cfg["outputs"]
+        self.width = int(cfg["width"])
+        self.routes = [Route(**r) for r in cfg["routes"]]
+        self.router = WeightedRoundRobin(self.routes)
+        self.fanouts = {name: FanOut(o.get("factors", {}), float(o.get("factor", 1.0)))
+                        for name, o in self.outputs.items()}
+        self.fastest_ms = min(r.latency_ms for r in self.routes)
+        self.downstream_ms = float(cfg["downstream_ms"])
+        self.slots = int(cfg.get("max_inflight", 8))
+        self._busy = 0
+        self._waiting: list[tuple[int, int, asyncio.Future]] = []
+        self._seq = itertools.count()
+        labels = {"app": cfg["app"], "task": self.task}
+        self.m_requests = _counter("jigsaw_stage_requests_total", "requests seen by a jigsaw stage").Metric(labels=labels)
+        self.m_drops = _counter("jigsaw_stage_drops_total", "requests dropped early by a jigsaw stage").Metric(labels=labels)
+        self.m_misses = _counter("jigsaw_stage_deadline_misses_total",
+                                 "requests that left a jigsaw stage after their deadline").Metric(labels=labels)
+        self.m_wait = _counter("jigsaw_stage_queue_delay_us_total",
+                               "time requests waited for a dispatch slot in a jigsaw stage (us)").Metric(labels=labels)
+        items = _counter("jigsaw_stage_variant_items_total", "items a jigsaw stage routed to each variant")
+        self.m_items = {r.variant: items.Metric(labels={**labels, "variant": r.variant}) for r in self.routes}
+
+    async def execute(self, requests: list) -> list:
+        return list(await asyncio.gather(*(self._serve(r) for r in requests)))
+
+    async def _acquire(self, deadline: int) -> None:
+        """Earliest-deadline-first admission to ``max_inflight`` dispatch slots."""
+        if self._busy < self.slots and not self._waiting:
+            self._busy += 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (deadline, next(self._seq), fut))
+        await fut
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, fut = heapq.heappop(self._waiting)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._busy -= 1
+
+    def _rows(self, request: Any) -> np.ndarray | str:
+        parts = []
+        for name in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                return f"jigsaw: stage {self.task}: missing input tensor {name}"
+            rows = tensor.as_numpy()
+            if rows.dtype != np.float32 or rows.ndim != 2 or rows.shape[1] != self.width:
+                return (f"jigsaw: stage {self.task}: input {name} must be FP32 of shape [items, {self.width}], "
+                        f"got {rows.dtype} {list(rows.shape)}")
+            parts.append(rows)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    async def _serve(self, request: Any) -> Any:
+        self.m_requests.increment(1)
+        deadline = int(pb_utils.get_input_tensor_by_name(request, "DEADLINE").as_numpy().reshape(-1)[0])
+        rows = self._rows(request)
+        if isinstance(rows, str):
+            return _error(rows)
+        arrived = time.time_ns()
+        await self._acquire(deadline)
+        try:
+            started = time.time_ns()
+            self.m_wait.increment(max(0, (started - arrived) // 1000))
+            decision: DropDecision = drop_decision(started, deadline, self.fastest_ms, self.downstream_ms, self.task)
+            if decision.drop:
+                self.m_drops.increment(1)
+                return _error(decision.reason)
+            chunks = self._plan_chunks(len(rows))
+            results = await asyncio.gather(*(self._dispatch(route, rows[a:b], deadline)
+                                             for route, a, b in chunks))
+        finally:
+            self._release()
+        for result in results:
+            if isinstance(result, str):
+                self.m_drops.increment(1)
+                return _error(result)
+        if time.time_ns() > deadline:
+            self.m_misses.increment(1)
+        return pb_utils.InferenceResponse(output_tensors=self._fan_out(chunks, results))
+
+    def _plan_chunks(self, n: int) -> list[tuple[Route, int, int]]:
+        chunks, start = [], 0
+        while start < n:
+            route = self.router.pick()
+            end = min(n, start + route.batch)
+            chunks.append((route, start, end))
+            self.m_items[route.variant].increment(end - start)
+            start = end
+        return chunks
+
+    async def _dispatch(self, route: Route, rows: np.ndarray, deadline: int) -> np.ndarray | str:
+        request = pb_utils.InferenceRequest(model_name=route.model, requested_output_names=["OUTPUT"],
+                                            inputs=[pb_utils.Tensor("INPUT", rows)])
+        response = await request.async_exec()
+        if response.has_error():
+            return f"jigsaw: stage {self.task}: variant {route.variant} ({route.model}) failed: {response.error().message()}"
+        return pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy()
+
+    def _fan_out(self, chunks: list[tuple[Route, int, int]], results: list[np.ndarray]) -> list:
+        tensors = []
+        for name, fan in self.fanouts.items():
+            pieces = []
+            for (route, _, _), out in zip(chunks, results):
+                k = fan.count(route.variant, len(out)) if name != "OUTPUT" else len(out)
+                if k:
+                    pieces.append(out[np.arange(k) % len(out)])
+            data = np.concatenate(pieces) if pieces else np.zeros((0, self.width), dtype=np.float32)
+            tensors.append(pb_utils.Tensor(name, data.astype(np.float32)))
+        return tensors
+
+
+class _Runner:
+    def __init__(self, cfg: dict[str, Any], instance_name: str) -> None:
+        group, _, index = instance_name.rpartition("_")
+        bindings = cfg.get("bindings", {}).get(group)
+        if bindings:
+            os.environ.update(bindings[int(index) % len(bindings)])  # before anything touches CUDA
+        self.run = build(cfg["runtime"], int(cfg["width"]))
+
+    def execute(self, requests: list) -> list:
+        inputs = [pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy() for r in requests]
+        outputs = self.run(np.concatenate(inputs))
+        responses, start = [], 0
+        for rows in inputs:
+            part = outputs[start:start + len(rows)]
+            start += len(rows)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", part)]))
+        return responses
+
+
+class TritonPythonModel:
+    """Dispatches to the role named in the model config's ``jigsaw`` parameter."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        cfg = json.loads(config["parameters"]["jigsaw"]["string_value"])
+        role = cfg["role"]
+        if role == "entry":
+            self.impl: Any = _Entry(cfg)
+        elif role == "stage":
+            self.impl = _Stage(cfg)
+        elif role == "runner":
+            self.impl = _Runner(cfg, args["model_instance_name"])
+        else:
+            raise ValueError(f"jigsaw: unknown role {role!r} in model {args['model_name']}")
+        self.is_async = role == "stage"
+
+    async def execute(self, requests: list) -> list:
+        if self.is_async:
+            return await self.impl.execute(requests)
+        return self.impl.execute(requests)

@@ -1,0 +1,66 @@
+"""Pure scheduling logic of a stage: weighted routing, fan-out counts and early-drop decisions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Route:
+    model: str
+    variant: str
+    share: float
+    batch: int
+    latency_ms: float
+
+
+class WeightedRoundRobin:
+    """Smooth weighted round robin: after n picks each route has had within one pick of share * n."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        total = sum(r.share for r in routes)
+        if not routes or total <= 0:
+            raise ValueError("a stage needs at least one route with a positive share")
+        self.routes = routes
+        self._weights = [r.share / total for r in routes]
+        self._current = [0.0] * len(routes)
+
+    def pick(self) -> Route:
+        for i, w in enumerate(self._weights):
+            self._current[i] += w
+        best = max(range(len(self.routes)), key=lambda i: self._current[i])
+        self._current[best] -= 1.0
+        return self.routes[best]
+
+
+class FanOut:
+    """Items sent downstream per upstream item, per variant; fractional factors carry a remainder so
+    that the long-run ratio is exact and the count per request deterministic."""
+
+    def __init__(self, factors: dict[str, float], default: float) -> None:
+        self.factors = factors
+        self.default = default
+        self._carry: dict[str, float] = {}
+
+    def count(self, variant: str, rows: int) -> int:
+        exact = self.factors.get(variant, self.default) * rows + self._carry.get(variant, 0.0)
+        n = int(exact)
+        self._carry[variant] = exact - n
+        return n
+
+
+@dataclass(frozen=True)
+class DropDecision:
+    drop: bool
+    reason: str = ""
+
+
+def drop_decision(now_ns: int, deadline_ns: int, own_fastest_ms: float, downstream_ms: float,
+                  task: str) -> DropDecision:
+    """Drop when even the fastest variant here and on every remaining task, with no batching delay,
+    cannot finish before the deadline."""
+    need_ns = int((own_fastest_ms + downstream_ms) * 1e6)
+    left_ns = deadline_ns - now_ns
+    if left_ns >= need_ns:
+        return DropDecision(False)
+    return DropDecision(True, f"jigsaw: request dropped at stage {task}: {left_ns / 1e6:.1f} ms left before "
+                              f"its deadline, the fastest remaining path needs {need_ns / 1e6:.1f} ms")

@@ -1,0 +1,40 @@
+"""Variant implementations a runner model can execute, selected by the spec's ``runtime.kind``."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def numpy_mlp(width: int, in_width: int, depth: int = 2, hidden: int = 64, seed: int = 0,
+              delay_ms: float = 0.0, delay_per_item_ms: float = 0.0) -> Runner:
+    """A CPU stand-in model: ``depth`` dense tanh layers of ``hidden`` units, ``in_width`` -> ``width``.
+    ``delay_ms`` (+ ``delay_per_item_ms`` per row) emulates device time without using a CPU core,
+    so that a 2-core test machine can host many instances with realistic service times."""
+    rng = np.random.default_rng(seed)
+    dims = [in_width] + [hidden] * max(depth - 1, 0) + [width]
+    weights = [(rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32) for a, b in zip(dims[:-1], dims[1:])]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if delay_ms or delay_per_item_ms:
+            time.sleep((delay_ms + delay_per_item_ms * len(x)) / 1000)
+        for w in weights:
+            x = np.tanh(x @ w)
+        return x.astype(np.float32)
+
+    return run
+
+
+KINDS: dict[str, Callable[..., Runner]] = {"numpy_mlp": numpy_mlp}
+
+
+def build(runtime: dict[str, Any], width: int) -> Runner:
+    """Instantiate the variant described by ``runtime`` for tensors of ``width`` features."""
+    params = dict(runtime)
+    kind = params.pop("kind", "numpy_mlp")
+    if kind not in KINDS:
+        raise ValueError(f"unknown variant runtime kind {kind!r} (known: {', '.join(KINDS)})")
+    return KINDS[kind](width=width, in_width=width, **params)
