@@ -2,7 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import signal
 import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
 
 import click
 
@@ -83,6 +90,137 @@ def capacity(app_path: str, profiles_path: str, gpu_type: str | None, features: 
         click.echo(json.dumps({"max_demand_rps": cap.max_demand_rps, "features": opts.features.label,
                                "gpus": gpus, "gpu_type": gpu.name, "probes": cap.probes,
                                "max_probe_seconds": max(cap.probe_seconds, default=0.0)}))
+
+
+KEY_FILE, MANIFEST_FILE = ".jigsaw-control-key", "jigsaw.json"
+
+
+def _uses_mps(repo: Path) -> bool:
+    """Whether the rendered repository's manifest asks for MPS (a missing or unreadable manifest: no)."""
+    try:
+        return json.loads((repo / MANIFEST_FILE).read_text()).get("uses_mps") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write_key(path: Path, key: str) -> None:
+    """Write the control key, readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+
+
+@cli.command()
+@click.argument("repo_path", metavar="REPO", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="address the HTTP, gRPC and metrics ports bind to")
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--control-key", default=None,
+              help=f"value of the jigsaw-control-key header that model load/unload needs (default: random); "
+                   f"written to REPO/{KEY_FILE}")
+def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_port: int,
+          control_key: str | None) -> None:
+    """Serve the model repository REPO with Triton until SIGINT or SIGTERM.
+
+    The python and jigsaw backends are prepared in a temporary directory (removed on exit): Triton
+    takes every subdirectory of REPO for a model. An MPS control daemon is started first when
+    REPO/jigsaw.json has "uses_mps": true and MPS is available.
+    """
+    from .server import MpsDaemon, TritonServer
+    from .tritonenv import prepare_backend_dir, server_env
+
+    repo = Path(repo_path).resolve()
+    if not repo.is_dir():
+        raise InputError(f"REPO: no such directory: {repo_path}")
+    key = control_key or secrets.token_hex(16)
+    _write_key(repo / KEY_FILE, key)
+    click.echo(f"control key{'' if control_key else ' ' + key} in {repo / KEY_FILE} "
+               f"(header jigsaw-control-key)")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+    try:
+        with ExitStack() as stack:
+            env = server_env()
+            if _uses_mps(repo):
+                if MpsDaemon.available():
+                    mps = stack.enter_context(MpsDaemon())
+                    env.update(mps.env())
+                    click.echo(f"MPS control daemon pid {mps.pid}, pipe {mps.env()['CUDA_MPS_PIPE_DIRECTORY']}")
+                else:
+                    click.echo("warning: REPO asks for MPS, which is unavailable here: serving without", err=True)
+            backends = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jigsaw-backends-")))
+            server = stack.enter_context(TritonServer(repo, prepare_backend_dir(backends), host=host,
+                                                      http_port=http_port, grpc_port=grpc_port,
+                                                      metrics_port=metrics_port, control_key=key, env=env))
+            click.echo(f"tritonserver pid {server.pid} ready: http {server.http_url}, grpc {server.grpc_url}, "
+                       f"metrics {server.metrics_url}, log {server.log_path}")
+            try:
+                while server.exit_code is None:
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                for sig in handlers:
+                    signal.signal(sig, signal.SIG_IGN)  # let the shutdown finish
+                click.echo("stopping")
+            else:
+                raise click.ClickException(f"tritonserver exited with code {server.exit_code}; last lines of "
+                                           f"{server.log_path}:\n{server.log_tail()}")
+    except RuntimeError as exc:  # the server or MPS failed to start
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    click.echo("stopped")
+
+
+@cli.command()
+@click.argument("plan_path", metavar="PLAN.json", type=click.Path())
+@click.option("--out", "out", required=True, type=click.Path(), help="model repository directory to write")
+@click.option("--inventory", default=None, type=click.Path(),
+              help="simulated GPU inventory JSON (default: read the GPUs through NVML; none = CPU)")
+def render(plan_path: str, out: str, inventory: str | None) -> None:
+    """Render PLAN.json into a Triton model repository (every config validated as a ModelConfig)."""
+    from .inventory import detect
+    from .plan import Plan
+    from .render import build_configs, write_repository
+
+    inv = detect(inventory)
+    rendered = build_configs(Plan.load(plan_path), inv)
+    write_repository(rendered, Path(out))
+    click.echo(f"wrote {len(rendered.configs)} models to {out} (ensemble {rendered.manifest['ensemble']!r}; "
+               f"devices: {inv.source})")
+    for label, procs in rendered.manifest["bindings"].items():
+        click.echo(f"  {label}: {'; '.join(procs)}")
+
+
+@cli.command()
+@click.argument("plan_path", metavar="PLAN.json", type=click.Path())
+@click.option("--repo", "repo_path", required=True, type=click.Path(), help="the repository the server serves")
+@click.option("--url", default="127.0.0.1:8001", show_default=True, help="the server's gRPC address")
+@click.option("--control-key", default=None, help=f"model-control key (default: REPO/{KEY_FILE})")
+@click.option("--inventory", default=None, type=click.Path(), help="simulated GPU inventory JSON")
+def apply(plan_path: str, repo_path: str, url: str, control_key: str | None, inventory: str | None) -> None:
+    """Move the server at URL to PLAN.json without failing requests in flight (rolls back on failure)."""
+    import tritonclient.grpc as grpcclient
+
+    from .control import apply as apply_plan, control_headers
+    from .inventory import detect
+    from .plan import Plan
+    from .render import build_configs
+
+    repo = Path(repo_path)
+    key_file = repo / KEY_FILE
+    key = control_key or (key_file.read_text().strip() if key_file.exists() else None)
+    rendered = build_configs(Plan.load(plan_path), detect(inventory))
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        report = apply_plan(rendered, repo, client, control_headers(key, grpc=True),
+                            progress=lambda line: click.echo(f"  {line}", err=True))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"applied: {len(report.loaded)} loaded, {len(report.unchanged)} unchanged, "
+               f"{len(report.unloaded)} unloaded")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,7 +107,6 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
         runtime = dict(app.task(e.task).variant(e.variant).runtime) or {"kind": "numpy_mlp"}
         add("runner.pbtxt.j2", runner_name(app.name, e), batch=e.batch, groups=groups,
             queue_delay_us=int(e.latency_ms * 1000 * batch_wait_fraction),
-            queue_timeout_us=int(app.latency_slo_ms * 1000),
             settings={"role": "runner", "runtime": runtime, "width": width,
                       "bindings": {f"seg{b.key.index}": [dict(p.env) for p in b.processes] for b in segs}})
     fastest = _fastest(plan)

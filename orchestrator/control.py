@@ -1,0 +1,108 @@
+"""Move a running Triton server to a new plan through its model-control API, without dropping requests.
+
+Order: write the new configs beside the old ones; load new and changed variant runners (an
+instance-count-only change is applied in place by Triton); then the stages (Triton loads the new
+copy in the background and swaps it in when ready); then the entry and the ensemble if they
+changed; last, unload the runners the new plan no longer uses. If any load fails, every model
+already moved is loaded again with its old config, the runners added are unloaded, the old files
+are restored, and the error is raised: the old plan keeps serving.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from .errors import InputError
+from .render import MANIFEST, Rendered, write_repository
+from .server import CONTROL_HEADER, GRPC_CONTROL_HEADER
+
+
+
+@dataclass
+class ApplyReport:
+    loaded: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+
+
+def _old_configs(repo: Path) -> dict[str, model_config_pb2.ModelConfig]:
+    manifest = repo / MANIFEST
+    if not manifest.exists():
+        raise InputError(f"{repo}: no {MANIFEST}; is this a repository written by `jigsaw render`?")
+    names = json.loads(manifest.read_text())["models"]
+    return {n: text_format.Parse((repo / n / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+            for n in names if (repo / n / "config.pbtxt").exists()}
+
+
+def _order(name: str, cfg: model_config_pb2.ModelConfig) -> int:
+    """Runners first, then stages, then the entry, then the ensemble."""
+    if cfg.platform == "ensemble":
+        return 3
+    role = json.loads(cfg.parameters["jigsaw"].string_value)["role"] if "jigsaw" in cfg.parameters else ""
+    return {"runner": 0, "stage": 1, "entry": 2}.get(role, 2)
+
+
+def control_headers(key: str | None, grpc: bool) -> dict[str, str] | None:
+    """The header that unlocks model control on a server started with a control key."""
+    if not key:
+        return None
+    return {GRPC_CONTROL_HEADER if grpc else CONTROL_HEADER: key}
+
+
+def apply(rendered: Rendered, repo: Path, client, headers: dict[str, str] | None = None,
+          progress: Callable[[str], None] = lambda _: None) -> ApplyReport:
+    """Apply ``rendered`` to the server behind ``client`` (tritonclient http or grpc) serving ``repo``."""
+    old = _old_configs(repo)
+    backup = repo.with_name(repo.name + ".previous")
+    if backup.exists():
+        shutil.rmtree(backup)
+    shutil.copytree(repo, backup)
+    for name, cfg in rendered.configs.items():  # new model directories must exist before loading
+        (repo / name / "1").mkdir(parents=True, exist_ok=True)
+        (repo / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+    report = ApplyReport()
+    moved: list[str] = []
+    try:
+        for name in sorted(rendered.configs, key=lambda n: (_order(n, rendered.configs[n]), n)):
+            if old.get(name) == rendered.configs[name]:
+                report.unchanged.append(name)
+                continue
+            progress(f"loading {name}")
+            client.load_model(name, config=rendered.config_json(name), headers=headers)
+            moved.append(name)
+            report.loaded.append(name)
+    except InferenceServerException as exc:
+        progress(f"load failed, rolling back: {exc}")
+        _rollback(client, headers, old, moved, backup, repo)
+        raise RuntimeError(f"apply failed while loading {name}: {exc}; rolled back, the old plan keeps serving") \
+            from None
+    for name in sorted(set(old) - set(rendered.configs)):
+        progress(f"unloading {name}")
+        client.unload_model(name, headers=headers)
+        report.unloaded.append(name)
+    write_repository(rendered, repo)
+    shutil.rmtree(backup)
+    return report
+
+
+def _rollback(client, headers, old: dict[str, model_config_pb2.ModelConfig], moved: list[str],
+              backup: Path, repo: Path) -> None:
+    for name in reversed(moved):
+        if name in old:
+            (repo / name / "config.pbtxt").write_text(text_format.MessageToString(old[name]))
+            client.load_model(name, config=json_format.MessageToJson(old[name], preserving_proto_field_name=True),
+                              headers=headers)
+        else:
+            try:
+                client.unload_model(name, headers=headers)
+            except InferenceServerException:
+                pass  # it never loaded
+    shutil.rmtree(repo)
+    shutil.move(str(backup), str(repo))

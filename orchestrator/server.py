@@ -1,0 +1,284 @@
+"""Run tritonserver and an MPS control daemon as child processes in their own process groups.
+
+Both are stopped through their process group (never by name), so a Python-backend stub left behind
+by a killed server goes with it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from types import TracebackType
+from typing import Sequence
+
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from .tritonenv import find_runtime, server_env
+
+CONTROL_HEADER = "jigsaw-control-key"
+# tritonserver waits this long for open HTTP connections and in-flight requests after SIGTERM (default
+# 30 s); below stop()'s default timeout, so it exits on its own and finalises its stubs (no SIGKILL)
+EXIT_TIMEOUT_S = 10
+# tritonserver 2.51 prefixes restricted gRPC header keys with "triton-grpc-protocol-"
+GRPC_CONTROL_HEADER = f"triton-grpc-protocol-{CONTROL_HEADER}"
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now (bind them soon: nothing reserves them)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    """Poll until no process is left in the group; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while _signal_group(pgid, 0):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM the leader's group, wait for it to empty, SIGKILL the group after ``timeout_s``."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    if not _wait_group_gone(proc.pid, max(0.0, deadline - time.monotonic())):
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _wait_group_gone(proc.pid, 5.0)
+
+
+class TritonServer:
+    """A tritonserver child process in explicit model-control mode.
+
+    ``with TritonServer(repo, backend_dir, ...) as server:`` starts it, waits until it is ready and
+    stops it (process group) on exit. With ``control_key``, the model-repository API (load, unload,
+    index) answers only requests carrying the header ``CONTROL_HEADER: <key>`` on HTTP and
+    ``GRPC_CONTROL_HEADER: <key>`` on gRPC.
+    """
+
+    def __init__(self, repo: Path, backend_dir: Path, *, host: str = "127.0.0.1", http_port: int = 8000,
+                 grpc_port: int = 8001, metrics_port: int = 8002, control_key: str | None = None,
+                 load: Sequence[str] = ("*",), log_path: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.repo, self.backend_dir = Path(repo), Path(backend_dir)
+        self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
+        self.control_key, self.load = control_key, tuple(load)
+        self.log_path = Path(log_path) if log_path else None
+        self.env = env
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        """``host:port`` of the HTTP endpoint (tritonclient.http form, no scheme)."""
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint (tritonclient.grpc form)."""
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Full URL of the Prometheus metrics page."""
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server (also its process-group id); None when not started or stopped."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The server's exit status once it has exited on its own; None while it runs."""
+        return self._proc.poll() if self._proc else None
+
+    def command(self) -> list[str]:
+        """The tritonserver command line."""
+        args = [str(find_runtime().server_bin),
+                f"--model-repository={self.repo}", f"--backend-directory={self.backend_dir}",
+                "--model-control-mode=explicit",
+                *(f"--load-model={name}" for name in self.load),
+                f"--http-address={self.host}", f"--http-port={self.http_port}",
+                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+                "--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+                "--exit-on-error=true", f"--exit-timeout-secs={EXIT_TIMEOUT_S}", "--log-verbose=0"]
+        if self.control_key:
+            # 2.51 parses '<apis>:<header>=<value>'; its --help text shows a comma, which it rejects
+            restricted = f"model-repository:{CONTROL_HEADER}={self.control_key}"
+            args += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
+        return args
+
+    def start(self) -> TritonServer:
+        """Start tritonserver in a new session (its own process group); output goes to ``log_path``
+        (a temporary file when not given)."""
+        if self._proc:
+            raise RuntimeError(f"tritonserver already started (pid {self._proc.pid})")
+        cmd = self.command()
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                          env=self.env if self.env is not None else server_env(),
+                                          start_new_session=True)
+        return self
+
+    def log_tail(self, n: int = 40) -> str:
+        """The last ``n`` lines of the server log."""
+        if not self.log_path or not self.log_path.is_file():
+            return ""
+        with open(self.log_path, errors="replace") as f:
+            return "".join(deque(f, maxlen=n))
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until the server reports ready; RuntimeError (with the log tail) if it exits or times out."""
+        if not self._proc:
+            raise RuntimeError("tritonserver not started")
+        deadline = time.monotonic() + timeout_s
+        client = httpclient.InferenceServerClient(self.http_url, connection_timeout=2.0, network_timeout=2.0)
+        try:
+            while True:
+                code = self._proc.poll()
+                if code is not None:
+                    raise RuntimeError(f"tritonserver exited with code {code}; last lines of {self.log_path}:\n"
+                                       f"{self.log_tail()}")
+                try:
+                    if client.is_server_ready():
+                        return
+                except (OSError, InferenceServerException):
+                    pass  # not listening yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"tritonserver not ready after {timeout_s:.0f} s; last lines of "
+                                       f"{self.log_path}:\n{self.log_tail()}")
+                time.sleep(0.2)
+        finally:
+            client.close()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM the server's process group, SIGKILL it after ``timeout_s``. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc:
+            _stop_group(proc, timeout_s)
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class MpsDaemon:
+    """A private MPS control daemon (own pipe and log directories) for the server's CUDA clients.
+
+    Started in the foreground (``nvidia-cuda-mps-control -f``) as a child in its own process group, so
+    it is tracked by PID; ``-d`` would fork it away. ``env()`` gives the variables clients need.
+    """
+
+    BINARY = "nvidia-cuda-mps-control"
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._dirs: tuple[Path, Path] | None = None
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether MPS can run here: the control binary is on PATH and an NVIDIA GPU device exists."""
+        return shutil.which(cls.BINARY) is not None and any(Path("/dev").glob("nvidia[0-9]*"))
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the control daemon (also its process-group id); None when not running."""
+        return self._proc.pid if self._proc else None
+
+    def env(self) -> dict[str, str]:
+        """``CUDA_MPS_PIPE_DIRECTORY`` and ``CUDA_MPS_LOG_DIRECTORY`` of this daemon, for its clients."""
+        if not self._dirs:
+            raise RuntimeError("MPS daemon not started")
+        return {"CUDA_MPS_PIPE_DIRECTORY": str(self._dirs[0]), "CUDA_MPS_LOG_DIRECTORY": str(self._dirs[1])}
+
+    def start(self, timeout_s: float = 15.0) -> MpsDaemon:
+        """Start the control daemon and wait until it answers on its pipe."""
+        if not self.available():
+            raise RuntimeError(f"MPS unavailable: {self.BINARY} not on PATH or no NVIDIA GPU device in /dev")
+        pipe, log_dir = (Path(tempfile.mkdtemp(prefix=f"jigsaw-mps-{kind}-")) for kind in ("pipe", "log"))
+        self._dirs = (pipe, log_dir)
+        with open(log_dir / "control-stdout.log", "wb") as log:
+            self._proc = subprocess.Popen([self.BINARY, "-f"], stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, env={**os.environ, **self.env()},
+                                          start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while self._control("get_server_list", 2.0) is None:
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.BINARY} did not start")
+            time.sleep(0.1)
+        return self
+
+    def _control(self, command: str, timeout_s: float) -> str | None:
+        """Send one command to the daemon; its answer, or None when it does not answer."""
+        try:
+            done = subprocess.run([self.BINARY], input=f"{command}\n", capture_output=True, text=True,
+                                  env={**os.environ, **self.env()}, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """``quit`` the daemon (it stops its MPS server), then its process group; remove its directories."""
+        proc, self._proc = self._proc, None
+        if proc:
+            if proc.poll() is None and self._control("quit", timeout_s) is not None:
+                try:
+                    proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    pass
+            _stop_group(proc, timeout_s)
+        if self._dirs:
+            for d in self._dirs:
+                shutil.rmtree(d, ignore_errors=True)
+            self._dirs = None
+
+    def __enter__(self) -> MpsDaemon:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,122 @@
+"""jigsaw apply against a real tritonserver: zero failed requests under load, and rollback."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from conftest import ROOT
+from orchestrator.appspec import load_app
+from orchestrator.control import apply, control_headers
+from orchestrator.gpus import gpu_type
+from orchestrator.inventory import Inventory
+from orchestrator.planner import PlanOptions, make_plan
+from orchestrator.profiles import load_profiles
+from orchestrator.render import build_configs, write_repository
+from orchestrator.server import TritonServer, free_ports
+from orchestrator.tritonenv import prepare_backend_dir, server_env
+
+CPU = Inventory(gpus=(), source="test: cpu")
+KEY = "test-key"
+
+
+def _plan(demand: float, features: str = "ast"):
+    from orchestrator.features import Features
+    app = load_app(ROOT / "examples" / "cpu" / "app.yaml")
+    return make_plan(app, load_profiles(ROOT / "examples" / "cpu" / "profiles.csv"), gpu_type("cpu"), demand,
+                     PlanOptions(gpus=12, features=Features.parse(features)))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("apply")
+    repo = tmp / "repo"
+    write_repository(build_configs(_plan(40), CPU), repo)
+    h, g, m = free_ports(3)
+    with TritonServer(repo, prepare_backend_dir(tmp / "backends"), http_port=h, grpc_port=g, metrics_port=m,
+                      control_key=KEY, log_path=tmp / "server.log", env=server_env()) as srv:
+        srv.wait_ready(120)
+        yield srv
+
+
+class Load:
+    """Paced gRPC clients (one request per ``period`` each, within the plans' capacity) that record
+    every outcome until stopped."""
+
+    def __init__(self, url: str, threads: int = 3, period: float = 0.1) -> None:
+        self.period = period
+        self.url, self.ok, self.errors = url, 0, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        client = grpcclient.InferenceServerClient(self.url)
+        x = np.ones((1, 16), dtype=np.float32)
+        inp = grpcclient.InferInput("INPUT", [1, 16], "FP32")
+        inp.set_data_from_numpy(x)
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                client.infer("cpudemo", [inp])
+                self.ok += 1
+            except Exception as exc:  # every failure is a test failure: keep its message
+                self.errors.append(str(exc))
+            self._stop.wait(max(0.0, self.period - (time.monotonic() - began)))
+
+    def __enter__(self) -> "Load":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
+def _runners(client) -> set[str]:
+    return {m.name for m in client.get_model_repository_index(headers=control_headers(KEY, True)).models
+            if m.state == "READY" and m.name.count("__") == 3}
+
+
+def test_apply_under_load_fails_no_request(server) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    before = _runners(client)
+    new = build_configs(_plan(90), CPU)
+    with Load(server.grpc_url) as load:
+        time.sleep(1.0)
+        report = apply(new, server.repo, client, control_headers(KEY, True))
+        served_during = load.ok
+        time.sleep(1.0)
+    assert load.errors == []
+    assert load.ok > served_during > 0
+    after = _runners(client)
+    assert after == {n for n in new.configs if n.count("__") == 3}
+    assert report.loaded and (before != after)
+    assert set(report.unloaded) == before - after
+
+
+def test_failed_apply_rolls_back(server) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    before = _runners(client)
+    bad = _plan(200)
+    for task in bad.app_spec["tasks"].values():
+        for v in task["variants"].values():
+            v["runtime"] = {"kind": "no_such_kind"}
+    with Load(server.grpc_url, threads=2) as load:
+        with pytest.raises(RuntimeError, match="rolled back"):
+            apply(build_configs(bad, CPU), server.repo, client, control_headers(KEY, True))
+        time.sleep(0.5)
+    assert load.errors == [] and load.ok > 0
+    assert _runners(client) == before
+    assert not Path(str(server.repo) + ".previous").exists()
+
+
+def test_apply_needs_the_control_key(server) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(RuntimeError, match="rolled back"):
+        apply(build_configs(_plan(50), CPU), server.repo, client, headers=None)
