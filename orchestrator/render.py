@@ -1,7 +1,8 @@
 """Render a plan into a Triton model repository from the Jinja templates in model_repository_templates/.
 
 Models (``<app>`` is the app name):
-  <app>                      ensemble the clients call: INPUT [items, width] -> <sink>_OUTPUT per sink task
+  <app>                      ensemble the clients call: INPUT [1, items, width] -> <sink>_OUTPUT
+                             [1, items', width] per sink task (batch dimension of 1 request)
   <app>__entry               stamps the DEADLINE tensor
   <app>__<task>              the task's stage: EDF, early drop, weighted routing, fan-out
   <app>__<task>__<variant>__<k>g<m>p<b>b
@@ -31,6 +32,7 @@ from .plan import Entry, Plan, parse_label
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository_templates"
 STAGE_INSTANCES = 2
 ENTRY_INSTANCES = 2
+MAX_REQUESTS = 16  # requests a stage or the entry takes in one execute (dynamic batching)
 MANIFEST = "jigsaw.json"
 
 
@@ -91,7 +93,7 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
     def add(template: str, name: str, **values: Any) -> None:
         configs[name] = _parse(name, env.get_template(template).render(name=name, width=width, **values))
 
-    add("entry.pbtxt.j2", f"{app.name}__entry", instances=ENTRY_INSTANCES,
+    add("entry.pbtxt.j2", f"{app.name}__entry", instances=ENTRY_INSTANCES, max_requests=MAX_REQUESTS,
         settings={"role": "entry", "slo_ms": app.latency_slo_ms})
     by_entry: dict[tuple, list[SegmentBinding]] = {}
     for label, b in bindings.items():
@@ -127,7 +129,7 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
         out_settings = {f"OUT_{e.dst}": {"factor": e.factor, "factors": dict(e.factors)} for e in children} \
             or {"OUTPUT": {}}
         add("stage.pbtxt.j2", f"{app.name}__{t.name}", inputs=list(inputs), outputs=list(outputs),
-            instances=STAGE_INSTANCES,
+            instances=STAGE_INSTANCES, max_requests=MAX_REQUESTS,
             settings={"role": "stage", "app": app.name, "task": t.name, "inputs": list(inputs),
                       "outputs": out_settings, "width": width, "routes": routes,
                       "downstream_ms": downstream[t.name]})

@@ -55,8 +55,8 @@ class Load:
 
     def _run(self) -> None:
         client = grpcclient.InferenceServerClient(self.url)
-        x = np.ones((1, 16), dtype=np.float32)
-        inp = grpcclient.InferInput("INPUT", [1, 16], "FP32")
+        x = np.ones((1, 1, 16), dtype=np.float32)
+        inp = grpcclient.InferInput("INPUT", [1, 1, 16], "FP32")
         inp.set_data_from_numpy(x)
         while not self._stop.is_set():
             began = time.monotonic()

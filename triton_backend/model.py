@@ -56,7 +56,7 @@ class _Entry:
                     out.append(_error(f"jigsaw: request parameter deadline_ms must be a number of "
                                       f"milliseconds, got {params['deadline_ms']!r}"))
                     continue
-            deadline = np.array([time.time_ns() + budget], dtype=np.int64)
+            deadline = np.array([[time.time_ns() + budget]], dtype=np.int64)
             out.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("DEADLINE", deadline)]))
         return out
 
@@ -88,7 +88,19 @@ class _Stage:
         self.m_items = {r.variant: items.Metric(labels={**labels, "variant": r.variant}) for r in self.routes}
 
     async def execute(self, requests: list) -> list:
-        return list(await asyncio.gather(*(self._serve(r) for r in requests)))
+        """Triton's dynamic batcher hands over every request queued for this instance; they are
+        served concurrently, admitted to dispatch slots in earliest-deadline-first order."""
+        deadlines = [self._deadline(r) for r in requests]
+        order = sorted(range(len(requests)), key=deadlines.__getitem__)
+        served = await asyncio.gather(*(self._serve(requests[i], deadlines[i]) for i in order))
+        responses: list[Any] = [None] * len(requests)
+        for i, response in zip(order, served):
+            responses[i] = response
+        return responses
+
+    @staticmethod
+    def _deadline(request: Any) -> int:
+        return int(pb_utils.get_input_tensor_by_name(request, "DEADLINE").as_numpy().reshape(-1)[0])
 
     async def _acquire(self, deadline: int) -> None:
         """Earliest-deadline-first admission to ``max_inflight`` dispatch slots."""
@@ -114,15 +126,14 @@ class _Stage:
             if tensor is None:
                 return f"jigsaw: stage {self.task}: missing input tensor {name}"
             rows = tensor.as_numpy()
-            if rows.dtype != np.float32 or rows.ndim != 2 or rows.shape[1] != self.width:
-                return (f"jigsaw: stage {self.task}: input {name} must be FP32 of shape [items, {self.width}], "
+            if rows.dtype != np.float32 or rows.ndim != 3 or rows.shape[0] != 1 or rows.shape[2] != self.width:
+                return (f"jigsaw: stage {self.task}: input {name} must be FP32 of shape [1, items, {self.width}], "
                         f"got {rows.dtype} {list(rows.shape)}")
-            parts.append(rows)
+            parts.append(rows[0])
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    async def _serve(self, request: Any) -> Any:
+    async def _serve(self, request: Any, deadline: int) -> Any:
         self.m_requests.increment(1)
-        deadline = int(pb_utils.get_input_tensor_by_name(request, "DEADLINE").as_numpy().reshape(-1)[0])
         rows = self._rows(request)
         if isinstance(rows, str):
             return _error(rows)
@@ -175,7 +186,7 @@ class _Stage:
                 if k:
                     pieces.append(out[np.arange(k) % len(out)])
             data = np.concatenate(pieces) if pieces else np.zeros((0, self.width), dtype=np.float32)
-            tensors.append(pb_utils.Tensor(name, data.astype(np.float32)))
+            tensors.append(pb_utils.Tensor(name, data.astype(np.float32)[None]))
         return tensors
 
 
