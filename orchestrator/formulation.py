@@ -98,13 +98,11 @@ def solve(app: AppSpec, cands: dict[str, list[Candidate]], demand: float, featur
     start = time.perf_counter()
     clist = [c for t in app.tasks for c in cands[t.name]]
     n = len(clist)
-    tidx = {t.name: i for i, t in enumerate(app.tasks)}
     vkeys = [(t.name, v) for t in app.tasks for v in allowed_variants(app, t.name, features)]
     vidx = {k: i for i, k in enumerate(vkeys)}
     bounds = demand_bounds(app, features)
     graph_aware = features.task_graph
 
-    thr = np.array([c.throughput for c in clist])
     size = np.array([c.slices for c in clist], dtype=float)
     mem = np.array([c.mem_slices for c in clist], dtype=float)
     upper = np.array([math.ceil(demand * bounds[c.task][1] / c.throughput) + 1 for c in clist], dtype=float)
