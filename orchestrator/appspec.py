@@ -18,8 +18,9 @@ YAML layout (see examples/)::
     paths:                        # optional: weight of each source-to-sink path (default equal)
       - {tasks: [scene, objects], weight: 1}
 
-Accuracies are in [0, 1] or in percent (values above 1); each task's are normalised to its best
-variant, so the maximum achievable pipeline accuracy is 1.
+Accuracies are fractions in [0, 1] or scores above 1 (percent, or a metric such as CIDEr, at most
+1000; name it in ``metric``); each task's are normalised to its best variant, so the maximum
+achievable pipeline accuracy is 1.
 """
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ def _parse_task(name: str, body: Any) -> Task:
         vwhere = f"{where}.variants.{vname}"
         if isinstance(vbody, (int, float)) and not isinstance(vbody, bool):
             vbody = {"accuracy": vbody}
-        acc = _number(_require(vbody, "accuracy", vwhere), f"{vwhere}.accuracy", 0, 100, lo_open=True)
+        acc = _number(_require(vbody, "accuracy", vwhere), f"{vwhere}.accuracy", 0, 1000, lo_open=True)
         _check_unknown(vbody, {"accuracy", "profile", "source", "metric", "runtime"}, vwhere)
         profile = vbody.get("profile", vname)
         if not isinstance(profile, str) or not profile:

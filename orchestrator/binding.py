@@ -104,17 +104,25 @@ def _emulated(seg: _Placed, device: GpuDevice, gpu: GpuType) -> tuple[ProcessBin
     if not total_sms:
         raise InputError(f"segment {seg.label!r}: GPU {seg.gpu} has no known SM count to emulate "
                          f"{shape.name} with MPS")
-    pct = max(1, min(100, 100 * shape.sms // (total_sms * mps)))
-    memory_mb = shape.memory_gb * 1024
-    if device.memory_mb:
-        memory_mb = min(memory_mb, device.memory_mb)
-    mem = f"{int(memory_mb // mps)}M"
-    env |= {SM_PERCENT: str(pct), MEM_LIMIT: f"0={mem}"}
+    env |= emulation_env(gpu, seg.size, mps, total_sms, device.memory_mb)
+    pct, mem = env[SM_PERCENT], env[MEM_LIMIT].split("=", 1)[1]
     what = (f"MPS share of whole GPU {seg.gpu}" if seg.size == gpu.slices else
             f"emulated MIG {shape.name} via MPS SM cap on GPU {seg.gpu}")
     return tuple(ProcessBinding("mps", seg.gpu, dict(env),
                                 f"{what}: process {p + 1}/{mps}, {pct}% of {total_sms} SMs, {mem}")
                  for p in range(mps))
+
+
+def emulation_env(gpu: GpuType, size: int, mps: int, total_sms: int, device_memory_mb: float | None = None
+                  ) -> dict[str, str]:
+    """MPS caps that emulate one of ``mps`` processes of a ``size``-slice MIG segment on a whole GPU of
+    ``total_sms`` SMs: its share of the shape's SMs and of its memory (at most the device's)."""
+    shape = gpu.shapes[size]
+    pct = max(1, min(100, 100 * shape.sms // (total_sms * mps)))
+    memory_mb = shape.memory_gb * 1024
+    if device_memory_mb:
+        memory_mb = min(memory_mb, device_memory_mb)
+    return {SM_PERCENT: str(pct), MEM_LIMIT: f"0={int(memory_mb // mps)}M"}
 
 
 def bind(placement: Mapping[str, Any], gpu: GpuType, inventory: Inventory) -> dict[str, SegmentBinding]:

@@ -223,6 +223,235 @@ def apply(plan_path: str, repo_path: str, url: str, control_key: str | None, inv
                f"{len(report.unloaded)} unloaded")
 
 
+@cli.command()
+@click.argument("run_path", metavar="RUN", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="print the summary JSON as the last line")
+def report(run_path: str, as_json: bool) -> None:
+    """Report on the run in RUN/: write summary.json and PNG plots there and print a short summary."""
+    from tools.report import SUMMARY_FILE, format_summary, plot, summarize
+
+    summary = summarize(run_path)
+    pngs = plot(run_path)
+    click.echo(format_summary(summary))
+    click.echo(f"wrote {SUMMARY_FILE}, {', '.join(p.name for p in pngs)} in {run_path}")
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+@cli.command()
+@click.option("--url", default="127.0.0.1:8001", show_default=True, help="the server's gRPC address")
+@click.option("--model", required=True, help="the app's ensemble (named after the app)")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Poisson arrivals at this many req/s (with --duration)")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="seconds of Poisson load (with --rate)")
+@click.option("--trace", "trace_path", type=click.Path(), default=None,
+              help="demand trace: per-interval CSV (interval_start_s,rate_rps) or one arrival time (s) per line")
+@click.option("--peak", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="scale the trace so its busiest interval is this many req/s")
+@click.option("--compress", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="replay the whole trace in this many seconds")
+@click.option("--items", type=click.IntRange(min=1), default=1, show_default=True, help="items per request")
+@click.option("--width", type=click.IntRange(min=1), default=None,
+              help="INPUT width (default: from the model's input metadata)")
+@click.option("--slo-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="answers slower than this are 'late' (default: the SLO the served app stamps)")
+@click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="send this tighter deadline with each request")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the arrival times")
+@click.option("--out", type=click.Path(), default="requests.csv", show_default=True,
+              help="per-request CSV, written as requests complete")
+@click.option("--json", "as_json", is_flag=True, help="print the summary JSON as the last line")
+def load(url: str, model: str, rate: float | None, duration: float | None, trace_path: str | None,
+         peak: float | None, compress: float | None, items: int, width: int | None, slo_ms: float | None,
+         deadline_ms: float | None, seed: int, out: str, as_json: bool) -> None:
+    """Open-loop load on the app MODEL at URL: Poisson (--rate, --duration) or a trace (--trace)."""
+    from tools import trace as traces
+    from tools.loadgen import run_load, summary_text
+
+    if trace_path is None:
+        if rate is None or duration is None or peak is not None or compress is not None:
+            raise click.UsageError("give either --rate and --duration (Poisson) or --trace "
+                                   "[--peak RPS] [--compress SECONDS]")
+        times = traces.poisson(rate, duration, seed)
+        what = f"Poisson {rate:g} req/s for {duration:g} s"
+    else:
+        if rate is not None or duration is not None:
+            raise click.UsageError("--rate/--duration and --trace are alternatives: give one")
+        demand = traces.load_trace(trace_path)
+        demand = traces.scale_to_peak(demand, peak) if peak else demand
+        demand = traces.compress(demand, compress) if compress else demand
+        times = traces.arrivals(demand, seed)
+        what = (f"trace {trace_path}: {len(demand.rates)} intervals of {demand.interval_s:g} s, "
+                f"peak {demand.peak_rps:.1f} req/s, {demand.duration_s:g} s")
+    click.echo(f"sending {len(times)} requests of {items} item(s) to {model} at {url} ({what}); log {out}", err=True)
+    result = run_load(url, model, times, items, width, slo_ms, deadline_ms,
+                      on_progress=lambda p: click.echo(p.line(), err=True), stream_to=out, progress_s=3.0)
+    summary = result.summary()
+    click.echo(summary_text(summary))
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+@cli.command()
+@click.argument("app_paths", metavar="APP.yaml...", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="profile CSV to write")
+@click.option("--device", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
+              help="gpu: torch variants under emulated MIG segments; cpu: numpy variants in-process")
+@click.option("--gpu-type", "gpu_name", default="h200-141gb", show_default=True,
+              help="GPU catalogue entry whose segment shapes are emulated (gpu device)")
+def profile(app_paths: tuple[str, ...], out: str, device: str, gpu_name: str) -> None:
+    """Measure the apps' variants per segment and batch into the canonical profile CSV."""
+    apps = [load_app(p) for p in app_paths]
+    kinds = {dict(v.runtime).get("kind", "numpy_mlp") for a in apps for t in a.tasks for v in t.variants}
+    if device == "auto":
+        device = "gpu" if kinds == {"torch"} else "cpu"
+    if device == "cpu":
+        from tools.profile_cpu import profile_cpu
+        if kinds != {"numpy_mlp"}:
+            raise InputError(f"--device cpu profiles numpy_mlp variants; these apps have {sorted(kinds)}")
+        rows = profile_cpu(apps, out, progress=lambda line: click.echo(line, err=True))
+        click.echo(f"wrote {rows} rows to {out} (device: this CPU)")
+        return
+    from tools.profile_gpu import run as profile_gpu
+    try:
+        result = profile_gpu(apps, gpu_type(gpu_name), out, progress=lambda line: click.echo(line, err=True))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    rep = result.report
+    click.echo(f"wrote {len(result.rows)} rows to {out} ({rep['rows_measured']} measured, the rest interpolated) "
+               f"in {rep['seconds']:.0f} s on {rep['device']}; report {out}.report.json")
+    if rep.get("validation"):
+        click.echo(f"interpolation error on held-out points: mean {rep['validation_mean_abs_error_pct']}%, "
+                   f"max {rep['validation_max_abs_error_pct']}%")
+
+
+def _trace(trace_path: str | None, peak: float, duration: float):
+    """The demand trace: a file or the shipped synthetic day, scaled to ``peak`` and replayed in ``duration`` s."""
+    from tools.trace import compress, load_trace, scale_to_peak, synthetic_diurnal
+    trace = load_trace(trace_path) if trace_path else synthetic_diurnal()
+    return compress(scale_to_peak(trace, peak), duration)
+
+
+def _run_experiment(app_path: str, profiles_path: str, gpu_name: str | None, features: str, method: str,
+                    time_limit: float, gpus: int | None, trace_path: str | None, peak: float, duration: float,
+                    interval: float, out: str, inventory: str | None, forecaster: str, system: str,
+                    notes: str = "") -> dict:
+    from .experiment import Experiment, run as run_exp
+    from .inventory import detect
+
+    app, profiles, gpu = _load(app_path, profiles_path, gpu_name)
+    opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit)
+    exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=detect(inventory),
+                     trace=_trace(trace_path, peak, duration), interval_s=interval, out=Path(out),
+                     system=system or opts.features.label, forecaster=forecaster, notes=notes)
+    try:
+        return run_exp(exp, progress=lambda line: click.echo(line, err=True))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _experiment_options(f):
+    f = click.option("--json", "as_json", is_flag=True, help="print the report summary JSON as the last line")(f)
+    f = click.option("--forecaster", type=click.Choice(["holt", "moving-average"]), default="holt", show_default=True,
+                     help="holt: level + trend + residual-quantile slack; moving-average: the paper's (5 bins + 5%)")(f)
+    f = click.option("--inventory", default=None, type=click.Path(),
+                     help="simulated GPU inventory JSON (default: NVML; none = CPU)")(f)
+    f = click.option("--interval", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+                     help="controller interval in seconds (metrics, forecast, replan)")(f)
+    f = click.option("--duration", type=click.FloatRange(min=1), default=60.0, show_default=True,
+                     help="seconds the whole trace is replayed in")(f)
+    f = click.option("--peak", type=click.FloatRange(min=0, min_open=True), required=True,
+                     help="the trace is scaled to this peak (req/s)")(f)
+    f = click.option("--trace", "trace_path", type=click.Path(), default=None,
+                     help="demand trace file (default: the shipped synthetic diurnal day)")(f)
+    return f
+
+
+def _print_report(summary: dict, out: str, as_json: bool) -> None:
+    from tools.report import format_summary
+    click.echo(format_summary(summary))
+    click.echo(f"report: {Path(out) / 'summary.json'} and plots in {out}")
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+@cli.command()
+@_options
+@_experiment_options
+@click.option("--gpus", type=int, default=None, help="GPUs available (default: unlimited)")
+@click.option("--out", required=True, type=click.Path(), help="run directory")
+@click.option("--system", default="", help="label of this run in the report (default: the features)")
+def experiment(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float,
+               method: str, trace_path: str | None, peak: float, duration: float, interval: float,
+               inventory: str | None, forecaster: str, as_json: bool, gpus: int | None, out: str, system: str) -> None:
+    """Serve APP.yaml under a replayed demand trace with live replanning, then report (closed loop)."""
+    summary = _run_experiment(app_path, profiles_path, gpu_type, features, method, time_limit, gpus, trace_path,
+                              peak, duration, interval, out, inventory, forecaster, system)
+    _print_report(summary, out, as_json)
+
+
+@cli.command()
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="run directory")
+@click.option("--duration", type=click.FloatRange(min=10), default=60.0, show_default=True,
+              help="seconds the synthetic day is replayed in")
+@click.option("--peak", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+              help="peak demand of the replayed day (req/s)")
+@click.option("--json", "as_json", is_flag=True, help="print the report summary JSON as the last line")
+def demo(out: str, duration: float, peak: float, as_json: bool) -> None:
+    """The bundled example end to end: profile, plan, render, serve, replay a day with live replanning, report.
+
+    Uses examples/cpu/app.yaml (numpy variants) on this machine's CPU; the profile is measured first.
+    """
+    from tools.profile_cpu import profile_cpu
+
+    root = Path(__file__).resolve().parent.parent
+    app_path = root / "examples" / "cpu" / "app.yaml"
+    Path(out).mkdir(parents=True, exist_ok=True)
+    profiles_path = Path(out) / "profiles.csv"
+    click.echo(f"profiling {app_path} on this CPU -> {profiles_path}", err=True)
+    profile_cpu([load_app(app_path)], str(profiles_path), repeats=20, progress=lambda _: None)
+    summary = _run_experiment(str(app_path), str(profiles_path), None, "ast", "auto", 2.0, None, None, peak,
+                              duration, max(2.0, duration / 20), out, None, "holt", "A+S+T (demo, CPU)",
+                              notes="jigsaw demo: examples/cpu on this CPU, synthetic diurnal day compressed")
+    _print_report(summary, out, as_json)
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the tarball to write (.tar.xz)")
+@click.option("--python", "python_version", default="{}.{}".format(*sys.version_info[:2]), show_default=True,
+              help="the target's Python (X.Y): its backend stub and wheels are packed")
+@click.option("--platform", "platforms", multiple=True,
+              help="target wheel platform tag, repeatable; older manylinux tags are implied "
+                   "[default: manylinux_2_35_<this machine>, the glibc the runtime needs]")
+@click.option("--deps/--no-deps", default=True, show_default=True,
+              help="pack the wheels of the dependencies (--no-deps: the project's wheel and --require'd ones only)")
+@click.option("--wheels-from", type=click.Path(file_okay=False), default=None,
+              help="take every wheel from this directory, with no package index (offline)")
+@click.option("--exclude", multiple=True, metavar="NAME[,NAME...]",
+              help="packages the target already has (or a run does not import): not packed, nor what only they "
+                   "need; install.sh checks the target's versions")
+@click.option("--require", multiple=True, metavar="REQ",
+              help="another requirement, e.g. 'scs<3.3'; one naming a project requirement replaces it")
+@click.option("--project", type=click.Path(file_okay=False), default=None,
+              help="the project source to build the wheel of (default: this checkout)")
+@click.option("--level", type=click.IntRange(0, 9), default=9, show_default=True, help="xz preset")
+@click.option("--repack/--no-repack", default=True, show_default=True,
+              help="store the wheels uncompressed inside the tarball, so that xz compresses their contents")
+def bundle(out: str, python_version: str, platforms: tuple[str, ...], deps: bool, wheels_from: str | None,
+           exclude: tuple[str, ...], require: tuple[str, ...], project: str | None, level: int, repack: bool) -> None:
+    """Pack the tritonserver runtime, the project's wheel and its dependencies' wheels for another host's
+    Python into one .tar.xz that installs offline (tar xf it, then ./install.sh --target DIR)."""
+    from .bundle import BundleOptions, build_bundle
+
+    opts = BundleOptions(out=Path(out), python=python_version, platforms=platforms, deps=deps,
+                         wheels_from=Path(wheels_from) if wheels_from else None, exclude=exclude, require=require,
+                         project=Path(project) if project else None, level=level, repack=repack)
+    report = build_bundle(opts, progress=lambda line: click.echo(line, err=True))
+    click.echo(f"wrote {report.out}: {report.size / 2**20:.1f} MiB")
+    click.echo(report.summary())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps bad input to exit 1 and infeasible SLOs to exit 2."""
     try:

@@ -2,8 +2,9 @@
 
 Order: write the new configs beside the old ones; load new and changed variant runners (an
 instance-count-only change is applied in place by Triton); then the stages (Triton loads the new
-copy in the background and swaps it in when ready); then the entry and the ensemble if they
-changed; last, unload the runners the new plan no longer uses. If any load fails, every model
+copy in the background and swaps it in when ready, and reloads the ensemble that uses them); then
+the ensemble if it changed; last, after the requests still in the old stages had time to finish
+(``drain_s``), unload the runners the new plan no longer uses. If any load fails, every model
 already moved is loaded again with its old config, the runners added are unloaded, the old files
 are restored, and the error is raised: the old plan keeps serving.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -42,11 +44,11 @@ def _old_configs(repo: Path) -> dict[str, model_config_pb2.ModelConfig]:
 
 
 def _order(name: str, cfg: model_config_pb2.ModelConfig) -> int:
-    """Runners first, then stages, then the entry, then the ensemble."""
+    """Runners first, then stages, then the ensemble."""
     if cfg.platform == "ensemble":
         return 3
     role = json.loads(cfg.parameters["jigsaw"].string_value)["role"] if "jigsaw" in cfg.parameters else ""
-    return {"runner": 0, "stage": 1, "entry": 2}.get(role, 2)
+    return {"runner": 0, "stage": 1}.get(role, 2)
 
 
 def control_headers(key: str | None, grpc: bool) -> dict[str, str] | None:
@@ -57,8 +59,11 @@ def control_headers(key: str | None, grpc: bool) -> dict[str, str] | None:
 
 
 def apply(rendered: Rendered, repo: Path, client, headers: dict[str, str] | None = None,
-          progress: Callable[[str], None] = lambda _: None) -> ApplyReport:
-    """Apply ``rendered`` to the server behind ``client`` (tritonclient http or grpc) serving ``repo``."""
+          progress: Callable[[str], None] = lambda _: None, drain_s: float | None = None) -> ApplyReport:
+    """Apply ``rendered`` to the server behind ``client`` (tritonclient http or grpc) serving ``repo``.
+
+    Runners the new plan drops are unloaded ``drain_s`` seconds after the new stages took over
+    (default: twice the app's latency SLO): requests still in the old stages finish on them."""
     old = _old_configs(repo)
     backup = repo.with_name(repo.name + ".previous")
     if backup.exists():
@@ -83,7 +88,11 @@ def apply(rendered: Rendered, repo: Path, client, headers: dict[str, str] | None
         _rollback(client, headers, old, moved, backup, repo)
         raise RuntimeError(f"apply failed while loading {name}: {exc}; rolled back, the old plan keeps serving") \
             from None
-    for name in sorted(set(old) - set(rendered.configs)):
+    gone = sorted(set(old) - set(rendered.configs))
+    if gone:
+        wait = drain_s if drain_s is not None else 2 * float(rendered.manifest.get("latency_slo_ms", 0)) / 1000
+        time.sleep(wait)
+    for name in gone:
         progress(f"unloading {name}")
         client.unload_model(name, headers=headers)
         report.unloaded.append(name)

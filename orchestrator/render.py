@@ -3,8 +3,8 @@
 Models (``<app>`` is the app name):
   <app>                      ensemble the clients call: INPUT [1, items, width] -> <sink>_OUTPUT
                              [1, items', width] per sink task (batch dimension of 1 request)
-  <app>__entry               stamps the DEADLINE tensor
-  <app>__<task>              the task's stage: EDF, early drop, weighted routing, fan-out
+  <app>__<task>              the task's stage: EDF, early drop, weighted routing, fan-out; a source
+                             task's stage stamps the DEADLINE tensor its descendants read
   <app>__<task>__<variant>__<k>g<m>p<b>b
                              a variant runner: one instance group per segment (``seg<i>``), one
                              instance per MPS process, bound to its MIG device / MPS share / CPU
@@ -31,8 +31,7 @@ from .plan import Entry, Plan, parse_label
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository_templates"
 STAGE_INSTANCES = 2
-ENTRY_INSTANCES = 2
-MAX_REQUESTS = 16  # requests a stage or the entry takes in one execute (dynamic batching)
+MAX_REQUESTS = 16  # requests a stage takes in one execute (dynamic batching)
 MANIFEST = "jigsaw.json"
 
 
@@ -93,8 +92,6 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
     def add(template: str, name: str, **values: Any) -> None:
         configs[name] = _parse(name, env.get_template(template).render(name=name, width=width, **values))
 
-    add("entry.pbtxt.j2", f"{app.name}__entry", instances=ENTRY_INSTANCES, max_requests=MAX_REQUESTS,
-        settings={"role": "entry", "slo_ms": app.latency_slo_ms})
     by_entry: dict[tuple, list[SegmentBinding]] = {}
     for label, b in bindings.items():
         k = parse_label(label)
@@ -109,12 +106,13 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
         runtime = dict(app.task(e.task).variant(e.variant).runtime) or {"kind": "numpy_mlp"}
         add("runner.pbtxt.j2", runner_name(app.name, e), batch=e.batch, groups=groups,
             queue_delay_us=int(e.latency_ms * 1000 * batch_wait_fraction),
-            settings={"role": "runner", "runtime": runtime, "width": width,
+            settings={"role": "runner", "runtime": runtime, "width": width, "max_batch": e.batch,
                       "bindings": {f"seg{b.key.index}": [dict(p.env) for p in b.processes] for b in segs}})
     fastest = _fastest(plan)
     downstream = _downstream(app, fastest)
-    steps = [{"model": f"{app.name}__entry", "inputs": {"INPUT": "INPUT"}, "outputs": {"DEADLINE": "deadline"}}]
+    steps = []
     sinks = []
+    deadline_of: dict[str, str] = {}   # task -> the ensemble tensor holding its requests' deadlines
     for t in app.tasks:
         parents = app.parents(t.name)
         children = [e for e in app.edges if e.src == t.name]
@@ -128,15 +126,27 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
             raise InputError(f"plan JSON: task {t.name} has no entry with a positive share")
         out_settings = {f"OUT_{e.dst}": {"factor": e.factor, "factors": dict(e.factors)} for e in children} \
             or {"OUTPUT": {}}
+        settings = {"role": "stage", "app": app.name, "task": t.name, "inputs": list(inputs),
+                    "outputs": out_settings, "width": width, "routes": routes,
+                    "downstream_ms": downstream[t.name]}
+        step_outputs = dict(outputs)
+        if parents:
+            deadline_of[t.name] = deadline_of[parents[0].src]
+            step_inputs = {**inputs, "DEADLINE": deadline_of[t.name]}
+        else:
+            settings["stamp_slo_ms"] = app.latency_slo_ms
+            deadline_of[t.name] = f"deadline_{t.name}"
+            step_inputs = dict(inputs)
+            if children:
+                settings["emit_deadline"] = True
+                step_outputs["DEADLINE"] = deadline_of[t.name]
         add("stage.pbtxt.j2", f"{app.name}__{t.name}", inputs=list(inputs), outputs=list(outputs),
-            instances=STAGE_INSTANCES, max_requests=MAX_REQUESTS,
-            settings={"role": "stage", "app": app.name, "task": t.name, "inputs": list(inputs),
-                      "outputs": out_settings, "width": width, "routes": routes,
-                      "downstream_ms": downstream[t.name]})
-        steps.append({"model": f"{app.name}__{t.name}", "inputs": {**inputs, "DEADLINE": "deadline"},
-                      "outputs": outputs})
+            instances=STAGE_INSTANCES, max_requests=MAX_REQUESTS, reads_deadline=bool(parents),
+            emits_deadline=bool(settings.get("emit_deadline")), settings=settings)
+        steps.append({"model": f"{app.name}__{t.name}", "inputs": step_inputs, "outputs": step_outputs})
     add("ensemble.pbtxt.j2", app.name, outputs=sinks, steps=steps)
-    manifest = {"app": app.name, "ensemble": app.name, "gpu_type": plan.gpu_type, "uses_mps": uses_mps(bindings),
+    manifest = {"app": app.name, "ensemble": app.name, "latency_slo_ms": app.latency_slo_ms,
+                "gpu_type": plan.gpu_type, "uses_mps": uses_mps(bindings),
                 "inventory": inventory.source, "models": sorted(configs),
                 "bindings": {label: [p.description for p in b.processes] for label, b in sorted(bindings.items())}}
     return Rendered(configs, manifest)

@@ -89,12 +89,13 @@ class TritonServer:
     def __init__(self, repo: Path, backend_dir: Path, *, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, control_key: str | None = None,
                  load: Sequence[str] = ("*",), log_path: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, ready_timeout_s: float = 60.0) -> None:
         self.repo, self.backend_dir = Path(repo), Path(backend_dir)
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
         self.control_key, self.load = control_key, tuple(load)
         self.log_path = Path(log_path) if log_path else None
         self.env = env
+        self.ready_timeout_s = ready_timeout_s
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -194,7 +195,7 @@ class TritonServer:
     def __enter__(self) -> TritonServer:
         self.start()
         try:
-            self.wait_ready()
+            self.wait_ready(self.ready_timeout_s)
         except BaseException:
             self.stop()
             raise

@@ -131,6 +131,7 @@ Samples = list[tuple[str, dict[str, str], float]]
 
 
 def _scrape(s: Served) -> Samples:
+    time.sleep(0.3)  # stages send their counters at most every 0.1 s (triton_backend/model.py, _Counters)
     text = urllib.request.urlopen(s.server.metrics_url, timeout=10).read().decode()
     return [(x.name, x.labels, x.value) for fam in text_string_to_metric_families(text) for x in fam.samples]
 

@@ -3,10 +3,11 @@
 Installed as ``<backend-dir>/jigsaw/model.py``; a model selects it with ``backend: "jigsaw"`` and
 its role and settings come from the JSON in the config parameter ``jigsaw``:
 
-- ``entry``: stamps each request's absolute deadline (now + latency SLO, or the tighter
-  ``deadline_ms`` request parameter) into the ``DEADLINE`` tensor that travels through the graph.
 - ``stage``: one per task; earliest-deadline-first dispatch, early drop, weighted routing among the
-  plan's variant runners (async BLS, chunked to each runner's max batch) and fan-out downstream.
+  plan's variant runners (async BLS, chunked to each runner's max batch) and fan-out downstream. A
+  source task's stage stamps each request's absolute deadline (arrival + latency SLO, or the tighter
+  ``deadline_ms`` request parameter) and hands it on as the ``DEADLINE`` tensor that travels through
+  the graph; the other stages read it.
 - ``runner``: one per (task, variant, segment, batch); binds each instance to its partition before
   anything touches CUDA, then runs the variant on the batch Triton's dynamic batcher formed.
 """
@@ -40,25 +41,41 @@ def _error(message: str) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
 
 
-class _Entry:
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        self.slo_ns = int(float(cfg["slo_ms"]) * 1e6)
+def _stamp(request: Any, slo_ns: int) -> int | str:
+    """Absolute deadline (ns) of a request arriving now, or an error message for a bad parameter."""
+    budget = slo_ns
+    params = request.parameters()
+    if params and params != "{}":
+        value = json.loads(params).get("deadline_ms")
+        if value is not None:
+            try:
+                budget = min(budget, int(float(value) * 1e6))
+            except (TypeError, ValueError):
+                return f"jigsaw: request parameter deadline_ms must be a number of milliseconds, got {value!r}"
+    return time.time_ns() + budget
 
-    def execute(self, requests: list) -> list:
-        out = []
-        for request in requests:
-            budget = self.slo_ns
-            params = json.loads(request.parameters() or "{}")
-            if "deadline_ms" in params:
-                try:
-                    budget = min(budget, int(float(params["deadline_ms"]) * 1e6))
-                except (TypeError, ValueError):
-                    out.append(_error(f"jigsaw: request parameter deadline_ms must be a number of "
-                                      f"milliseconds, got {params['deadline_ms']!r}"))
-                    continue
-            deadline = np.array([[time.time_ns() + budget]], dtype=np.int64)
-            out.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("DEADLINE", deadline)]))
-        return out
+
+class _Counters:
+    """Custom-metric increments, summed locally and sent to Triton at most every ``FLUSH_S`` (each
+    increment is an IPC round trip from the stub to the server)."""
+
+    FLUSH_S = 0.1
+
+    def __init__(self) -> None:
+        self._pending: dict[Any, int] = {}
+        self._scheduled = False
+
+    def add(self, metric: Any, n: int) -> None:
+        if n:
+            self._pending[metric] = self._pending.get(metric, 0) + n
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        pending, self._pending, self._scheduled = self._pending, {}, False
+        for metric, n in pending.items():
+            metric.increment(n)
 
 
 class _Stage:
@@ -74,6 +91,9 @@ class _Stage:
         self.fastest_ms = min(r.latency_ms for r in self.routes)
         self.downstream_ms = float(cfg["downstream_ms"])
         self.slots = int(cfg.get("max_inflight", 8))
+        self.stamp_ns = int(float(cfg["stamp_slo_ms"]) * 1e6) if "stamp_slo_ms" in cfg else None
+        self.emit_deadline = bool(cfg.get("emit_deadline", False))
+        self.counters = _Counters()
         self._busy = 0
         self._waiting: list[tuple[int, int, asyncio.Future]] = []
         self._seq = itertools.count()
@@ -91,15 +111,16 @@ class _Stage:
         """Triton's dynamic batcher hands over every request queued for this instance; they are
         served concurrently, admitted to dispatch slots in earliest-deadline-first order."""
         deadlines = [self._deadline(r) for r in requests]
-        order = sorted(range(len(requests)), key=deadlines.__getitem__)
+        order = sorted(range(len(requests)), key=lambda i: deadlines[i] if isinstance(deadlines[i], int) else 0)
         served = await asyncio.gather(*(self._serve(requests[i], deadlines[i]) for i in order))
         responses: list[Any] = [None] * len(requests)
         for i, response in zip(order, served):
             responses[i] = response
         return responses
 
-    @staticmethod
-    def _deadline(request: Any) -> int:
+    def _deadline(self, request: Any) -> int | str:
+        if self.stamp_ns is not None:
+            return _stamp(request, self.stamp_ns)
         return int(pb_utils.get_input_tensor_by_name(request, "DEADLINE").as_numpy().reshape(-1)[0])
 
     async def _acquire(self, deadline: int) -> None:
@@ -132,8 +153,10 @@ class _Stage:
             parts.append(rows[0])
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    async def _serve(self, request: Any, deadline: int) -> Any:
-        self.m_requests.increment(1)
+    async def _serve(self, request: Any, deadline: int | str) -> Any:
+        self.counters.add(self.m_requests, 1)
+        if isinstance(deadline, str):
+            return _error(deadline)
         rows = self._rows(request)
         if isinstance(rows, str):
             return _error(rows)
@@ -141,10 +164,10 @@ class _Stage:
         await self._acquire(deadline)
         try:
             started = time.time_ns()
-            self.m_wait.increment(max(0, (started - arrived) // 1000))
+            self.counters.add(self.m_wait, max(0, (started - arrived) // 1000))
             decision: DropDecision = drop_decision(started, deadline, self.fastest_ms, self.downstream_ms, self.task)
             if decision.drop:
-                self.m_drops.increment(1)
+                self.counters.add(self.m_drops, 1)
                 return _error(decision.reason)
             chunks = self._plan_chunks(len(rows))
             results = await asyncio.gather(*(self._dispatch(route, rows[a:b], deadline)
@@ -153,11 +176,14 @@ class _Stage:
             self._release()
         for result in results:
             if isinstance(result, str):
-                self.m_drops.increment(1)
+                self.counters.add(self.m_drops, 1)
                 return _error(result)
         if time.time_ns() > deadline:
-            self.m_misses.increment(1)
-        return pb_utils.InferenceResponse(output_tensors=self._fan_out(chunks, results))
+            self.counters.add(self.m_misses, 1)
+        tensors = self._fan_out(chunks, results)
+        if self.emit_deadline:
+            tensors.append(pb_utils.Tensor("DEADLINE", np.array([[deadline]], dtype=np.int64)))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _plan_chunks(self, n: int) -> list[tuple[Route, int, int]]:
         chunks, start = [], 0
@@ -165,7 +191,7 @@ class _Stage:
             route = self.router.pick()
             end = min(n, start + route.batch)
             chunks.append((route, start, end))
-            self.m_items[route.variant].increment(end - start)
+            self.counters.add(self.m_items[route.variant], end - start)
             start = end
         return chunks
 
@@ -196,7 +222,7 @@ class _Runner:
         bindings = cfg.get("bindings", {}).get(group)
         if bindings:
             os.environ.update(bindings[int(index) % len(bindings)])  # before anything touches CUDA
-        self.run = build(cfg["runtime"], int(cfg["width"]))
+        self.run = build(cfg["runtime"], int(cfg["width"]), int(cfg.get("max_batch", 1)))
 
     def execute(self, requests: list) -> list:
         inputs = [pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy() for r in requests]
@@ -216,10 +242,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         cfg = json.loads(config["parameters"]["jigsaw"]["string_value"])
         role = cfg["role"]
-        if role == "entry":
-            self.impl: Any = _Entry(cfg)
-        elif role == "stage":
-            self.impl = _Stage(cfg)
+        if role == "stage":
+            self.impl: Any = _Stage(cfg)
         elif role == "runner":
             self.impl = _Runner(cfg, args["model_instance_name"])
         else:

@@ -28,13 +28,22 @@ def numpy_mlp(width: int, in_width: int, depth: int = 2, hidden: int = 64, seed:
     return run
 
 
-KINDS: dict[str, Callable[..., Runner]] = {"numpy_mlp": numpy_mlp}
+def torch_model(width: int, in_width: int, max_batch: int = 1, **params: Any) -> Runner:
+    """A real architecture on the GPU as captured CUDA graphs (triton_backend/zoo.py; imports torch)."""
+    from triton_backend.zoo import torch_runner
+    return torch_runner(width, in_width, max_batch=max_batch, **params)
 
 
-def build(runtime: dict[str, Any], width: int) -> Runner:
-    """Instantiate the variant described by ``runtime`` for tensors of ``width`` features."""
+KINDS: dict[str, Callable[..., Runner]] = {"numpy_mlp": numpy_mlp, "torch": torch_model}
+
+
+def build(runtime: dict[str, Any], width: int, max_batch: int = 1) -> Runner:
+    """Instantiate the variant described by ``runtime`` for tensors of ``width`` features and
+    batches of at most ``max_batch`` rows."""
     params = dict(runtime)
     kind = params.pop("kind", "numpy_mlp")
     if kind not in KINDS:
         raise ValueError(f"unknown variant runtime kind {kind!r} (known: {', '.join(KINDS)})")
+    if kind == "torch":
+        params["max_batch"] = max_batch
     return KINDS[kind](width=width, in_width=width, **params)

@@ -1,0 +1,205 @@
+"""The online controller (``jigsaw watch``): measure demand, forecast it, replan and apply.
+
+Every interval it scrapes the server's metrics (arrivals at the app's ensemble, the variants the
+stages routed to, each runner's batch times), feeds the measured rate to a forecaster and decides
+with ``decide``:
+
+- up at once when the forecast exceeds the demand the current plan was made for (under-provisioning
+  costs SLO violations);
+- down only when the forecast stays below ``down_ratio`` of it and the plan has served at least
+  ``down_cooldown`` intervals (hysteresis: no flapping on noise);
+- the new plan is made for forecast x (1 + ``headroom``) and moved onto the server with
+  ``control.apply`` (no failed requests; a failed load rolls back and the old plan keeps serving).
+
+Profile refinement: a runner whose measured mean batch time exceeds its profiled p95 at the same
+batch by more than ``refine_drift`` gets that variant's profile rows for its segment scaled by the
+measured ratio, and the app is replanned. Only slowdowns are folded in: a profile's latency also
+budgets Triton's per-call overhead, which a runner's compute time does not show.
+
+Every decision is appended to ``events.jsonl`` (tools/report.py reads it).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .appspec import AppSpec
+from .errors import InfeasibleError
+from .forecast import Forecaster
+from .gpus import GpuType
+from .inventory import Inventory
+from .metrics import Scrape, increase, requests_total, scrape
+from .plan import Plan
+from .planner import PlanOptions, make_plan
+from .profiles import ProfilePoint, Profiles
+from .render import build_configs, runner_name, write_repository
+
+
+@dataclass(frozen=True)
+class Policy:
+    headroom: float = 0.10
+    down_ratio: float = 0.70
+    down_cooldown: int = 3
+    refine_drift: float = 0.25
+    refine_min_batches: int = 20
+
+
+def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, policy: Policy) -> float | None:
+    """The demand to replan for, or None to keep the current plan."""
+    if forecast_rps > planned_rps:
+        return forecast_rps * (1 + policy.headroom)
+    if forecast_rps < planned_rps * policy.down_ratio and intervals_in_plan >= policy.down_cooldown:
+        return forecast_rps * (1 + policy.headroom)
+    return None
+
+
+class EventLog:
+    """events.jsonl, times in seconds from ``origin`` (``time.time()``)."""
+
+    def __init__(self, path: Path, origin: float) -> None:
+        self.path, self.origin = Path(path), origin
+        self._lock = threading.Lock()
+
+    def write(self, kind: str, **fields: Any) -> None:
+        line = json.dumps({"t": round(time.time() - self.origin, 3), "kind": kind, **fields})
+        with self._lock, self.path.open("a") as fh:
+            fh.write(line + "\n")
+
+
+def scaled(profiles: Profiles, variant: str, gpu: str, mig: int, mps: int, ratio: float) -> Profiles:
+    """``profiles`` with one variant's rows on one segment shape slowed down by ``ratio``."""
+    return Profiles(tuple(replace(p, latency_ms=p.latency_ms * ratio, throughput_rps=p.throughput_rps / ratio)
+                          if (p.variant, p.gpu, p.mig, p.mps) == (variant, gpu, mig, mps) else p
+                          for p in profiles.points))
+
+
+def expected_ms(points: list[ProfilePoint], batch: float) -> float | None:
+    """Profiled p95 at a (possibly fractional) mean batch, linear between profiled batches."""
+    pts = sorted((p.batch, p.latency_ms) for p in points)
+    if not pts:
+        return None
+    return float(np.interp(batch, [b for b, _ in pts], [lat for _, lat in pts]))
+
+
+class Controller:
+    """Keeps one app's plan matched to its demand on one running server."""
+
+    def __init__(self, app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions, inventory: Inventory,
+                 repo: Path, metrics_url: str, forecaster: Forecaster, events: EventLog,
+                 policy: Policy = Policy(), apply_plan: Callable[[Any], None] | None = None,
+                 progress: Callable[[str], None] = print) -> None:
+        self.app, self.profiles, self.gpu, self.opts = app, profiles, gpu, opts
+        self.inventory, self.repo, self.metrics_url = inventory, Path(repo), metrics_url
+        self.forecaster, self.events, self.policy = forecaster, events, policy
+        self.apply_plan, self.progress = apply_plan, progress
+        self.plan: Plan | None = None
+        self.intervals_in_plan = 0
+        self.last: Scrape | None = None
+        self.refine_pending = False
+
+    # -- planning ---------------------------------------------------------------------------------
+
+    def _make(self, demand: float) -> Plan:
+        return make_plan(self.app, self.profiles, self.gpu, demand, self.opts)
+
+    def initial(self, demand: float) -> Plan:
+        """Plan for ``demand`` and write the repository the server will start from."""
+        self.plan = self._make(demand)
+        write_repository(build_configs(self.plan, self.inventory), self.repo)
+        self.events.write("plan", plan=self.plan.to_json(), demand_rps=demand, capacity_rps=demand, reason="initial")
+        self.progress(f"initial plan for {demand:.1f} req/s: {self.plan.slices} slices, "
+                      f"accuracy {self.plan.accuracy:.3f}")
+        return self.plan
+
+    def _replan(self, demand: float, reason: str) -> None:
+        try:
+            plan = self._make(demand)
+        except InfeasibleError as exc:
+            self.events.write("infeasible", demand_rps=demand, reason=f"{reason}: {exc}")
+            self.progress(f"no plan for {demand:.1f} req/s ({exc}); keeping the current plan")
+            return
+        started = time.time()
+        try:
+            assert self.apply_plan is not None
+            self.apply_plan(build_configs(plan, self.inventory))
+        except RuntimeError as exc:  # rolled back: the old plan keeps serving
+            self.events.write("apply_failed", demand_rps=demand, reason=str(exc))
+            self.progress(f"apply failed, old plan keeps serving: {exc}")
+            return
+        self.plan, self.intervals_in_plan = plan, 0
+        self.events.write("plan", plan=plan.to_json(), demand_rps=demand, capacity_rps=demand, reason=reason,
+                          apply_s=round(time.time() - started, 2))
+        self.progress(f"replanned for {demand:.1f} req/s ({reason}): {plan.slices} slices, accuracy "
+                      f"{plan.accuracy:.3f}, applied in {time.time() - started:.1f} s")
+
+    # -- one interval -----------------------------------------------------------------------------
+
+    def _refine(self, prev: Scrape, now: Scrape) -> list[str]:
+        """Fold runner slowdowns into the profiles; the refined variants."""
+        assert self.plan is not None
+        refined = []
+        for e in self.plan.entries:
+            name = runner_name(self.app.name, e)
+            d = {m: increase(prev.total(m, model=name), now.total(m, model=name))
+                 for m in ("nv_inference_exec_count_total", "nv_inference_count_total",
+                           "nv_inference_compute_infer_duration_us_total")}
+            batches = d["nv_inference_exec_count_total"]
+            if batches < self.policy.refine_min_batches:
+                continue
+            measured = d["nv_inference_compute_infer_duration_us_total"] / batches / 1000
+            profile = self.app.task(e.task).variant(e.variant).profile
+            points = [p for p in self.profiles.for_variant(profile, self.gpu.name) if (p.mig, p.mps) == (e.mig, e.mps)]
+            expected = expected_ms(points, d["nv_inference_count_total"] / batches)
+            if expected and measured > expected * (1 + self.policy.refine_drift):
+                ratio = measured / expected
+                self.profiles = scaled(self.profiles, profile, self.gpu.name, e.mig, e.mps, ratio)
+                self.events.write("refine", variant=profile, mig=e.mig, mps=e.mps, measured_ms=round(measured, 3),
+                                  profiled_ms=round(expected, 3), ratio=round(ratio, 3))
+                refined.append(f"{profile} {e.mig}g x{e.mps} x{ratio:.2f}")
+        return refined
+
+    def record_metrics(self) -> Scrape:
+        """Scrape the server and log the variants the stages have routed to so far."""
+        now = scrape(self.metrics_url, time.time())
+        items = now.by_label("jigsaw_stage_variant_items_total", "task", "variant", app=self.app.name)
+        self.events.write("metrics", variant_items={f"{t}/{v}": n for (t, v), n in items.items()})
+        return now
+
+    def step(self) -> None:
+        """Measure the last interval, forecast the next, and replan if the policy says so."""
+        assert self.plan is not None
+        now = self.record_metrics()
+        prev, self.last = self.last, now
+        if prev is None:
+            return
+        rate = increase(requests_total(prev, self.app.name), requests_total(now, self.app.name)) / (now.t - prev.t)
+        self.forecaster.observe(rate)
+        forecast = self.forecaster.forecast()
+        self.intervals_in_plan += 1
+        self.events.write("interval", demand_rps=round(rate, 3), forecast_rps=round(forecast, 3),
+                          planned_rps=self.plan.demand_rps)
+        refined = self._refine(prev, now)
+        target = decide(self.plan.demand_rps, forecast, self.intervals_in_plan, self.policy)
+        if refined:
+            self._replan(max(target or 0.0, self.plan.demand_rps), "profile refined: " + ", ".join(refined))
+        elif target is not None:
+            direction = "up" if target > self.plan.demand_rps else "down"
+            self._replan(target, f"forecast {forecast:.1f} req/s, {direction} from {self.plan.demand_rps:.1f}")
+
+    def run(self, interval_s: float, stop: threading.Event) -> None:
+        """Call ``step`` every ``interval_s`` seconds until ``stop`` is set; errors are logged, not fatal."""
+        next_t = time.monotonic()
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception as exc:  # a missed scrape or a solver error must not stop the controller
+                self.events.write("error", reason=f"{type(exc).__name__}: {exc}")
+                self.progress(f"controller step failed: {type(exc).__name__}: {exc}")
+            next_t = max(next_t + interval_s, time.monotonic() + interval_s / 2)  # after a long apply: no burst of steps
+            stop.wait(max(0.0, next_t - time.monotonic()))

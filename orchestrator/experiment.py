@@ -1,0 +1,124 @@
+"""One closed-loop run: plan, render, serve, replay a demand trace with live replanning, report.
+
+    app spec + profiles -> initial plan -> rendered repository -> tritonserver (+ MPS daemon) ->
+    load generator (trace) || controller (metrics -> forecast -> replan -> apply) -> RUN/ -> report
+
+RUN/ holds requests.csv, events.jsonl, run.json, repo/ (the served repository), server.log, and the
+report (summary.json, PNGs) that tools/report.py makes from them.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .appspec import AppSpec
+from .controller import Controller, EventLog, Policy
+from .forecast import HoltQuantile, MovingAverage
+from .gpus import GpuType
+from .inventory import Inventory
+from .planner import PlanOptions
+from .profiles import Profiles
+
+FORECASTERS = {"holt": HoltQuantile, "moving-average": MovingAverage}
+
+
+@dataclass
+class Experiment:
+    app: AppSpec
+    profiles: Profiles
+    gpu: GpuType
+    opts: PlanOptions
+    inventory: Inventory
+    trace: Any                      # tools.trace.Trace, already scaled and compressed
+    interval_s: float               # the controller's interval in seconds
+    out: Path
+    system: str = ""                # label for the report, e.g. "A+S+T"
+    forecaster: str = "holt"
+    policy: Policy = Policy()
+    seed: int = 0
+    ready_timeout_s: float = 120.0
+    notes: str = ""
+
+
+def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the experiment into ``exp.out``; the report's summary."""
+    import tritonclient.grpc as grpcclient
+
+    from tools import report
+    from tools.loadgen import run_load
+    from tools.trace import arrivals
+
+    from .control import apply, control_headers
+    from .server import MpsDaemon, TritonServer, free_ports
+    from .tritonenv import prepare_backend_dir, server_env
+
+    out = exp.out
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("events.jsonl", "requests.csv", "summary.json"):
+        (out / name).unlink(missing_ok=True)
+    trace = exp.trace
+    times = arrivals(trace, seed=exp.seed)
+    origin = time.time() + 3600  # replaced once the server is up; events before it are at negative t
+    events = EventLog(out / "events.jsonl", origin)
+    repo = out / "repo"
+    controller = Controller(exp.app, exp.profiles, exp.gpu, exp.opts, exp.inventory, repo, "",
+                            FORECASTERS[exp.forecaster](), events, exp.policy, progress=progress)
+    first_bins = trace.rates[:max(1, round(exp.interval_s / trace.interval_s))]
+    first = max(float(first_bins.mean()), 1.0) * (1 + exp.policy.headroom)
+    key = secrets.token_hex(16)
+    emulated = any(not d.mig_enabled for d in exp.inventory.gpus) and exp.gpu.mig
+    (out / "run.json").write_text(json.dumps({
+        "app": exp.app.name, "slo_ms": exp.app.latency_slo_ms, "system": exp.system or exp.opts.features.label,
+        "device": exp.inventory.source + (" " + ", ".join(d.name for d in exp.inventory.gpus) if exp.inventory.gpus else ""),
+        "emulated_mig": bool(emulated), "gpu_type": exp.gpu.name, "interval_s": exp.interval_s,
+        "duration_s": trace.duration_s, "peak_rps": trace.peak_rps, "forecaster": exp.forecaster, "requests_scheduled": int(len(times)),
+        "notes": exp.notes}, indent=2) + "\n")
+    with ExitStack() as stack:
+        events.origin = time.time()
+        controller.initial(first)
+        env = server_env()
+        manifest = json.loads((repo / "jigsaw.json").read_text())
+        if manifest.get("uses_mps"):
+            if not MpsDaemon.available():
+                raise RuntimeError("the plan needs MPS, which is not available here")
+            env.update(stack.enter_context(MpsDaemon()).env())
+        backends = prepare_backend_dir(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jigsaw-be-"))))
+        http, grpc, metrics = free_ports(3)
+        progress(f"starting tritonserver ({len(manifest['models'])} models)")
+        server = stack.enter_context(TritonServer(repo, backends, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                                  control_key=key, env=env, log_path=out / "server.log",
+                                                  ready_timeout_s=exp.ready_timeout_s))
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        stack.callback(client.close)
+        headers = control_headers(key, grpc=True)
+        controller.metrics_url = server.metrics_url
+        controller.apply_plan = lambda rendered: apply(rendered, repo, client, headers,
+                                                       progress=lambda line: progress(f"  {line}"))
+        stop = threading.Event()
+        start_at = time.time() + 1.0
+        events.origin = start_at
+        thread = threading.Thread(target=controller.run, args=(exp.interval_s, stop), daemon=True)
+        stack.callback(thread.join)
+        stack.callback(stop.set)
+        time.sleep(max(0.0, start_at - time.time()))
+        thread.start()
+        progress(f"replaying {len(times)} requests over {trace.duration_s:.0f} s (controller every "
+                 f"{exp.interval_s:g} s), peak {trace.peak_rps:.1f} req/s")
+        result = run_load(server.grpc_url, exp.app.name, times, items=1, width=None, slo_ms=None,
+                          on_progress=lambda p: progress(f"  load: {p.line()}"), start_at=start_at,
+                          progress_s=max(5.0, exp.interval_s), timeout_s=30.0, seed=exp.seed)
+        result.write_csv(out / "requests.csv")
+        stop.set()
+        thread.join()
+        time.sleep(0.3)  # the stages' counters reach the server within 0.1 s
+        controller.record_metrics()
+    summary = report.summarize(out)
+    report.plot(out)
+    return summary

@@ -1,0 +1,106 @@
+"""Forecasters of the next interval's demand (req/s) from the rates observed in past intervals.
+
+Common interface: ``observe(rate)`` after each interval, ``forecast()`` for the next one. Pure
+(numpy only); ``bench/forecast.py`` compares them on the shipped trace.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from typing import Protocol
+
+import numpy as np
+
+
+class Forecaster(Protocol):
+    """Anything that forecasts the next interval's rate from the rates observed so far."""
+
+    def observe(self, rate: float) -> None: ...
+
+    def forecast(self) -> float: ...
+
+
+def _checked(rate: float) -> float:
+    rate = float(rate)
+    if not (math.isfinite(rate) and rate >= 0):
+        raise ValueError(f"observed rate: expected a finite rate >= 0 req/s, got {rate!r}")
+    return rate
+
+
+class MovingAverage:
+    """The paper's baseline: the mean of the last ``window`` intervals plus ``slack`` (a fraction)."""
+
+    def __init__(self, window: int = 5, slack: float = 0.05) -> None:
+        if window < 1 or slack < 0:
+            raise ValueError(f"MovingAverage: expected window >= 1 and slack >= 0, got {window}, {slack}")
+        self.slack = slack
+        self._recent: deque[float] = deque(maxlen=window)
+
+    def observe(self, rate: float) -> None:
+        self._recent.append(_checked(rate))
+
+    def forecast(self) -> float:
+        if not self._recent:
+            raise RuntimeError("MovingAverage: forecast() before any observe()")
+        return sum(self._recent) / len(self._recent) * (1 + self.slack)
+
+
+class HoltQuantile:
+    """Holt's double exponential smoothing (level + trend) times ``1 + slack``, where the slack is the
+    ``quantile`` of the last ``window`` relative one-step errors (actual / point forecast - 1), at
+    least 0; ``initial_slack`` until 3 errors are known.
+
+    The trend removes the moving average's lag on ramps (under-provisioning going up, over going
+    down); the slack adapts to how noisy the recent past was instead of a fixed 5 %. The defaults
+    were picked from a small grid (alpha 0.5/0.7, beta 0.1/0.2, window 12/24/36, quantile 0.7-0.9)
+    on synthetic diurnal traces: see bench/README.md, "Demand forecasting".
+    """
+
+    def __init__(self, alpha: float = 0.7, beta: float = 0.1, window: int = 24, quantile: float = 0.8,
+                 initial_slack: float = 0.05) -> None:
+        if not (0 < alpha <= 1 and 0 <= beta <= 1 and window >= 3 and 0 <= quantile <= 1 and initial_slack >= 0):
+            raise ValueError(f"HoltQuantile: expected 0 < alpha <= 1, 0 <= beta <= 1, window >= 3, "
+                             f"0 <= quantile <= 1, initial_slack >= 0; got {alpha}, {beta}, {window}, "
+                             f"{quantile}, {initial_slack}")
+        self.alpha, self.beta, self.quantile, self.initial_slack = alpha, beta, quantile, initial_slack
+        self._level: float | None = None
+        self._trend = 0.0
+        self._errors: deque[float] = deque(maxlen=window)
+
+    def _point(self) -> float:
+        assert self._level is not None
+        return max(0.0, self._level + self._trend)
+
+    def observe(self, rate: float) -> None:
+        rate = _checked(rate)
+        if self._level is None:
+            self._level = rate
+            return
+        point = self._point()
+        if point > 0:
+            self._errors.append(rate / point - 1)
+        previous = self._level
+        self._level = self.alpha * rate + (1 - self.alpha) * (self._level + self._trend)
+        self._trend = self.beta * (self._level - previous) + (1 - self.beta) * self._trend
+
+    def slack(self) -> float:
+        """The current multiplicative slack over the point forecast."""
+        if len(self._errors) < 3:
+            return self.initial_slack
+        return max(0.0, float(np.quantile(self._errors, self.quantile)))
+
+    def forecast(self) -> float:
+        if self._level is None:
+            raise RuntimeError("HoltQuantile: forecast() before any observe()")
+        return self._point() * (1 + self.slack())
+
+
+def one_step_forecasts(forecaster: Forecaster, rates: Iterable[float]) -> np.ndarray:
+    """Feed ``rates`` in order; element i is the forecast for interval i + 1 made after observing
+    intervals 0..i (so it lines up with ``rates[1:]``)."""
+    out = []
+    for rate in rates:
+        forecaster.observe(rate)
+        out.append(forecaster.forecast())
+    return np.array(out[:-1])

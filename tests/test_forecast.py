@@ -1,0 +1,92 @@
+"""Forecasters on known traces: constant, ramp, step (orchestrator/forecast.py)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from orchestrator.forecast import HoltQuantile, MovingAverage, one_step_forecasts
+
+
+def test_baseline_exact_values_on_a_step() -> None:
+    """Mean of the last 5 intervals (fewer at the start) plus 5 %."""
+    rates = [100.0] * 3 + [200.0] * 6
+    expected = [100, 100, 100, (100 * 3 + 200) / 4, (100 * 3 + 200 * 2) / 5, (100 * 2 + 200 * 3) / 5,
+                (100 + 200 * 4) / 5, 200]
+    assert one_step_forecasts(MovingAverage(), rates) == pytest.approx(np.array(expected) * 1.05)
+
+
+def test_baseline_window_and_slack() -> None:
+    f = MovingAverage(window=2, slack=0.5)
+    for rate in (10, 20, 40):
+        f.observe(rate)
+    assert f.forecast() == pytest.approx(30 * 1.5)
+
+
+@pytest.mark.parametrize("make", [MovingAverage, HoltQuantile])
+def test_constant_trace(make) -> None:
+    forecasts = one_step_forecasts(make(), [250.0] * 40)
+    assert forecasts[0] == pytest.approx(250 * 1.05)        # both start with the baseline's 5 %
+    assert (forecasts >= 250).all()
+    # the baseline keeps its fixed 5 %; HoltQuantile's slack is the quantile of its (zero) errors
+    assert forecasts[-1] == pytest.approx(250 * 1.05 if make is MovingAverage else 250.0)
+
+
+def test_ramp_holt_tracks_the_trend_the_baseline_lags() -> None:
+    rates = 100 + 20 * np.arange(60, dtype=float)           # +20 req/s per interval
+    actual = rates[1:]
+    base = one_step_forecasts(MovingAverage(), rates)
+    holt = one_step_forecasts(HoltQuantile(), rates)
+    # the baseline forecasts the mean of the last 5, 3 intervals behind (+5 %): under-provisioned
+    # while 5 % of the rate is less than 60 req/s
+    assert base[-1] == pytest.approx((rates[-2] - 40) * 1.05)
+    assert (base[10:] < actual[10:]).sum() > 20
+    # Holt's trend converges to the slope: no under-provisioning once warmed up, and close to the actual
+    assert (holt[30:] >= actual[30:] - 1e-6).all()
+    assert holt[-1] == pytest.approx(actual[-1], rel=0.01)
+
+
+def test_step_holt_catches_up_sooner_than_the_baseline() -> None:
+    rates = [100.0] * 30 + [200.0] * 30
+    base, holt = (one_step_forecasts(make(), rates)[29:] for make in (MovingAverage, HoltQuantile))
+    actual = np.array(rates[30:])
+    assert (holt < actual).sum() == 2 and (base < actual).sum() == 5
+    assert holt[-1] >= 200 and base[-1] == pytest.approx(210)
+
+
+def test_holt_slack_follows_recent_noise() -> None:
+    quiet, noisy = HoltQuantile(), HoltQuantile()
+    for rate in [100.0] * 30:
+        quiet.observe(rate)
+    for rate in [90.0, 110.0] * 15:
+        noisy.observe(rate)
+    assert quiet.slack() == 0 and noisy.slack() > 0.1
+
+
+def test_holt_warm_up_and_negative_trend_clamped_at_zero() -> None:
+    f = HoltQuantile()
+    f.observe(100)
+    assert f.forecast() == pytest.approx(105)               # one observation: the level plus 5 %
+    for rate in (50, 10, 0, 0, 0):
+        f.observe(rate)
+    assert f.forecast() >= 0
+
+
+@pytest.mark.parametrize("make", [MovingAverage, HoltQuantile])
+def test_bad_use(make) -> None:
+    f = make()
+    with pytest.raises(RuntimeError, match="before any observe"):
+        f.forecast()
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="observed rate"):
+            f.observe(bad)
+
+
+def test_bad_parameters() -> None:
+    with pytest.raises(ValueError, match="window >= 1"):
+        MovingAverage(window=0)
+    with pytest.raises(ValueError, match="0 < alpha <= 1"):
+        HoltQuantile(alpha=0)
+    with pytest.raises(ValueError, match="window >= 3"):
+        HoltQuantile(window=2)

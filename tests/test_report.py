@@ -1,0 +1,218 @@
+"""Tests for tools/report.py and ``jigsaw report`` on small synthetic run directories with real plans."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, tiny_app, tiny_profiles
+
+from orchestrator.appspec import load_app
+from orchestrator.cli import main
+from orchestrator.errors import InputError
+from orchestrator.gpus import gpu_type
+from orchestrator.planner import PlanOptions, make_plan
+from orchestrator.profiles import load_profiles
+from tools.report import REQUEST_COLUMNS, figures, load_run, plot, summarize
+
+PNGS = ["demand.png", "violations.png", "slices.png", "placement.png"]
+# (scheduled_s, latency_ms, outcome): 6 ok, 1 late, 2 dropped, 1 error
+REQUESTS = [(0.0, 10, "ok"), (1.0, 20, "ok"), (2.0, 30, "ok"), (3.0, 40, "ok"), (4.0, 50, "ok"),
+            (5.0, 60, "ok"), (6.0, 300, "late"), (7.0, None, "dropped"), (8.0, 5, "dropped"),
+            (9.0, None, "error")]
+# cumulative items; the counter of cls_small resets between the 2nd and 3rd scrape
+SCRAPES = [(5.0, {"det/det_large": 100, "cls/cls_small": 50, "cls/cls_large": 300, "cap/cap_large": 100}),
+           (20.0, {"det/det_large": 600, "cls/cls_small": 2050, "cls/cls_large": 800, "cap/cap_large": 600}),
+           (40.0, {"det/det_large": 1100, "cls/cls_small": 1000, "cls/cls_large": 1300, "cap/cap_large": 1100})]
+
+
+@pytest.fixture(scope="module")
+def plans() -> dict:
+    """Real CPU-example plans: all large variants at 100 req/s; cls partly small at 600 req/s on 5 devices."""
+    app = load_app(ROOT / "examples" / "cpu" / "app.yaml")
+    profiles = load_profiles(ROOT / "examples" / "cpu" / "profiles.csv")
+    low = make_plan(app, profiles, gpu_type("cpu"), 100, PlanOptions())
+    high = make_plan(app, profiles, gpu_type("cpu"), 600, PlanOptions(gpus=5))
+    assert {t: set(r) for t, r in low.routing.items()} == {
+        "det": {"det_large"}, "cls": {"cls_large"}, "cap": {"cap_large"}}
+    assert {t: set(r) for t, r in high.routing.items()} == {
+        "det": {"det_large"}, "cls": {"cls_small", "cls_large"}, "cap": {"cap_large"}}
+    return {"low": low.to_json(), "high": high.to_json()}
+
+
+def write_run(path: Path, requests: list, events: list[dict], info: dict | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    with (path / "requests.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(REQUEST_COLUMNS)
+        for i, (sched, lat, outcome) in enumerate(requests):
+            w.writerow([i, sched, sched + 0.001, "" if lat is None else lat, outcome, 3,
+                        "boom, failed" if outcome == "error" else ""])
+    (path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    if info is not None:
+        (path / "run.json").write_text(json.dumps(info))
+    return path
+
+
+def events(plans: dict, scrapes: list = SCRAPES) -> list[dict]:
+    out = [{"kind": "plan", "t": 0.0, "plan": plans["low"], "demand_rps": 100, "capacity_rps": 130.0,
+            "reason": "initial"},
+           {"kind": "plan", "t": 10.0, "plan": plans["high"], "demand_rps": 600, "capacity_rps": None,
+            "reason": "forecast above capacity"},
+           {"kind": "log", "t": 12.0, "text": "ignored"}]
+    out += [{"kind": "interval", "t": float(t), "demand_rps": 100.0 + 50 * t, "forecast_rps": 120.0 + 50 * t}
+            for t in (10, 20, 30, 40)]
+    out += [{"kind": "metrics", "t": t, "variant_items": items} for t, items in scrapes]
+    return out
+
+
+INFO = {"app": "cpudemo", "slo_ms": 250, "device": "cpu", "emulated_mig": True, "system": "A+S+T", "notes": "t"}
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, plans: dict) -> Path:
+    return write_run(tmp_path / "run", REQUESTS, events(plans), INFO)
+
+
+def test_summary_numbers(run_dir: Path) -> None:
+    s = summarize(run_dir)
+    assert json.loads((run_dir / "summary.json").read_text()) == s
+    assert s["requests"] == {"total": 10, "ok": 6, "late": 1, "dropped": 2, "error": 1}
+    assert s["slo_violation_rate"] == pytest.approx(0.4)  # drops count as violations
+    assert s["duration_s"] == 40.0  # the last event; the last request completes at 9.001 s
+    assert s["goodput_rps"] == pytest.approx(6 / 40)
+    # answered = ok + late: 10, 20, 30, 40, 50, 60, 300 ms (linear interpolation)
+    assert s["latency_ms"] == {"answered": 7, "p50": pytest.approx(40.0), "p95": pytest.approx(60 + 0.7 * 240),
+                               "p99": pytest.approx(60 + 0.94 * 240)}
+    assert s["slices"]["timeline"] == [[0.0, 3], [10.0, 5]]
+    assert s["slices"]["max"] == 5
+    assert s["slices"]["mean"] == pytest.approx((3 * 10 + 5 * 30) / 40)
+    assert s["initial_plan"]["reason"] == "initial" and s["initial_plan"]["capacity_rps"] == 130.0
+    assert s["plan_changes"]["count"] == 1
+    assert [(c["t"], c["reason"], c["capacity_rps"]) for c in s["plan_changes"]["changes"]] == [
+        (10.0, "forecast above capacity", None)]
+    assert s["run"] == INFO
+    assert s["warnings"] == []
+
+
+def test_accuracy_from_variant_items(run_dir: Path) -> None:
+    acc = summarize(run_dir)["accuracy"]
+    assert acc["source"] == "variant_items"
+    # cls: 2000 + 1000 (after the reset) small, 1000 large; cls_small is 0.7/0.8 of the best
+    cls = 0.75 * (0.7 / 0.8) + 0.25 * 1.0
+    assert acc["tasks"] == {"det": pytest.approx(1.0), "cls": pytest.approx(cls), "cap": pytest.approx(1.0)}
+    assert acc["variant_shares"]["cls"] == {"cls_small": pytest.approx(0.75), "cls_large": pytest.approx(0.25)}
+    # paths det -> cls and det -> cap weigh one half each
+    assert acc["pipeline"] == pytest.approx(0.5 * cls + 0.5)
+    assert acc["max"] == pytest.approx(1.0)
+    assert acc["ratio_to_max"] == pytest.approx(0.5 * cls + 0.5)
+    assert acc["slo"] == 0.9
+
+
+@pytest.mark.parametrize("scrapes", [[], SCRAPES[:1]], ids=["no-metrics", "one-metrics-event"])
+def test_accuracy_from_routing_shares(tmp_path: Path, plans: dict, scrapes: list) -> None:
+    s = summarize(write_run(tmp_path / "run", REQUESTS, events(plans, scrapes)))
+    acc = s["accuracy"]
+    assert acc["source"] == "plan_routing" and "time-weighted" in acc["note"]
+    routed = plans["high"]["routing"]["cls"]
+    small = 30 / 40 * routed["cls_small"] / (routed["cls_small"] + routed["cls_large"])  # low plan: all large
+    cls = small * (0.7 / 0.8) + (1 - small)
+    assert acc["variant_shares"]["cls"]["cls_small"] == pytest.approx(small)
+    assert acc["pipeline"] == pytest.approx(0.5 * cls + 0.5)
+    assert s["run"] == dict.fromkeys(INFO)  # no run.json
+
+
+def test_plots_written(run_dir: Path) -> None:
+    paths = plot(run_dir)
+    assert [p.name for p in paths] == PNGS
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+
+
+def test_titles_say_mig_emulated(run_dir: Path) -> None:
+    figs = figures(load_run(run_dir))
+    assert sorted(figs) == sorted(PNGS)
+    assert all("MIG emulated" in f.get_suptitle() for f in figs.values())
+    placement = figs["placement.png"].axes
+    assert len(placement) == 2  # the first and the last plan
+    assert [t.get_text() for t in placement[1].get_yticklabels()] == [f"GPU {i} (1/1)" for i in range(5)]
+
+
+def test_mig_placement(tmp_path: Path) -> None:
+    plan = make_plan(tiny_app(), tiny_profiles(), gpu_type("a100-80gb"), 2000, PlanOptions()).to_json()
+    run = write_run(tmp_path / "run", [], [{"kind": "plan", "t": 0, "plan": plan, "demand_rps": 2000,
+                                            "capacity_rps": 2500, "reason": "initial"}])
+    ax = figures(load_run(run))["placement.png"].axes[0]
+    labels = [t.get_text() for t in ax.texts]
+    segments = [seg for gpu in plan["placement"]["gpus"] for seg in gpu]
+    assert len(labels) == len(segments) and all(" mps" in x for x in labels)
+    assert ax.get_xlim() == (0, 8)  # A100 memory slices
+    assert len(ax.patches) == len(segments)
+    assert plot(run)[-1].stat().st_size > 1000
+
+
+def test_empty_run(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", [], [])
+    s = summarize(run)
+    assert s["requests"]["total"] == 0 and s["slo_violation_rate"] is None and s["goodput_rps"] is None
+    assert s["latency_ms"]["p99"] is None and s["slices"]["mean"] is None
+    assert s["accuracy"]["source"] is None and "no plan" in s["accuracy"]["note"]
+    assert s["plan_changes"] == {"count": 0, "changes": []} and s["initial_plan"] is None
+    assert all(p.stat().st_size > 0 for p in plot(run))
+
+
+def test_truncated_last_lines_are_skipped(run_dir: Path) -> None:
+    with (run_dir / "events.jsonl").open("a") as f:
+        f.write('{"kind": "interval", "t": 50, "dem')
+    with (run_dir / "requests.csv").open("a") as f:
+        f.write("99,9.5,9.5,12")
+    s = summarize(run_dir)
+    assert s["requests"]["total"] == 10 and s["duration_s"] == 40.0
+    assert [w.split(" line ")[0].rsplit("/", 1)[-1] for w in s["warnings"]] == ["requests.csv", "events.jsonl"]
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    path.write_text(path.read_text().replace(old, new, 1))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "requests.csv").unlink(), r"requests.csv: missing"),
+    (lambda d: _edit(d / "requests.csv", "latency_ms,", "latency,"), r"requests.csv line 1: expected the header"),
+    (lambda d: _edit(d / "requests.csv", ",late,", ",slow,"), r"requests.csv line 8: outcome: expected one of"),
+    (lambda d: _edit(d / "requests.csv", ",10,ok,", ",,ok,"), r"requests.csv line 2: latency_ms: required"),
+    (lambda d: _edit(d / "requests.csv", "\n1,1.0,", "\n1,soon,"), r"requests.csv line 3: scheduled_s: expected a number"),
+    (lambda d: _edit(d / "events.jsonl", '"kind": "log"', '"kind": log'), r"events.jsonl line 3: invalid JSON"),
+    (lambda d: _edit(d / "events.jsonl", '"routing"', '"routes"'), r"events.jsonl line 1: plan JSON: missing or bad"),
+    (lambda d: _edit(d / "events.jsonl", '"capacity_rps": 130.0', '"capacity_rps": "lots"'),
+     r"events.jsonl line 1: capacity_rps: expected a number or null"),
+    (lambda d: _edit(d / "events.jsonl", '"t": 20.0, "demand_rps"', '"t": "x", "demand_rps"'),
+     r"events.jsonl line 5: t: expected a number"),
+    (lambda d: _edit(d / "events.jsonl", '"cls/cls_large": 300', '"cls/cls_huge": 300'),
+     r"events.jsonl line 8: variant_items.cls/cls_huge: not a <task>/<variant>"),
+    (lambda d: _edit(d / "run.json", '"emulated_mig": true', '"emulated_mig": "yes"'),
+     r"run.json: emulated_mig: expected bool"),
+])
+def test_bad_input_names_file_and_field(run_dir: Path, damage, message: str) -> None:
+    damage(run_dir)
+    with pytest.raises(InputError, match=message):
+        summarize(run_dir)
+
+
+def test_missing_run_dir(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a run directory"):
+        summarize(tmp_path / "nope")
+
+
+def test_cli_report(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(run_dir), "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(out[-1]) == json.loads((run_dir / "summary.json").read_text())
+    text = "\n".join(out[:-1])
+    assert "2 dropped" in text and "SLO violations 40.00%" in text and "MIG emulated" in text
+    assert all((run_dir / p).stat().st_size > 0 for p in PNGS)
+
+
+def test_cli_report_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path)]) == 1
+    assert "requests.csv: missing" in capsys.readouterr().err

@@ -1,0 +1,306 @@
+"""Profile an app's torch variants on the GPU, per (MIG size, MPS processes, batch), in minutes.
+
+The paper profiles every configuration (7-12 hours). We measure a subset and interpolate:
+
+- sizes ``MEASURED_SIZES`` (1g, 3g, 7g) x MPS ``MPS`` (1, 2) x batches ``MEASURED_BATCHES`` (1, 4, 16);
+- other batch sizes: p95 and mean latency piecewise linear in the batch between measured batches
+  (latency is convex in the batch, so this errs on the slow side);
+- other sizes: piecewise linear in 1/SMs between measured sizes (exact when latency = a + work/SMs).
+
+A validation set (``HELD_OUT`` configurations on a few variants) is measured as well and compared
+with its interpolation; the errors go to the report next to the CSV.
+
+On a GPU without MIG a segment of size k with m MPS processes is emulated by m processes each capped
+(``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``, ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``) at its share of the
+MIG shape's SMs and memory, under a private MPS daemon; every output says it was emulated. The m
+processes of a segment are measured concurrently; latency_ms is the worst p95 of them and
+throughput_rps their summed rate. Each process runs captured CUDA graphs (triton_backend/zoo.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from orchestrator.appspec import AppSpec
+from orchestrator.binding import emulation_env
+from orchestrator.errors import InputError
+from orchestrator.gpus import GpuType
+
+MEASURED_SIZES = (1, 3, 7)
+MPS = (1, 2)
+MEASURED_BATCHES = (1, 4, 16)
+BATCHES = (1, 2, 4, 8, 16)
+HELD_OUT = ((2, 1, 8), (4, 1, 2), (2, 2, 2))   # (size, mps, batch), measured on VALIDATION_VARIANTS
+VALIDATION_VARIANTS = 3
+WIDTH = 16
+
+
+# ------------------------------------------------------------------------------------------------
+# worker: one CUDA process under its caps, driven by JSON lines on stdin
+
+def _worker() -> None:
+    import torch
+
+    from triton_backend.zoo import GraphRunner
+    runner: GraphRunner | None = None
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            if cmd["op"] == "load":
+                t0 = time.perf_counter()
+                runner = GraphRunner(cmd["arch"], WIDTH, max(cmd["sizes"]), sizes=cmd["sizes"])
+                torch.cuda.synchronize()
+                reply: dict[str, Any] = {"load_s": time.perf_counter() - t0,
+                                         "memory_mb": torch.cuda.max_memory_reserved() / 2**20,
+                                         "sms": torch.cuda.get_device_properties(0).multi_processor_count}
+            elif cmd["op"] == "measure":
+                assert runner is not None
+                b = cmd["batch"]
+                for _ in range(cmd["warmup"]):
+                    runner.run_batch(b)
+                torch.cuda.synchronize()
+                times, end = [], time.perf_counter() + cmd["seconds"]
+                while len(times) < cmd["min_reps"] or time.perf_counter() < end:
+                    t0 = time.perf_counter()
+                    runner.run_batch(b)
+                    torch.cuda.synchronize()
+                    times.append((time.perf_counter() - t0) * 1000)
+                reply = {"p95": float(np.percentile(times, 95)), "mean": float(np.mean(times)), "n": len(times)}
+            elif cmd["op"] == "unload":
+                runner = None
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                reply = {}
+            else:
+                return
+        except Exception as exc:  # out of memory under the cap, capture failure: reported, not fatal
+            runner = None
+            torch.cuda.empty_cache()
+            reply = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+class _Worker:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tools.profile_gpu"], env={**env, "JIGSAW_PROFILE_WORKER": "1"},
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+    def send(self, **cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def receive(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"profiling worker pid {self.proc.pid} exited with code {self.proc.wait()}")
+        return json.loads(line)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send(op="quit")
+                self.proc.wait(timeout=20)
+            except (OSError, subprocess.TimeoutExpired):
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+def _all(workers: list[_Worker], **cmd: Any) -> list[dict[str, Any]]:
+    """Send ``cmd`` to every worker at once (so they run concurrently), then collect the replies."""
+    for w in workers:
+        w.send(**cmd)
+    return [w.receive() for w in workers]
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+
+@dataclass
+class Measured:
+    """p95 / mean latency (ms) and throughput per (profile, size, mps, batch); None = did not run."""
+
+    points: dict[tuple[str, int, int, int], tuple[float, float, float] | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _archs(apps: list[AppSpec]) -> dict[str, str]:
+    """Profile name -> architecture of every torch variant of the apps (each profiled once)."""
+    out = {}
+    for app in apps:
+        for task in app.tasks:
+            for v in task.variants:
+                if v.runtime.get("kind") != "torch":
+                    raise InputError(f"{app.name}: tasks.{task.name}.variants.{v.name}: runtime kind is "
+                                     f"{v.runtime.get('kind')!r}; the GPU profiler runs kind 'torch'")
+                out[v.profile] = v.runtime["arch"]
+    return out
+
+
+def measure_config(archs: dict[str, str], size: int, mps: int, batches: tuple[int, ...], base_env: dict[str, str],
+                   gpu: GpuType, total_sms: int, into: Measured, progress: Callable[[str], None],
+                   seconds: float = 0.25) -> None:
+    """Measure every arch at ``batches`` in one emulated (size, mps) segment: mps concurrent workers."""
+    env = {**base_env, **emulation_env(gpu, size, mps, total_sms)}
+    workers = [_Worker(env) for _ in range(mps)]
+    try:
+        for name, arch in archs.items():
+            loaded = _all(workers, op="load", arch=arch, sizes=list(batches))
+            errors = [r["error"] for r in loaded if "error" in r]
+            if errors:
+                into.notes.append(f"{name} {size}g mps{mps}: {errors[0]}")
+                for b in batches:
+                    into.points[(name, size, mps, b)] = None
+                _all(workers, op="unload")
+                continue
+            line = []
+            for b in batches:
+                rs = _all(workers, op="measure", batch=b, warmup=5, min_reps=20, seconds=seconds)
+                if any("error" in r for r in rs):
+                    into.points[(name, size, mps, b)] = None
+                    continue
+                p95 = max(r["p95"] for r in rs)
+                mean = float(np.mean([r["mean"] for r in rs]))
+                thr = sum(b / r["mean"] * 1000 for r in rs)
+                into.points[(name, size, mps, b)] = (p95, mean, thr)
+                line.append(f"b{b} {p95:.2f}ms")
+            _all(workers, op="unload")
+            progress(f"  {size}g x{mps} {name:32s} load {loaded[0]['load_s']:.1f}s  " + "  ".join(line))
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    """Piecewise linear through (xs, ys), extended linearly past the ends."""
+    if len(xs) == 1:
+        return ys[0]
+    i = int(np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2))
+    x0, x1, y0, y1 = xs[i], xs[i + 1], ys[i], ys[i + 1]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def interpolate(measured: Measured, name: str, gpu: GpuType, size: int, mps: int, batch: int
+                ) -> tuple[float, float, float] | None:
+    """(p95, mean, throughput) of a configuration from the measured grid; None when it cannot run."""
+    def along_batch(k: int) -> tuple[float, float] | None:
+        pts = sorted((b, v) for (n, s, m, b), v in measured.points.items() if n == name and s == k and m == mps)
+        good = [(b, v) for b, v in pts if v is not None]
+        failed = [b for b, v in pts if v is None]
+        if not good or (failed and batch >= min(failed)):  # it did not run at this batch or a smaller one
+            return None
+        bs = [float(b) for b, _ in good]
+        return _interp(batch, bs, [v[0] for _, v in good]), _interp(batch, bs, [v[1] for _, v in good])
+
+    sizes = sorted({s for (n, s, m, _) in measured.points if n == name and m == mps})
+    known = [(s, along_batch(s)) for s in sizes]
+    known = [(s, v) for s, v in known if v is not None]
+    if not known:
+        return None
+    if size in dict(known):
+        p95, mean = dict(known)[size]
+    else:
+        inv = [1.0 / gpu.shapes[s].sms for s, _ in known]
+        order = np.argsort(inv)
+        xs = [inv[i] for i in order]
+        p95 = _interp(1.0 / gpu.shapes[size].sms, xs, [known[i][1][0] for i in order])
+        mean = _interp(1.0 / gpu.shapes[size].sms, xs, [known[i][1][1] for i in order])
+    p95, mean = max(p95, 1e-3), max(mean, 1e-3)
+    return p95, mean, mps * batch / mean * 1000
+
+
+@dataclass
+class ProfileRun:
+    rows: list[dict[str, Any]]
+    report: dict[str, Any]
+
+
+def profile(apps: list[AppSpec], gpu: GpuType, base_env: dict[str, str], total_sms: int, device: str,
+            progress: Callable[[str], None] = print, sizes: tuple[int, ...] = MEASURED_SIZES,
+            mps_list: tuple[int, ...] = MPS, measured_batches: tuple[int, ...] = MEASURED_BATCHES,
+            batches: tuple[int, ...] = BATCHES, validate: bool = True) -> ProfileRun:
+    """Measure the subset, interpolate the full grid and validate the interpolation on held-out points."""
+    t0 = time.perf_counter()
+    archs = _archs(apps)
+    measured = Measured()
+    for size in sizes:
+        for mps in mps_list:
+            progress(f"segment {size}g with {mps} MPS process(es), emulated on {device}")
+            measure_config(archs, size, mps, measured_batches, base_env, gpu, total_sms, measured, progress)
+    rows = []
+    for name in archs:
+        for size in sorted(gpu.shapes):
+            for mps in mps_list:
+                for b in batches:
+                    got = measured.points.get((name, size, mps, b), "missing")
+                    src = "measured" if got != "missing" else "interpolated"
+                    v = got if got != "missing" else interpolate(measured, name, gpu, size, mps, b)
+                    p95, _, thr = v if v else (0.0, 0.0, 0.0)
+                    rows.append({"variant": name, "gpu": gpu.name, "mig": size, "mps": mps, "batch": b,
+                                 "latency_ms": round(p95, 3), "throughput_rps": round(thr, 1), "source": src})
+    report: dict[str, Any] = {"device": device, "gpu_type": gpu.name,
+                              "emulated_mig": True, "measured_sizes": list(sizes), "mps": list(mps_list),
+                              "measured_batches": list(measured_batches), "batches": list(batches),
+                              "notes": measured.notes, "validation": []}
+    if validate:
+        check = dict(list(archs.items())[:VALIDATION_VARIANTS])
+        held = Measured()
+        for size, mps, b in HELD_OUT:
+            progress(f"validation: segment {size}g x{mps} batch {b}")
+            measure_config(check, size, mps, (b,), base_env, gpu, total_sms, held, progress)
+        for (name, size, mps, b), v in held.points.items():
+            guess = interpolate(measured, name, gpu, size, mps, b)
+            if v and guess:
+                report["validation"].append({"variant": name, "mig": size, "mps": mps, "batch": b,
+                                             "measured_p95_ms": round(v[0], 3), "interpolated_p95_ms": round(guess[0], 3),
+                                             "error_pct": round(100 * (guess[0] - v[0]) / v[0], 1)})
+        errs = [abs(r["error_pct"]) for r in report["validation"]]
+        if errs:
+            report["validation_mean_abs_error_pct"] = round(float(np.mean(errs)), 1)
+            report["validation_max_abs_error_pct"] = round(float(np.max(errs)), 1)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    report["rows_measured"] = sum(r["source"] == "measured" for r in rows)
+    report["rows_total"] = len(rows)
+    return ProfileRun(rows, report)
+
+
+
+def run(apps: list[AppSpec], gpu: GpuType, out: str, progress: Callable[[str], None] = print) -> ProfileRun:
+    """Profile the variants of ``apps`` on GPU 0 of this machine (NVML inventory) under a private MPS daemon; write the
+    canonical CSV to ``out`` (plus a ``source`` column) and the report to ``<out>.report.json``."""
+    import csv
+
+    from orchestrator.inventory import detect
+    from orchestrator.server import MpsDaemon
+
+    inventory = detect(None)
+    if inventory.is_cpu_only:
+        raise RuntimeError("no NVIDIA GPU found through NVML: the GPU profiler needs one")
+    device = inventory.gpus[0]
+    if device.mig_enabled:
+        raise RuntimeError(f"GPU 0 ({device.name}) has MIG enabled: profile on its MIG devices is not "
+                           "implemented; this profiler emulates MIG with MPS on a GPU without MIG")
+    total_sms = device.sms or gpu.whole.sms
+    with MpsDaemon() as mps:
+        base = {**os.environ, **mps.env(), "CUDA_VISIBLE_DEVICES": device.uuid}
+        result = profile(apps, gpu, base, total_sms, f"{device.name} (MIG emulated with MPS SM caps)", progress)
+    with open(out, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(result.rows[0]))
+        writer.writeheader()
+        writer.writerows(result.rows)
+    with open(f"{out}.report.json", "w") as fh:
+        json.dump(result.report, fh, indent=2)
+    return result
+
+
+if __name__ == "__main__" and os.environ.get("JIGSAW_PROFILE_WORKER") == "1":
+    _worker()

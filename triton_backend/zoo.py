@@ -1,0 +1,181 @@
+"""Real model architectures (torchvision, transformers) with random weights, run as captured CUDA graphs.
+
+A variant's ``runtime`` in the app spec selects one: ``{kind: torch, arch: <name>}`` with ``arch`` a
+key of ``ARCHS``. Weights are random (no hub downloads); the accuracy a plan uses is the variant's
+published figure from the app spec. Requests carry ``[rows, width]`` FP32 descriptors: each row is
+expanded on the device into the architecture's native input (an image, or an image plus a caption
+prefix), so the GPU does the model's real work while the graph's tensors stay small.
+
+On CUDA every batch size the runner may see is captured once as a ``torch.cuda.CUDAGraph`` (static
+input buffer) and replayed: eager PyTorch at small batch is bound by kernel launches, and its latency
+then ignores the GPU share it was given. On a CPU the same modules run eagerly (tests, development).
+
+What runs per family:
+- classification (ResNet, EfficientNet, VGG): the whole network on 3x224x224 images (EfficientNets
+  at their evaluation crop, 224 for B0 to 600 for B7).
+- detection (SSDlite, SSD, RetinaNet, FCOS): backbone + FPN + dense head on a fixed-size image; box
+  decoding and NMS are skipped, since random weights give no real detections (fan-out comes from
+  the app spec's edge factors).
+- captioning (GIT): vision encoder + text decoder in one teacher-forced pass over a fixed-length
+  caption (``CAPTION_TOKENS``); the per-token steps of autoregressive decoding are not replayed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+CAPTION_TOKENS = 20
+
+
+@dataclass(frozen=True)
+class Arch:
+    """How to build one architecture and feed it: ``inputs(batch, device, dtype)`` makes its static inputs."""
+
+    family: str
+    build: Callable[[], torch.nn.Module]
+    inputs: Callable[[int, torch.device, torch.dtype], dict[str, torch.Tensor]]
+    forward: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def _image(size: int) -> Callable[[int, torch.device, torch.dtype], dict[str, torch.Tensor]]:
+    def make(batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+        return {"x": x.contiguous(memory_format=torch.channels_last)}
+    return make
+
+
+def _classifier(name: str, size: int = 224) -> Arch:
+    import torchvision
+    return Arch("classification", lambda: getattr(torchvision.models, name)(weights=None), _image(size),
+                lambda m, i: m(i["x"]))
+
+
+def _dense_head(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    features = model.backbone(inputs["x"])
+    head = model.head(list(features.values()))
+    return head["cls_logits"]
+
+
+def _detector(name: str, size: int) -> Arch:
+    import torchvision
+    return Arch("detection", lambda: getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None),
+                _image(size), _dense_head)
+
+
+def _git(vision: dict[str, int]) -> Arch:
+    def build() -> torch.nn.Module:
+        from transformers import GitConfig, GitForCausalLM
+        return GitForCausalLM(GitConfig(vision_config=vision, hidden_size=768, num_hidden_layers=6,
+                                        num_attention_heads=12, intermediate_size=3072))
+
+    def inputs(batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        pixels = torch.randn(batch, 3, vision["image_size"], vision["image_size"], device=device, dtype=dtype)
+        tokens = torch.randint(1000, 2000, (batch, CAPTION_TOKENS), device=device)
+        return {"x": pixels, "input_ids": tokens}
+
+    return Arch("captioning", build, inputs,
+                lambda m, i: m(input_ids=i["input_ids"], pixel_values=i["x"]).logits[:, -1])
+
+
+_GIT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+             "image_size": 224, "patch_size": 16}
+_GIT_LARGE = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
+              "image_size": 224, "patch_size": 14}
+
+ARCHS: dict[str, Callable[[], Arch]] = {
+    **{n: (lambda n=n: _classifier(n)) for n in
+       ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+        "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]},
+    # EfficientNets at the crop size torchvision evaluates each at (its published accuracy's)
+    **{f"efficientnet_b{i}": (lambda i=i, s=s: _classifier(f"efficientnet_b{i}", s))
+       for i, s in enumerate((224, 240, 288, 300, 380, 456, 528, 600))},
+    "ssdlite320_mobilenet_v3_large": lambda: _detector("ssdlite320_mobilenet_v3_large", 320),
+    "ssd300_vgg16": lambda: _detector("ssd300_vgg16", 300),
+    "retinanet_resnet50_fpn": lambda: _detector("retinanet_resnet50_fpn", 640),
+    "retinanet_resnet50_fpn_v2": lambda: _detector("retinanet_resnet50_fpn_v2", 640),
+    "fcos_resnet50_fpn": lambda: _detector("fcos_resnet50_fpn", 640),
+    "git-base": lambda: _git(_GIT_BASE),
+    "git-large": lambda: _git(_GIT_LARGE),
+}
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    """The batch sizes captured for a runner of ``max_batch``: powers of two below it, and it."""
+    sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < max_batch]
+    return sizes + [max_batch]
+
+
+class GraphRunner:
+    """One architecture on one device, replayed per batch size; ``__call__`` maps [n, width] -> [n, width]."""
+
+    def __init__(self, arch: str, width: int, max_batch: int, device: str | None = None,
+                 dtype: str = "float16", seed: int = 0, sizes: list[int] | None = None) -> None:
+        if arch not in ARCHS:
+            raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(sorted(ARCHS))})")
+        self.width, self.max_batch = width, max_batch
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = getattr(torch, dtype) if self.device.type == "cuda" else torch.float32
+        self.spec = ARCHS[arch]()
+        torch.manual_seed(seed)
+        with torch.device(self.device):
+            model = self.spec.build()
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        if self.spec.family != "captioning":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.sizes = sorted(sizes) if sizes else batch_sizes(max_batch)
+        self.graphs: dict[int, tuple[Any, dict[str, torch.Tensor], torch.Tensor]] = {}
+        with torch.inference_mode():
+            for b in self.sizes:
+                self.graphs[b] = self._capture(b)
+
+    def _capture(self, batch: int) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor]:
+        inputs = self.spec.inputs(batch, self.device, self.dtype)
+        if self.device.type != "cuda":
+            return None, inputs, self.spec.forward(self.model, inputs)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # warm-up (cuDNN autotuning, lazy init) outside the graph
+                self.spec.forward(self.model, inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.spec.forward(self.model, inputs)
+        return graph, inputs, out
+
+    def run_batch(self, batch: int) -> torch.Tensor:
+        """Replay (or, on a CPU, run) the captured batch size ``batch`` as it stands; for profiling."""
+        graph, inputs, out = self.graphs[batch]
+        if graph is None:
+            return self.spec.forward(self.model, inputs)
+        graph.replay()
+        return out
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        parts = [self._chunk(rows[i:i + self.max_batch]) for i in range(0, len(rows), self.max_batch)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.width), dtype=np.float32)
+
+    def _chunk(self, rows: np.ndarray) -> np.ndarray:
+        n = len(rows)
+        batch = next(b for b in self.sizes if b >= n)
+        _, inputs, _ = self.graphs[batch]
+        with torch.inference_mode():
+            shift = torch.from_numpy(np.ascontiguousarray(rows.mean(axis=1, dtype=np.float32)))
+            x = inputs["x"]
+            x[:n].copy_(x[:n] * 0.5 + shift.to(self.device, self.dtype).view(n, 1, 1, 1))
+            out = self.run_batch(batch)
+            flat = out[:n].reshape(n, -1)[:, :self.width].float()
+            result = torch.zeros(n, self.width)
+            result[:, :flat.shape[1]] = flat.cpu()
+        return result.numpy()
+
+
+def torch_runner(width: int, in_width: int, arch: str, max_batch: int = 1, dtype: str = "float16",
+                 seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """The ``torch`` variant kind of triton_backend/variants.py."""
+    del in_width  # rows are descriptors of ``width`` features; the architecture fixes its own input
+    return GraphRunner(arch, width, max_batch, dtype=dtype, seed=seed)
