@@ -1,9 +1,9 @@
-"""Stage overhead: what the jigsaw entry/stage models add over calling the same runners directly.
+"""Stage overhead: what the jigsaw stage models add over calling the same runners directly.
 
 One tritonserver (CPU) serves, from one model repository:
   (a) a rendered jigsaw app ``ovh``: a 2-task chain a -> b (factor 1), one near-zero-compute variant
       per task (numpy_mlp depth 1, hidden 16), planned with ``make_plan`` on a synthetic CPU profile
-      and rendered with ``build_configs``; its ensemble is entry -> stage a -> stage b, and each stage
+      and rendered with ``build_configs``; its ensemble is stage a -> stage b (a stamps the deadline), and each stage
       calls its runner by BLS;
   (b) ``plain_ab``: a hand-written plain Triton ensemble INPUT -> runner a -> runner b over the same
       two runner models;
@@ -11,17 +11,15 @@ One tritonserver (CPU) serves, from one model repository:
 
 A closed-loop gRPC client (1 request in flight) measures, interleaved in rounds (shuffled order per
 round, so drift hits every variant alike): direct runner a; direct a then b (two client calls, a's
-output fed to b); the plain ensemble; the jigsaw ensemble; and, as a breakdown, the jigsaw entry model
-alone and stage a alone (stage + its BLS call to runner a). The jigsaw models take one request of
+output fed to b); the plain ensemble; the jigsaw ensemble; and, as a breakdown, stage a alone (stage + its BLS call to runner a). The jigsaw models take one request of
 items, INPUT [1, items, 16]; the runners and the plain ensemble take [batch, 16]. Then a
 concurrency-8 closed loop (8 threads, one gRPC client each) alternates plain vs jigsaw ensembles in
 timed rounds. Each path also gets the server's CPU time per request (tritonserver and all its stub
 processes, from /proc) and the client's; a contention check samples whether other Triton processes
 run on the machine meanwhile (the container is shared).
 
-Added latency per jigsaw stage = (jigsaw p50 - plain ensemble p50) / 3, counting the entry step and
-the two task stages as the 3 stages (the plain ensemble's two steps are the runners, which the
-jigsaw ensemble also runs, via BLS). The same over direct calls uses the "direct a then b" p50.
+Added latency per jigsaw stage = (jigsaw p50 - plain ensemble p50) / 2, the two task stages (the
+plain ensemble's two steps are the runners, which the jigsaw ensemble also runs, via BLS). The same over direct calls uses the "direct a then b" p50.
 
 Run from the repository root:  python3 bench/overhead.py [--n 2000] [--out bench/results/overhead-cpu.json]
 """
@@ -71,10 +69,10 @@ APP = {
 # synthetic profile: one point per variant (cpu, mig 1, mps 1, batch 1); 1 ms p95, 1000 req/s
 PROFILE_LATENCY_MS, PROFILE_RPS, DEMAND_RPS = 1.0, 1000.0, 100.0
 PLAIN = "plain_ab"
-JIGSAW_STAGES = 3  # entry + stage a + stage b
+JIGSAW_STAGES = 2  # stage a (stamps the deadline) + stage b
 VARIANTS = ("direct_a", "direct_a_then_b", "plain_ensemble", "jigsaw_ensemble")
-# breakdown: the jigsaw entry model alone, and stage a alone (which calls runner a by BLS), called directly
-BREAKDOWN = ("direct_entry", "direct_stage_a")
+# breakdown: stage a alone (which stamps the deadline and calls runner a by BLS), called directly
+BREAKDOWN = ("direct_stage_a",)
 PATHS = VARIANTS + BREAKDOWN
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -178,16 +176,9 @@ class Caller:
         return self.c.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(out)]).as_numpy(out)
 
     def call(self, variant: str, x: np.ndarray) -> np.ndarray:
-        # the jigsaw ensemble, entry and stages take a batch of 1 request: INPUT [1, items, width]
-        if variant == "direct_entry":
-            return self._infer(self.n["jigsaw"] + "__entry", x[None], "DEADLINE")
+        # the jigsaw ensemble and stages take a batch of 1 request: INPUT [1, items, width]
         if variant == "direct_stage_a":
-            inp = grpcclient.InferInput("INPUT", [1, *x.shape], "FP32")
-            inp.set_data_from_numpy(x[None])
-            dl = grpcclient.InferInput("DEADLINE", [1, 1], "INT64")
-            dl.set_data_from_numpy(np.array([[time.time_ns() + 10**9]], dtype=np.int64))
-            return self.c.infer(self.n["jigsaw"] + "__a", [inp, dl],
-                                outputs=[grpcclient.InferRequestedOutput("OUT_b")]).as_numpy("OUT_b")[0]
+            return self._infer(self.n["jigsaw"] + "__a", x[None], "OUT_b")[0]
         if variant == "direct_a":
             return self._infer(self.n["runner_a"], x, "OUTPUT")
         if variant == "direct_a_then_b":
@@ -368,8 +359,7 @@ def fmt_table(res: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     labels = {"direct_a": "direct runner a (1 call)", "direct_a_then_b": "direct a then b (2 client calls)",
               "plain_ensemble": "plain ensemble a->b (2 steps)",
-              "jigsaw_ensemble": "jigsaw ensemble (entry + stage a + stage b, 2 BLS runner calls)",
-              "direct_entry": "breakdown: jigsaw entry model alone (1 call)",
+              "jigsaw_ensemble": "jigsaw ensemble (stage a + stage b, 2 BLS runner calls)",
               "direct_stage_a": "breakdown: jigsaw stage a alone (1 call, BLS to runner a)"}
 
     def row(v: str, r: dict, extra: str = "") -> str:
@@ -388,8 +378,7 @@ def fmt_table(res: dict) -> str:
     lines += [row(v, con[v], f" {con[v]['errors']} |") for v in ("plain_ensemble", "jigsaw_ensemble")]
     lines += ["", "| added by jigsaw (1 in flight) | p50 (ms) | p99 (ms) |", "|---|---:|---:|"]
     for key, label in (("vs_plain_total", "total: jigsaw - plain ensemble"),
-                       ("vs_plain_per_stage", f"**per stage** vs plain ensemble (/{JIGSAW_STAGES}: entry, stage a, stage b)"),
-                       ("vs_plain_per_task_stage", "per task stage vs plain ensemble (/2, entry folded into the 2 task stages)"),
+                       ("vs_plain_per_stage", f"**per stage** vs plain ensemble (/{JIGSAW_STAGES}: stage a, stage b)"),
                        ("vs_direct_total", "total: jigsaw - direct a then b"),
                        ("vs_direct_per_stage", f"per stage vs direct a then b (/{JIGSAW_STAGES})"),
                        ("stage_a_alone_vs_runner_a", "breakdown: stage a alone - runner a alone (one stage hop + BLS)"),
@@ -429,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                     "profile": {"gpu": "cpu", "mig": 1, "mps": 1, "batch": 1, "latency_ms": PROFILE_LATENCY_MS,
                                 "throughput_rps": PROFILE_RPS, "demand_rps": DEMAND_RPS},
                     "stage_count": {"jigsaw_stages": JIGSAW_STAGES,
-                                    "how": "entry + stage a + stage b; the plain ensemble's 2 steps are the "
+                                    "how": "stage a (stamps the deadline) + stage b; the plain ensemble's 2 steps are the "
                                            "runners, which the jigsaw stages also call (BLS)"},
                     "params": vars(args)}
     with tempfile.TemporaryDirectory(prefix="jigsaw-overhead-") as tmp:
@@ -479,7 +468,6 @@ def main(argv: list[str] | None = None) -> int:
 
     con = result["concurrency"]["results"]
     result["added"] = {"vs_plain_total": diff(J, P, 1), "vs_plain_per_stage": diff(J, P, JIGSAW_STAGES),
-                       "vs_plain_per_task_stage": diff(J, P, 2),
                        "vs_direct_total": diff(J, D, 1), "vs_direct_per_stage": diff(J, D, JIGSAW_STAGES),
                        "plain_vs_direct_total": diff(P, D, 1),
                        "stage_a_alone_vs_runner_a": diff(seq["direct_stage_a"], seq["direct_a"], 1),

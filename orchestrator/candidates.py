@@ -1,7 +1,10 @@
 """Candidate instance configurations (task, variant, segment, batch) and static budgets.
 
 A candidate is one segment (MIG size x MPS processes) running one variant at one max batch.
-Its worst-case latency is 2x the profiled p95 (one batch forming while one executes). Candidates
+Its worst-case latency per request is the profiled p95 times (1 + ceil(items / batch)): one batch
+forming while one executes, then the batches a request's items need. ``items`` is the most items
+one request can bring to the task (the product of the largest fan-out factors on the way from a
+source; 1 for a source task, where this is the paper's 2x p95). Candidates
 dominated by another of the same task and variant (no more slices, no less throughput, no more
 latency) are pruned: that is exact, since a smaller MIG shape fits wherever a larger one does.
 """
@@ -16,7 +19,19 @@ from .features import Features
 from .gpus import GpuType
 from .profiles import ProfilePoint, Profiles
 
-WORST_CASE_FACTOR = 2.0
+
+
+def worst_case_ms(latency_ms: float, batch: int, items: float = 1.0) -> float:
+    """Worst-case time of one request at a task: a batch-forming wait plus ceil(items / batch) batches."""
+    return latency_ms * (1 + math.ceil(items / batch - 1e-9))
+
+
+def items_per_request(app: AppSpec) -> dict[str, float]:
+    """The most items one request brings to each task (largest fan-out factors along any path)."""
+    items: dict[str, float] = {}
+    for task in app.tasks:  # topological order
+        items[task.name] = max((items[e.src] * e.max_factor for e in app.parents(task.name)), default=1.0)
+    return items
 
 
 @dataclass(frozen=True)
@@ -26,6 +41,7 @@ class Candidate:
     accuracy: float
     point: ProfilePoint
     mem_slices: int
+    items: float = 1.0
 
     @property
     def slices(self) -> int:
@@ -37,7 +53,7 @@ class Candidate:
 
     @property
     def wc_latency_ms(self) -> float:
-        return WORST_CASE_FACTOR * self.point.latency_ms
+        return worst_case_ms(self.point.latency_ms, self.point.batch, self.items)
 
     @property
     def key(self) -> tuple[str, str, int, int, int]:
@@ -88,6 +104,7 @@ def build_candidates(app: AppSpec, profiles: Profiles, gpu: GpuType, features: F
                      budgets_ms: dict[str, float] | None = None) -> dict[str, list[Candidate]]:
     """Runnable, non-dominated candidates per task within the SLO (or the static per-task budgets)."""
     out: dict[str, list[Candidate]] = {}
+    items = items_per_request(app)
     for task in app.tasks:
         limit = budgets_ms[task.name] if budgets_ms else app.latency_slo_ms
         cands: list[Candidate] = []
@@ -97,9 +114,10 @@ def build_candidates(app: AppSpec, profiles: Profiles, gpu: GpuType, features: F
             for p in profiles.for_variant(v.profile, gpu.name):
                 if not features.spatial and (p.mig != gpu.slices or p.mps != 1):
                     continue
-                if WORST_CASE_FACTOR * p.latency_ms > limit + 1e-9 or not _fits_memory(p, gpu):
+                if worst_case_ms(p.latency_ms, p.batch, items[task.name]) > limit + 1e-9 or not _fits_memory(p, gpu):
                     continue
-                per_variant.append(Candidate(task.name, vname, v.accuracy, p, gpu.shape(p.mig).mem_slices))
+                per_variant.append(Candidate(task.name, vname, v.accuracy, p, gpu.shape(p.mig).mem_slices,
+                                             items[task.name]))
             cands.extend(_pareto(per_variant))
         out[task.name] = cands
     return out
@@ -108,8 +126,9 @@ def build_candidates(app: AppSpec, profiles: Profiles, gpu: GpuType, features: F
 def fastest_latency(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Features) -> dict[str, float]:
     """Each task's lowest worst-case latency over all the variants and segments the features allow."""
     fastest = {}
+    items = items_per_request(app)
     for task in app.tasks:
-        lat = [WORST_CASE_FACTOR * p.latency_ms
+        lat = [worst_case_ms(p.latency_ms, p.batch, items[task.name])
                for vname in allowed_variants(app, task.name, features)
                for p in profiles.for_variant(task.variant(vname).profile, gpu.name)
                if (features.spatial or (p.mig == gpu.slices and p.mps == 1)) and _fits_memory(p, gpu)]
@@ -125,7 +144,7 @@ def check_latency_reachable(app: AppSpec, fastest: dict[str, float]) -> None:
             parts = ", ".join(f"{t} {fastest[t]:.1f} ms" for t in path.tasks)
             raise InfeasibleError(
                 f"latency: the fastest possible path {' -> '.join(path.tasks)} takes {total:.1f} ms "
-                f"worst-case (2x p95: {parts}) vs the SLO of {app.latency_slo_ms:g} ms", binding="latency")
+                f"worst-case (p95 x (1 + batches per request): {parts}) vs the SLO of {app.latency_slo_ms:g} ms", binding="latency")
 
 
 def static_budgets(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Features) -> tuple[
@@ -139,12 +158,13 @@ def static_budgets(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Fea
     task must reach ``slo ** (1 / L)`` on its own, L the number of tasks on the longest path through it.
     """
     need: dict[str, float] = {}
+    items = items_per_request(app)
     for task in app.tasks:
         rows = [p for p in profiles.for_variant(task.best.profile, gpu.name)
                 if features.spatial or (p.mig == gpu.slices and p.mps == 1)]
         largest = max(p.mig for p in rows) if rows else gpu.slices
         b1 = [p for p in rows if p.mig == largest and p.mps == 1] or rows
-        need[task.name] = WORST_CASE_FACTOR * min(p.latency_ms for p in b1) if b1 else math.inf
+        need[task.name] = min(worst_case_ms(p.latency_ms, p.batch, items[task.name]) for p in b1) if b1 else math.inf
     latency: dict[str, float] = {t.name: math.inf for t in app.tasks}
     length: dict[str, int] = {t.name: 1 for t in app.tasks}
     for path in app.paths:
@@ -157,7 +177,7 @@ def static_budgets(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Fea
     for task in app.tasks:
         rows = [p for p in profiles.for_variant(task.best.profile, gpu.name)
                 if (features.spatial or (p.mig == gpu.slices and p.mps == 1))
-                and WORST_CASE_FACTOR * p.latency_ms <= latency[task.name]]
+                and worst_case_ms(p.latency_ms, p.batch, items[task.name]) <= latency[task.name]]
         per_slice = max((p.throughput_rps / p.mig for p in rows), default=0.0)
         cost[task.name] = bounds[task.name][1] / per_slice if per_slice > 0 else math.inf
     finite = sum(c for c in cost.values() if math.isfinite(c))

@@ -34,7 +34,7 @@ def task_demand(app: AppSpec, routing: dict[str, dict[str, float]], demand: floa
 def metrics(app: AppSpec, entries: list[Entry], routing: dict[str, dict[str, float]], demand: float) -> Metrics:
     """Exact definitions: per-task accuracy is the routing-weighted mean of its variants' accuracies;
     a path's accuracy is the product over its tasks; the pipeline's is the weighted mean over paths;
-    a task's worst-case latency is the max of 2x p95 over the entries it uses."""
+    a task's worst-case latency is the max over the entries it uses of p95 x (1 + batches per request)."""
     arrived = task_demand(app, routing, demand)
     acc: dict[str, float] = {}
     for t in app.tasks:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -59,11 +60,14 @@ def control_headers(key: str | None, grpc: bool) -> dict[str, str] | None:
 
 
 def apply(rendered: Rendered, repo: Path, client, headers: dict[str, str] | None = None,
-          progress: Callable[[str], None] = lambda _: None, drain_s: float | None = None) -> ApplyReport:
+          progress: Callable[[str], None] = lambda _: None, drain_s: float | None = None,
+          parallel: int = 1) -> ApplyReport:
     """Apply ``rendered`` to the server behind ``client`` (tritonclient http or grpc) serving ``repo``.
 
     Runners the new plan drops are unloaded ``drain_s`` seconds after the new stages took over
-    (default: twice the app's latency SLO): requests still in the old stages finish on them."""
+    (default: twice the app's latency SLO): requests still in the old stages finish on them. With
+    ``parallel`` > 1 the models of one kind (runners, then stages) load concurrently: a GPU runner
+    takes seconds to start (CUDA, graph capture). Use it with a thread-safe client (gRPC)."""
     old = _old_configs(repo)
     backup = repo.with_name(repo.name + ".previous")
     if backup.exists():
@@ -74,20 +78,34 @@ def apply(rendered: Rendered, repo: Path, client, headers: dict[str, str] | None
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
     report = ApplyReport()
     moved: list[str] = []
-    try:
-        for name in sorted(rendered.configs, key=lambda n: (_order(n, rendered.configs[n]), n)):
-            if old.get(name) == rendered.configs[name]:
-                report.unchanged.append(name)
-                continue
-            progress(f"loading {name}")
-            client.load_model(name, config=rendered.config_json(name), headers=headers)
-            moved.append(name)
-            report.loaded.append(name)
-    except InferenceServerException as exc:
-        progress(f"load failed, rolling back: {exc}")
-        _rollback(client, headers, old, moved, backup, repo)
-        raise RuntimeError(f"apply failed while loading {name}: {exc}; rolled back, the old plan keeps serving") \
-            from None
+    phases: dict[int, list[str]] = {}
+    for name in sorted(rendered.configs):
+        if old.get(name) == rendered.configs[name]:
+            report.unchanged.append(name)
+        else:
+            phases.setdefault(_order(name, rendered.configs[name]), []).append(name)
+
+    def load(name: str) -> str:
+        progress(f"loading {name}")
+        client.load_model(name, config=rendered.config_json(name), headers=headers)
+        return name
+
+    failed: tuple[str, Exception] | None = None
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        for _, names in sorted(phases.items()):
+            futures = {pool.submit(load, n): n for n in names}
+            for fut in futures:
+                try:
+                    moved.append(fut.result())
+                except InferenceServerException as exc:
+                    failed = failed or (futures[fut], exc)
+            if failed:
+                name, exc = failed
+                progress(f"load failed, rolling back: {exc}")
+                _rollback(client, headers, old, moved, backup, repo)
+                raise RuntimeError(f"apply failed while loading {name}: {exc}; rolled back, the old plan keeps "
+                                   "serving") from None
+    report.loaded.extend(moved)
     gone = sorted(set(old) - set(rendered.configs))
     if gone:
         wait = drain_s if drain_s is not None else 2 * float(rendered.manifest.get("latency_slo_ms", 0)) / 1000

@@ -48,6 +48,7 @@ class Policy:
     down_cooldown: int = 3
     refine_drift: float = 0.25
     refine_min_batches: int = 20
+    fallback: tuple[float, ...] = (0.85, 0.7, 0.55)   # of the demand, tried when it cannot be planned
 
 
 def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, policy: Policy) -> float | None:
@@ -117,13 +118,27 @@ class Controller:
                       f"accuracy {self.plan.accuracy:.3f}")
         return self.plan
 
+    def _best_effort(self, demand: float, reason: str) -> tuple[Plan, float] | None:
+        """A plan for ``demand``, else for the largest of a few lower demands still above the current
+        plan's (the resources cap what can be served); None when even those fail."""
+        assert self.plan is not None
+        for fraction in (1.0, *self.policy.fallback):
+            target = demand * fraction
+            if fraction < 1.0 and target <= self.plan.demand_rps:
+                break
+            try:
+                return self._make(target), target
+            except InfeasibleError as exc:
+                self.events.write("infeasible", demand_rps=target, reason=f"{reason}: {exc}")
+                self.progress(f"no plan for {target:.1f} req/s ({exc.binding or exc})")
+        return None
+
     def _replan(self, demand: float, reason: str) -> None:
-        try:
-            plan = self._make(demand)
-        except InfeasibleError as exc:
-            self.events.write("infeasible", demand_rps=demand, reason=f"{reason}: {exc}")
-            self.progress(f"no plan for {demand:.1f} req/s ({exc}); keeping the current plan")
+        found = self._best_effort(demand, reason)
+        if found is None:
+            self.progress("keeping the current plan")
             return
+        plan, demand = found
         started = time.time()
         try:
             assert self.apply_plan is not None

@@ -99,7 +99,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         stack.callback(client.close)
         headers = control_headers(key, grpc=True)
         controller.metrics_url = server.metrics_url
-        controller.apply_plan = lambda rendered: apply(rendered, repo, client, headers,
+        controller.apply_plan = lambda rendered: apply(rendered, repo, client, headers, parallel=8,
                                                        progress=lambda line: progress(f"  {line}"))
         stop = threading.Event()
         start_at = time.time() + 1.0
@@ -118,7 +118,10 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         stop.set()
         thread.join()
         time.sleep(0.3)  # the stages' counters reach the server within 0.1 s
-        controller.record_metrics()
+        try:
+            controller.record_metrics()
+        except OSError as exc:  # the server is gone: report what the run recorded
+            progress(f"final metrics scrape failed: {exc}")
     summary = report.summarize(out)
     report.plot(out)
     return summary

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .candidates import WORST_CASE_FACTOR
+from .candidates import worst_case_ms
 from .errors import InputError
 
 
@@ -23,10 +23,11 @@ class Entry:
     latency_ms: float
     throughput_rps: float
     share: float = 0.0
+    items: float = 1.0  # the most items one request brings to this task
 
     @property
     def wc_latency_ms(self) -> float:
-        return WORST_CASE_FACTOR * self.latency_ms
+        return worst_case_ms(self.latency_ms, self.batch, self.items)
 
 
 def segment_label(entry: Entry, index: int) -> str:

@@ -60,7 +60,7 @@ def _setup(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions) ->
             where = f"its static budget of {budgets[t]:.1f} ms" if not feats.task_graph else \
                 f"the SLO of {app.latency_slo_ms:g} ms"
             raise InfeasibleError(f"latency: task {t} has no configuration whose worst-case latency "
-                                  f"(2x p95) fits {where}", binding="latency")
+                                  f"(p95 x (1 + batches per request)) fits {where}", binding="latency")
     limits = Limits(
         slices=opts.gpus * gpu.slices if opts.gpus else None,
         mem_slices=opts.gpus * gpu.mem_slices if opts.gpus else None,
@@ -93,7 +93,7 @@ def _entries(sol: Solution, routing: dict[str, dict[str, float]]) -> list[Entry]
         total = sum(routing.get(c.task, {}).values())
         share = (rate / total) * (n * c.throughput / cap[(c.task, c.variant)]) if total > 0 else 0.0
         p = c.point
-        out.append(Entry(c.task, c.variant, p.mig, p.mps, p.batch, n, p.latency_ms, p.throughput_rps, share))
+        out.append(Entry(c.task, c.variant, p.mig, p.mps, p.batch, n, p.latency_ms, p.throughput_rps, share, c.items))
     return out
 
 

@@ -2,7 +2,9 @@
 
 The paper profiles every configuration (7-12 hours). We measure a subset and interpolate:
 
-- sizes ``MEASURED_SIZES`` (1g, 3g, 7g) x MPS ``MPS`` (1, 2) x batches ``MEASURED_BATCHES`` (1, 4, 16);
+- segments 1g, 3g, 7g with one process and 1g, 3g with two MPS processes, at batches
+  ``MEASURED_BATCHES`` (1, 4, 16); segments measured in ``WAVES``, several at once on disjoint SM caps
+  summing to at most 100% (like co-located MIG slices, they share memory bandwidth);
 - other batch sizes: p95 and mean latency piecewise linear in the batch between measured batches
   (latency is convex in the batch, so this errs on the slow side);
 - other sizes: piecewise linear in 1/SMs between measured sizes (exact when latency = a + work/SMs).
@@ -22,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -33,11 +36,14 @@ from orchestrator.binding import emulation_env
 from orchestrator.errors import InputError
 from orchestrator.gpus import GpuType
 
-MEASURED_SIZES = (1, 3, 7)
+# segments measured at the same time (their SM caps sum to at most 100%, like co-located MIG slices)
+WAVES = (((1, 1), (3, 1), (1, 2)),   # 12% + 45% + 2 x 6% of the SMs
+         ((7, 1),),                  # the whole GPU
+         ((3, 2),))                  # 2 x 22%, with the held-out points (2 x 12% + 24%)
 MPS = (1, 2)
 MEASURED_BATCHES = (1, 4, 16)
 BATCHES = (1, 2, 4, 8, 16)
-HELD_OUT = ((2, 1, 8), (4, 1, 2), (2, 2, 2))   # (size, mps, batch), measured on VALIDATION_VARIANTS
+HELD_OUT = ((2, 1, 8), (2, 2, 2))     # (size, mps, batch), measured on VALIDATION_VARIANTS
 VALIDATION_VARIANTS = 3
 WIDTH = 16
 
@@ -149,32 +155,37 @@ def _archs(apps: list[AppSpec]) -> dict[str, str]:
 def measure_config(archs: dict[str, str], size: int, mps: int, batches: tuple[int, ...], base_env: dict[str, str],
                    gpu: GpuType, total_sms: int, into: Measured, progress: Callable[[str], None],
                    seconds: float = 0.25) -> None:
-    """Measure every arch at ``batches`` in one emulated (size, mps) segment: mps concurrent workers."""
+    """Measure every arch at ``batches`` in one emulated (size, mps) segment: mps concurrent workers.
+    A configuration that fails (out of memory under the cap, a crashed worker) is recorded as not
+    running; crashed workers are replaced and the next arch goes on."""
     env = {**base_env, **emulation_env(gpu, size, mps, total_sms)}
     workers = [_Worker(env) for _ in range(mps)]
     try:
         for name, arch in archs.items():
-            loaded = _all(workers, op="load", arch=arch, sizes=list(batches))
-            errors = [r["error"] for r in loaded if "error" in r]
-            if errors:
-                into.notes.append(f"{name} {size}g mps{mps}: {errors[0]}")
+            try:
+                loaded = _all(workers, op="load", arch=arch, sizes=list(batches))
+                errors = [r["error"] for r in loaded if "error" in r]
+                if errors:
+                    raise RuntimeError(errors[0])
+                line = []
                 for b in batches:
-                    into.points[(name, size, mps, b)] = None
+                    rs = _all(workers, op="measure", batch=b, warmup=3, min_reps=20, seconds=seconds)
+                    if any("error" in r for r in rs):
+                        raise RuntimeError(next(r["error"] for r in rs if "error" in r))
+                    p95 = max(r["p95"] for r in rs)
+                    mean = float(np.mean([r["mean"] for r in rs]))
+                    into.points[(name, size, mps, b)] = (p95, mean, sum(b / r["mean"] * 1000 for r in rs))
+                    line.append(f"b{b} {p95:.2f}ms")
                 _all(workers, op="unload")
-                continue
-            line = []
-            for b in batches:
-                rs = _all(workers, op="measure", batch=b, warmup=5, min_reps=20, seconds=seconds)
-                if any("error" in r for r in rs):
-                    into.points[(name, size, mps, b)] = None
-                    continue
-                p95 = max(r["p95"] for r in rs)
-                mean = float(np.mean([r["mean"] for r in rs]))
-                thr = sum(b / r["mean"] * 1000 for r in rs)
-                into.points[(name, size, mps, b)] = (p95, mean, thr)
-                line.append(f"b{b} {p95:.2f}ms")
-            _all(workers, op="unload")
-            progress(f"  {size}g x{mps} {name:32s} load {loaded[0]['load_s']:.1f}s  " + "  ".join(line))
+                progress(f"  {size}g x{mps} {name:32s} load {loaded[0]['load_s']:.1f}s  " + "  ".join(line))
+            except RuntimeError as exc:
+                into.notes.append(f"{name} {size}g mps{mps}: {exc}")
+                progress(f"  {size}g x{mps} {name:32s} did not run: {exc}")
+                for b in batches:
+                    into.points.setdefault((name, size, mps, b), None)
+                for w in workers:  # start afresh: a worker may have died or have an unread reply
+                    w.stop()
+                workers = [_Worker(env) for _ in range(mps)]
     finally:
         for w in workers:
             w.stop()
@@ -206,6 +217,8 @@ def interpolate(measured: Measured, name: str, gpu: GpuType, size: int, mps: int
     known = [(s, v) for s, v in known if v is not None]
     if not known:
         return None
+    if size > max(s for s, _ in known):
+        return None  # no extrapolation to bigger segments than measured
     if size in dict(known):
         p95, mean = dict(known)[size]
     else:
@@ -225,53 +238,57 @@ class ProfileRun:
 
 
 def profile(apps: list[AppSpec], gpu: GpuType, base_env: dict[str, str], total_sms: int, device: str,
-            progress: Callable[[str], None] = print, sizes: tuple[int, ...] = MEASURED_SIZES,
-            mps_list: tuple[int, ...] = MPS, measured_batches: tuple[int, ...] = MEASURED_BATCHES,
-            batches: tuple[int, ...] = BATCHES, validate: bool = True) -> ProfileRun:
-    """Measure the subset, interpolate the full grid and validate the interpolation on held-out points."""
+            progress: Callable[[str], None] = print) -> ProfileRun:
+    """Measure the subset in ``WAVES``, interpolate the full grid, and validate the interpolation on
+    the held-out points measured alongside."""
     t0 = time.perf_counter()
     archs = _archs(apps)
-    measured = Measured()
-    for size in sizes:
-        for mps in mps_list:
-            progress(f"segment {size}g with {mps} MPS process(es), emulated on {device}")
-            measure_config(archs, size, mps, measured_batches, base_env, gpu, total_sms, measured, progress)
+    check = dict(list(archs.items())[:VALIDATION_VARIANTS])
+    measured, held = Measured(), Measured()
+    for i, wave in enumerate(WAVES, 1):
+        configs = [(archs, size, mps, MEASURED_BATCHES, measured) for size, mps in wave]
+        if i == len(WAVES):
+            configs += [(check, size, mps, (b,), held) for size, mps, b in HELD_OUT]
+        progress(f"wave {i}/{len(WAVES)}: segments " + ", ".join(f"{c[1]}g x{c[2]}" for c in configs)
+                 + f" at once, emulated on {device}")
+        threads = [threading.Thread(target=measure_config, args=(a, size, mps, bs, base_env, gpu, total_sms, into,
+                                                                 progress)) for a, size, mps, bs, into in configs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     rows = []
     for name in archs:
         for size in sorted(gpu.shapes):
-            for mps in mps_list:
-                for b in batches:
+            for mps in MPS:
+                for b in BATCHES:
                     got = measured.points.get((name, size, mps, b), "missing")
                     src = "measured" if got != "missing" else "interpolated"
                     v = got if got != "missing" else interpolate(measured, name, gpu, size, mps, b)
+                    if v is None and got == "missing":
+                        continue  # outside the measured range (e.g. 7g with 2 MPS processes)
                     p95, _, thr = v if v else (0.0, 0.0, 0.0)
                     rows.append({"variant": name, "gpu": gpu.name, "mig": size, "mps": mps, "batch": b,
                                  "latency_ms": round(p95, 3), "throughput_rps": round(thr, 1), "source": src})
-    report: dict[str, Any] = {"device": device, "gpu_type": gpu.name,
-                              "emulated_mig": True, "measured_sizes": list(sizes), "mps": list(mps_list),
-                              "measured_batches": list(measured_batches), "batches": list(batches),
-                              "notes": measured.notes, "validation": []}
-    if validate:
-        check = dict(list(archs.items())[:VALIDATION_VARIANTS])
-        held = Measured()
-        for size, mps, b in HELD_OUT:
-            progress(f"validation: segment {size}g x{mps} batch {b}")
-            measure_config(check, size, mps, (b,), base_env, gpu, total_sms, held, progress)
-        for (name, size, mps, b), v in held.points.items():
-            guess = interpolate(measured, name, gpu, size, mps, b)
-            if v and guess:
-                report["validation"].append({"variant": name, "mig": size, "mps": mps, "batch": b,
-                                             "measured_p95_ms": round(v[0], 3), "interpolated_p95_ms": round(guess[0], 3),
-                                             "error_pct": round(100 * (guess[0] - v[0]) / v[0], 1)})
-        errs = [abs(r["error_pct"]) for r in report["validation"]]
-        if errs:
-            report["validation_mean_abs_error_pct"] = round(float(np.mean(errs)), 1)
-            report["validation_max_abs_error_pct"] = round(float(np.max(errs)), 1)
+    report: dict[str, Any] = {"device": device, "gpu_type": gpu.name, "emulated_mig": True,
+                              "waves": [[f"{size}g x{mps}" for size, mps in w] for w in WAVES],
+                              "held_out": [f"{size}g x{mps} b{b}" for size, mps, b in HELD_OUT],
+                              "measured_batches": list(MEASURED_BATCHES), "batches": list(BATCHES),
+                              "notes": measured.notes + held.notes, "validation": []}
+    for (name, size, mps, b), v in sorted(held.points.items()):
+        guess = interpolate(measured, name, gpu, size, mps, b)
+        if v and guess:
+            report["validation"].append({"variant": name, "mig": size, "mps": mps, "batch": b,
+                                         "measured_p95_ms": round(v[0], 3), "interpolated_p95_ms": round(guess[0], 3),
+                                         "error_pct": round(100 * (guess[0] - v[0]) / v[0], 1)})
+    errs = [abs(r["error_pct"]) for r in report["validation"]]
+    if errs:
+        report["validation_mean_abs_error_pct"] = round(float(np.mean(errs)), 1)
+        report["validation_max_abs_error_pct"] = round(float(np.max(errs)), 1)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["rows_measured"] = sum(r["source"] == "measured" for r in rows)
     report["rows_total"] = len(rows)
     return ProfileRun(rows, report)
-
 
 
 def run(apps: list[AppSpec], gpu: GpuType, out: str, progress: Callable[[str], None] = print) -> ProfileRun:

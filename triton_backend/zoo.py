@@ -138,13 +138,15 @@ class GraphRunner:
             return None, inputs, self.spec.forward(self.model, inputs)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up (cuDNN autotuning, lazy init) outside the graph
-                self.spec.forward(self.model, inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self.spec.forward(self.model, inputs)
+        # tensors a forward creates without a device (masks, positions) must not be CPU copies in the graph
+        with torch.device(self.device):
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm-up (cuDNN autotuning, lazy init) outside the graph
+                    self.spec.forward(self.model, inputs)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.spec.forward(self.model, inputs)
         return graph, inputs, out
 
     def run_batch(self, batch: int) -> torch.Tensor:

@@ -1,0 +1,138 @@
+"""The paper's empirical comparison on one GPU: JigsawServe (A+S+T) against A+T, S+T and A+S.
+
+For one app, in one session, on real Triton with the jigsaw backend:
+  1. the demand every system is tested at: the shipped synthetic diurnal day scaled so that its peak
+     is ``--peak-fraction`` of what A+S+T can serve on the GPUs (``capacity.max_demand``);
+  2. per system, a closed-loop run (orchestrator/experiment.py): plan, render, serve, replay the day
+     compressed to ``--duration`` seconds, the controller replanning every ``--interval`` seconds;
+  3. per system: mean GPU slices in use, SLO violation rate (drops count), accuracy vs max.
+A system that cannot place the app at all (A+T needs a whole GPU per task) is reported as such.
+
+    python3 bench/h200_eval.py --app examples/h200/traffic.yaml --profiles examples/h200/profiles.csv \\
+        --out bench/results/h200-traffic
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.appspec import load_app  # noqa: E402
+from orchestrator.capacity import max_demand  # noqa: E402
+from orchestrator.errors import InfeasibleError  # noqa: E402
+from orchestrator.controller import Policy  # noqa: E402
+from orchestrator.experiment import Experiment, run  # noqa: E402
+from orchestrator.features import Features  # noqa: E402
+from orchestrator.gpus import gpu_type  # noqa: E402
+from orchestrator.inventory import detect  # noqa: E402
+from orchestrator.planner import PlanOptions  # noqa: E402
+from orchestrator.profiles import default_gpu, load_profiles  # noqa: E402
+from tools.trace import compress, scale_to_peak, synthetic_diurnal  # noqa: E402
+
+SYSTEMS = {"ast": "JigsawServe (A+S+T)", "at": "A+T (Loki-like)", "st": "S+T (ParvaGPU-like)",
+           "as": "A+S (Clover-like)"}
+
+
+def log(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ran = [r for r in results if r.get("summary")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for r in ran:
+        tl = r["summary"]["slices"]["timeline"]
+        axes[0].step([t for t, _ in tl], [s for _, s in tl], where="post", label=r["label"])
+    axes[0].set_xlabel("time (s)")
+    axes[0].set_ylabel("GPU slices in use")
+    axes[0].legend()
+    names = [r["label"] for r in ran]
+    axes[1].bar(names, [100 * (r["summary"]["slo_violation_rate"] or 0) for r in ran])
+    axes[1].set_ylabel("SLO violations (%), drops counted")
+    axes[1].tick_params(axis="x", rotation=20)
+    fig.suptitle(f"{results[0]['app']} on {results[0]['device']} (MIG emulated with MPS)")
+    fig.tight_layout()
+    fig.savefig(out / "comparison.png", dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--app", required=True)
+    ap.add_argument("--profiles", required=True)
+    ap.add_argument("--systems", default="ast,at,st,as")
+    ap.add_argument("--gpus", type=int, default=1)
+    ap.add_argument("--peak-fraction", type=float, default=0.8)
+    ap.add_argument("--duration", type=float, default=90.0)
+    ap.add_argument("--interval", type=float, default=10.0)
+    ap.add_argument("--headroom", type=float, default=0.5,
+                    help="plan for forecast x (1 + headroom): keeps runners below ~1/(1+headroom) utilisation")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
+    args = ap.parse_args()
+
+    app = load_app(args.app)
+    profiles = load_profiles(args.profiles)
+    gpu = gpu_type(default_gpu(profiles))
+    inventory = detect(None)
+    device = ", ".join(d.name for d in inventory.gpus) or "CPU"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cap = max_demand(app, profiles, gpu, PlanOptions(features=Features.parse("ast"), gpus=args.gpus))
+    peak = args.peak_fraction * cap.max_demand_rps
+    log(f"A+S+T capacity on {args.gpus} GPU(s): {cap.max_demand_rps:.1f} req/s; trace peak {peak:.1f} req/s")
+    trace = compress(scale_to_peak(synthetic_diurnal(), peak), args.duration)
+    total = gpu.slices * args.gpus
+    results = []
+    for key in args.systems.split(","):
+        label = SYSTEMS[key]
+        opts = PlanOptions(features=Features.parse(key), gpus=args.gpus)
+        run_dir = Path(args.runs) / f"{app.name}-{key}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        entry = {"system": key, "label": label, "app": app.name, "device": device, "gpus": args.gpus,
+                 "peak_rps": peak, "capacity_ast_rps": cap.max_demand_rps}
+        log(f"--- {label}")
+        try:
+            exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=inventory, trace=trace,
+                             interval_s=args.interval, out=run_dir, system=label, ready_timeout_s=300.0,
+                             policy=Policy(headroom=args.headroom),
+                             notes="bench/h200_eval.py; MIG emulated with MPS SM caps and memory limits")
+            entry["summary"] = run(exp, progress=log)
+            s = entry["summary"]
+            log(f"{label}: violations {100 * (s['slo_violation_rate'] or 0):.2f}%, slices mean {s['slices']['mean']:.2f}"
+                f" of {total}, accuracy {s['accuracy']['ratio_to_max']}")
+        except InfeasibleError as exc:
+            entry["infeasible"] = f"{exc.binding}: {exc}"
+            log(f"{label}: cannot be planned: {exc}")
+        results.append(entry)
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, out)
+    lines = [f"# {app.name} on {device}, {args.gpus} GPU(s), MIG emulated with MPS", "",
+             f"Trace: synthetic diurnal day scaled to peak {peak:.1f} req/s ({args.peak_fraction:g} x the A+S+T "
+             f"capacity {cap.max_demand_rps:.1f}), replayed in {args.duration:g} s; controller every "
+             f"{args.interval:g} s, planning for the forecast x {1 + args.headroom:g}.", "",
+             "| system | requests | SLO violations (drops count) | mean slices | accuracy / max | plan changes |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "summary" not in r:
+            lines.append(f"| {r['label']} | - | cannot be placed: {r['infeasible'][:80]} | - | - | - |")
+            continue
+        s = r["summary"]
+        lines.append(f"| {r['label']} | {s['requests']['total']} | {100 * (s['slo_violation_rate'] or 0):.2f}% | "
+                     f"{s['slices']['mean']:.2f} of {total} ({100 * s['slices']['mean'] / (total):.1f}%) | "
+                     f"{s['accuracy']['ratio_to_max']:.4f} | {s['plan_changes']['count']} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
