@@ -26,8 +26,6 @@ contents as one stream, about 40% smaller than the deflated wheels. pip installs
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import lzma
 import mmap
@@ -67,9 +65,6 @@ NARROW_EXTRAS = {"tritonclient": {"grpc", "http"}}
 # installed apart by install.sh, first on the Python backend stubs' path only (JIGSAW_STUB_PYTHONPATH): the
 # 2.51 Python backend needs numpy 1.x, which a host's own packages may not import (scipy >= 1.18 needs numpy 2)
 STUB_PACKAGES = {"numpy"}
-# directories of the checkout that the code reads beside its packages (orchestrator/render.py: TEMPLATES), which
-# setup.py does not package: added at the root of the project's wheel when it lacks them
-EXTRA_TREES = ("model_repository_templates",)
 # what the project tree copied for the wheel build leaves out
 SKIP_DIRS = {".git", ".whl", "build", "dist", "__pycache__", ".pytest_cache", ".ruff_cache", ".benchmarks",
              "out", ".venv", "venv", ".tox", ".mypy_cache"}
@@ -309,36 +304,7 @@ def build_project_wheel(project: Path, dest: Path, index_args: list[str], progre
     wheels = sorted(out.glob("*.whl"))
     if len(wheels) != 1:
         raise InputError(f"building the wheel of {project}: expected one wheel, got {[w.name for w in wheels]}")
-    add_trees(wheels[0], src, EXTRA_TREES, progress)
     return wheels[0]
-
-
-def add_trees(wheel: Path, project: Path, trees: Iterable[str], progress: Progress) -> None:
-    """Add the files of ``project/<tree>`` missing from ``wheel`` at its root (as ``<tree>/...``, RECORD updated)."""
-    with zipfile.ZipFile(wheel) as z:
-        members = {i.filename: (i, z.read(i)) for i in z.infolist()}
-    files = [f for t in trees if (project / t).is_dir() for f in sorted((project / t).rglob("*"))
-             if f.is_file() and "__pycache__" not in f.parts]
-    extra = {f.relative_to(project).as_posix(): f.read_bytes() for f in files}
-    extra = {n: data for n, data in extra.items() if n not in members}
-    if not extra:
-        return
-    record = next(n for n in members if re.fullmatch(r"[^/]+\.dist-info/RECORD", n))
-    lines = members[record][1].decode().splitlines()
-    for name, data in extra.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        lines.insert(len(lines) - 1, f"{name},sha256={digest},{len(data)}")
-    tmp = wheel.with_name(wheel.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, (info, data) in members.items():
-            if name != record:
-                z.writestr(info, data)
-        for name, data in extra.items():
-            z.writestr(name, data)
-        z.writestr(members[record][0], "\n".join(lines) + "\n")
-    os.replace(tmp, wheel)
-    added = ", ".join(sorted({n.split("/")[0] for n in extra}))
-    progress(f"  added to the wheel (setup.py does not package them): {added} ({len(extra)} files)")
 
 
 def wheel_metadata(path: Path) -> tuple[str, str, list[str]]:

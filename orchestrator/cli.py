@@ -188,7 +188,7 @@ def render(plan_path: str, out: str, inventory: str | None) -> None:
     inv = detect(inventory)
     rendered = build_configs(Plan.load(plan_path), inv)
     write_repository(rendered, Path(out))
-    click.echo(f"wrote {len(rendered.configs)} models to {out} (ensemble {rendered.manifest['ensemble']!r}; "
+    click.echo(f"wrote {len(rendered.configs)} models to {out} (clients call {rendered.manifest['model']!r}; "
                f"devices: {inv.source})")
     for label, procs in rendered.manifest["bindings"].items():
         click.echo(f"  {label}: {'; '.join(procs)}")
@@ -395,25 +395,29 @@ def experiment(app_path: str, profiles_path: str, gpu_type: str | None, features
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="run directory")
 @click.option("--duration", type=click.FloatRange(min=10), default=60.0, show_default=True,
               help="seconds the synthetic day is replayed in")
-@click.option("--peak", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+@click.option("--peak", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
               help="peak demand of the replayed day (req/s)")
+@click.option("--gpus", type=click.IntRange(min=3), default=4, show_default=True,
+              help="devices (whole-CPU slices) the plan may use")
 @click.option("--json", "as_json", is_flag=True, help="print the report summary JSON as the last line")
-def demo(out: str, duration: float, peak: float, as_json: bool) -> None:
+def demo(out: str, duration: float, peak: float, gpus: int, as_json: bool) -> None:
     """The bundled example end to end: profile, plan, render, serve, replay a day with live replanning, report.
 
-    Uses examples/cpu/app.yaml (numpy variants) on this machine's CPU; the profile is measured first.
+    Uses examples/cpu/demo.yaml (numpy stand-in variants, emulated device time) on this machine's CPU;
+    its profile is measured here first.
     """
     from tools.profile_cpu import profile_cpu
 
     root = Path(__file__).resolve().parent.parent
-    app_path = root / "examples" / "cpu" / "app.yaml"
+    app_path = root / "examples" / "cpu" / "demo.yaml"
     Path(out).mkdir(parents=True, exist_ok=True)
     profiles_path = Path(out) / "profiles.csv"
     click.echo(f"profiling {app_path} on this CPU -> {profiles_path}", err=True)
-    profile_cpu([load_app(app_path)], str(profiles_path), repeats=20, progress=lambda _: None)
-    summary = _run_experiment(str(app_path), str(profiles_path), None, "ast", "auto", 2.0, None, None, peak,
-                              duration, max(2.0, duration / 20), out, None, "holt", "A+S+T (demo, CPU)",
-                              notes="jigsaw demo: examples/cpu on this CPU, synthetic diurnal day compressed")
+    profile_cpu([load_app(app_path)], str(profiles_path), repeats=10, progress=lambda _: None)
+    summary = _run_experiment(str(app_path), str(profiles_path), None, "ast", "auto", 2.0, gpus, None, peak,
+                              duration, max(2.0, duration / 15), out, None, "holt", "A+S+T (demo, CPU)",
+                              notes="jigsaw demo: examples/cpu/demo.yaml on this CPU, synthetic diurnal day "
+                                    f"compressed to {duration:g} s")
     _print_report(summary, out, as_json)
 
 

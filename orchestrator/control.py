@@ -1,10 +1,10 @@
 """Move a running Triton server to a new plan through its model-control API, without dropping requests.
 
 Order: write the new configs beside the old ones; load new and changed variant runners (an
-instance-count-only change is applied in place by Triton); then the stages (Triton loads the new
-copy in the background and swaps it in when ready, and reloads the ensemble that uses them); then
-the ensemble if it changed; last, after the requests still in the old stages had time to finish
-(``drain_s``), unload the runners the new plan no longer uses. If any load fails, every model
+instance-count-only change is applied in place by Triton); then the graph model clients call (Triton
+loads the new copy in the background and swaps it in when ready; requests in flight finish on the
+old one); last, after those had time to finish (``drain_s``), unload the runners the new plan no
+longer uses. If any load fails, every model
 already moved is loaded again with its old config, the runners added are unloaded, the old files
 are restored, and the error is raised: the old plan keeps serving.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,6 +25,9 @@ from .errors import InputError
 from .render import MANIFEST, Rendered, write_repository
 from .server import CONTROL_HEADER, GRPC_CONTROL_HEADER
 
+
+
+MIN_DRAIN_S = 5.0
 
 
 @dataclass
@@ -45,11 +47,9 @@ def _old_configs(repo: Path) -> dict[str, model_config_pb2.ModelConfig]:
 
 
 def _order(name: str, cfg: model_config_pb2.ModelConfig) -> int:
-    """Runners first, then stages, then the ensemble."""
-    if cfg.platform == "ensemble":
-        return 3
+    """Runners first, then the graph model that calls them."""
     role = json.loads(cfg.parameters["jigsaw"].string_value)["role"] if "jigsaw" in cfg.parameters else ""
-    return {"runner": 0, "stage": 1}.get(role, 2)
+    return 0 if role == "runner" else 1
 
 
 def control_headers(key: str | None, grpc: bool) -> dict[str, str] | None:
@@ -60,14 +60,12 @@ def control_headers(key: str | None, grpc: bool) -> dict[str, str] | None:
 
 
 def apply(rendered: Rendered, repo: Path, client, headers: dict[str, str] | None = None,
-          progress: Callable[[str], None] = lambda _: None, drain_s: float | None = None,
-          parallel: int = 1) -> ApplyReport:
+          progress: Callable[[str], None] = lambda _: None, drain_s: float | None = None) -> ApplyReport:
     """Apply ``rendered`` to the server behind ``client`` (tritonclient http or grpc) serving ``repo``.
 
-    Runners the new plan drops are unloaded ``drain_s`` seconds after the new stages took over
-    (default: twice the app's latency SLO): requests still in the old stages finish on them. With
-    ``parallel`` > 1 the models of one kind (runners, then stages) load concurrently: a GPU runner
-    takes seconds to start (CUDA, graph capture). Use it with a thread-safe client (gRPC)."""
+    Runners the new plan drops are unloaded ``drain_s`` seconds after the new graph model took over
+    (default: twice the app's latency SLO, at least ``MIN_DRAIN_S``: late requests stay longer):
+    requests still in the old one finish on them."""
     old = _old_configs(repo)
     backup = repo.with_name(repo.name + ".previous")
     if backup.exists():
@@ -78,37 +76,23 @@ def apply(rendered: Rendered, repo: Path, client, headers: dict[str, str] | None
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
     report = ApplyReport()
     moved: list[str] = []
-    phases: dict[int, list[str]] = {}
-    for name in sorted(rendered.configs):
-        if old.get(name) == rendered.configs[name]:
-            report.unchanged.append(name)
-        else:
-            phases.setdefault(_order(name, rendered.configs[name]), []).append(name)
-
-    def load(name: str) -> str:
-        progress(f"loading {name}")
-        client.load_model(name, config=rendered.config_json(name), headers=headers)
-        return name
-
-    failed: tuple[str, Exception] | None = None
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        for _, names in sorted(phases.items()):
-            futures = {pool.submit(load, n): n for n in names}
-            for fut in futures:
-                try:
-                    moved.append(fut.result())
-                except InferenceServerException as exc:
-                    failed = failed or (futures[fut], exc)
-            if failed:
-                name, exc = failed
-                progress(f"load failed, rolling back: {exc}")
-                _rollback(client, headers, old, moved, backup, repo)
-                raise RuntimeError(f"apply failed while loading {name}: {exc}; rolled back, the old plan keeps "
-                                   "serving") from None
-    report.loaded.extend(moved)
+    try:
+        for name in sorted(rendered.configs, key=lambda n: (_order(n, rendered.configs[n]), n)):
+            if old.get(name) == rendered.configs[name]:
+                report.unchanged.append(name)
+                continue
+            progress(f"loading {name}")
+            client.load_model(name, config=rendered.config_json(name), headers=headers)
+            moved.append(name)
+            report.loaded.append(name)
+    except InferenceServerException as exc:
+        progress(f"load failed, rolling back: {exc}")
+        _rollback(client, headers, old, moved, backup, repo)
+        raise RuntimeError(f"apply failed while loading {name}: {exc}; rolled back, the old plan keeps serving") \
+            from None
     gone = sorted(set(old) - set(rendered.configs))
     if gone:
-        wait = drain_s if drain_s is not None else 2 * float(rendered.manifest.get("latency_slo_ms", 0)) / 1000
+        wait = drain_s if drain_s is not None else max(MIN_DRAIN_S, 2 * float(rendered.manifest.get("latency_slo_ms", 0)) / 1000)
         time.sleep(wait)
     for name in gone:
         progress(f"unloading {name}")

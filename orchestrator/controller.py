@@ -43,7 +43,7 @@ from .render import build_configs, runner_name, write_repository
 
 @dataclass(frozen=True)
 class Policy:
-    headroom: float = 0.10
+    headroom: float = 0.30
     down_ratio: float = 0.70
     down_cooldown: int = 3
     refine_drift: float = 0.25
@@ -56,7 +56,9 @@ def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, poli
     if forecast_rps > planned_rps:
         return forecast_rps * (1 + policy.headroom)
     if forecast_rps < planned_rps * policy.down_ratio and intervals_in_plan >= policy.down_cooldown:
-        return forecast_rps * (1 + policy.headroom)
+        target = forecast_rps * (1 + policy.headroom)
+        # with (1 + headroom) x down_ratio >= 1 the target can be at or above the current plan
+        return target if target < planned_rps else None
     return None
 
 
@@ -163,11 +165,13 @@ class Controller:
             name = runner_name(self.app.name, e)
             d = {m: increase(prev.total(m, model=name), now.total(m, model=name))
                  for m in ("nv_inference_exec_count_total", "nv_inference_count_total",
-                           "nv_inference_compute_infer_duration_us_total")}
-            batches = d["nv_inference_exec_count_total"]
-            if batches < self.policy.refine_min_batches:
+                           "nv_inference_request_success_total", "nv_inference_compute_infer_duration_us_total")}
+            batches, requests = d["nv_inference_exec_count_total"], d["nv_inference_request_success_total"]
+            if batches < self.policy.refine_min_batches or requests <= 0:
                 continue
-            measured = d["nv_inference_compute_infer_duration_us_total"] / batches / 1000
+            # Triton adds a batch's compute time to this counter once per request in the batch (the
+            # dynamic batcher merges the stages' requests), so the mean batch time is per request
+            measured = d["nv_inference_compute_infer_duration_us_total"] / requests / 1000
             profile = self.app.task(e.task).variant(e.variant).profile
             points = [p for p in self.profiles.for_variant(profile, self.gpu.name) if (p.mig, p.mps) == (e.mig, e.mps)]
             expected = expected_ms(points, d["nv_inference_count_total"] / batches)

@@ -27,6 +27,7 @@ from .planner import PlanOptions
 from .profiles import Profiles
 
 FORECASTERS = {"holt": HoltQuantile, "moving-average": MovingAverage}
+SETTLE_S = 3.0
 
 
 @dataclass
@@ -99,10 +100,12 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         stack.callback(client.close)
         headers = control_headers(key, grpc=True)
         controller.metrics_url = server.metrics_url
-        controller.apply_plan = lambda rendered: apply(rendered, repo, client, headers, parallel=8,
+        controller.apply_plan = lambda rendered: apply(rendered, repo, client, headers,
                                                        progress=lambda line: progress(f"  {line}"))
         stop = threading.Event()
-        start_at = time.time() + 1.0
+        # traffic starts after a pause: Triton re-loads the ensemble as each composing model becomes ready,
+        # and requests arriving meanwhile have crashed it (Signal 11; cf. model_analyzer issue #1018)
+        start_at = time.time() + SETTLE_S
         events.origin = start_at
         thread = threading.Thread(target=controller.run, args=(exp.interval_s, stop), daemon=True)
         stack.callback(thread.join)

@@ -1,10 +1,10 @@
 """Render a plan into a Triton model repository from the Jinja templates in model_repository_templates/.
 
 Models (``<app>`` is the app name):
-  <app>                      ensemble the clients call: INPUT [1, items, width] -> <sink>_OUTPUT
-                             [1, items', width] per sink task (batch dimension of 1 request)
-  <app>__<task>              the task's stage: EDF, early drop, weighted routing, fan-out; a source
-                             task's stage stamps the DEADLINE tensor its descendants read
+  <app>                      the graph model clients call: INPUT [1, items, width] -> <sink>_OUTPUT
+                             [1, items', width] per sink task (batch dimension of 1 request); it
+                             stamps deadlines and runs every task's stage (EDF, early drop,
+                             weighted routing, fan-out), calling the runners by BLS
   <app>__<task>__<variant>__<k>g<m>p<b>b
                              a variant runner: one instance group per segment (``seg<i>``), one
                              instance per MPS process, bound to its MIG device / MPS share / CPU
@@ -30,8 +30,8 @@ from .inventory import Inventory
 from .plan import Entry, Plan, parse_label
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository_templates"
-STAGE_INSTANCES = 2
-MAX_REQUESTS = 16  # requests a stage takes in one execute (dynamic batching)
+GRAPH_INSTANCES = 2
+MAX_REQUESTS = 16  # requests the graph model takes in one execute (dynamic batching)
 MANIFEST = "jigsaw.json"
 
 
@@ -110,42 +110,21 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
                       "bindings": {f"seg{b.key.index}": [dict(p.env) for p in b.processes] for b in segs}})
     fastest = _fastest(plan)
     downstream = _downstream(app, fastest)
-    steps = []
-    sinks = []
-    deadline_of: dict[str, str] = {}   # task -> the ensemble tensor holding its requests' deadlines
-    for t in app.tasks:
-        parents = app.parents(t.name)
+    tasks, sinks = [], []
+    for t in app.tasks:  # topological order
         children = [e for e in app.edges if e.src == t.name]
-        inputs = {"INPUT": "INPUT"} if not parents else {f"IN_{e.src}": f"{e.src}_to_{t.name}" for e in parents}
-        outputs = {f"OUT_{e.dst}": f"{t.name}_to_{e.dst}" for e in children} or {"OUTPUT": f"{t.name}_OUTPUT"}
         if not children:
             sinks.append(f"{t.name}_OUTPUT")
         routes = [{"model": runner_name(app.name, e), "variant": e.variant, "share": e.share, "batch": e.batch,
                    "latency_ms": e.latency_ms} for e in plan.entries if e.task == t.name and e.share > 0]
         if not routes:
             raise InputError(f"plan JSON: task {t.name} has no entry with a positive share")
-        out_settings = {f"OUT_{e.dst}": {"factor": e.factor, "factors": dict(e.factors)} for e in children} \
-            or {"OUTPUT": {}}
-        settings = {"role": "stage", "app": app.name, "task": t.name, "inputs": list(inputs),
-                    "outputs": out_settings, "width": width, "routes": routes,
-                    "downstream_ms": downstream[t.name]}
-        step_outputs = dict(outputs)
-        if parents:
-            deadline_of[t.name] = deadline_of[parents[0].src]
-            step_inputs = {**inputs, "DEADLINE": deadline_of[t.name]}
-        else:
-            settings["stamp_slo_ms"] = app.latency_slo_ms
-            deadline_of[t.name] = f"deadline_{t.name}"
-            step_inputs = dict(inputs)
-            if children:
-                settings["emit_deadline"] = True
-                step_outputs["DEADLINE"] = deadline_of[t.name]
-        add("stage.pbtxt.j2", f"{app.name}__{t.name}", inputs=list(inputs), outputs=list(outputs),
-            instances=STAGE_INSTANCES, max_requests=MAX_REQUESTS, reads_deadline=bool(parents),
-            emits_deadline=bool(settings.get("emit_deadline")), settings=settings)
-        steps.append({"model": f"{app.name}__{t.name}", "inputs": step_inputs, "outputs": step_outputs})
-    add("ensemble.pbtxt.j2", app.name, outputs=sinks, steps=steps)
-    manifest = {"app": app.name, "ensemble": app.name, "latency_slo_ms": app.latency_slo_ms,
+        tasks.append({"task": t.name, "parents": [e.src for e in app.parents(t.name)], "routes": routes,
+                      "children": {e.dst: {"factor": e.factor, "factors": dict(e.factors)} for e in children},
+                      "downstream_ms": downstream[t.name]})
+    add("graph.pbtxt.j2", app.name, outputs=sinks, instances=GRAPH_INSTANCES, max_requests=MAX_REQUESTS,
+        settings={"role": "graph", "app": app.name, "slo_ms": app.latency_slo_ms, "width": width, "tasks": tasks})
+    manifest = {"app": app.name, "model": app.name, "latency_slo_ms": app.latency_slo_ms,
                 "gpu_type": plan.gpu_type, "uses_mps": uses_mps(bindings),
                 "inventory": inventory.source, "models": sorted(configs),
                 "bindings": {label: [p.description for p in b.processes] for label, b in sorted(bindings.items())}}

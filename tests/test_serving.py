@@ -107,7 +107,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
 
 
 def _items(n: int, seed: int = 0) -> np.ndarray:
-    """One request of ``n`` items: the ensemble's INPUT is [1, items, width] (batch dimension of 1)."""
+    """One request of ``n`` items: the app model's INPUT is [1, items, width] (batch dimension of 1)."""
     return np.random.default_rng(seed).random((1, n, WIDTH), dtype=np.float32)
 
 
@@ -303,9 +303,9 @@ def test_wrong_shape(served: Served) -> None:
     assert "unexpected shape for input 'INPUT'" in message and "Expected [-1,-1,16], got [1,1,8]" in message, message
     # items without the batch dimension of one request
     assert "Expected [-1,-1,16], got [1,16]" in error((1, 16))
-    # two requests' worth in one: the ensemble's max_batch_size is 1
+    # two requests' worth in one: each request is one batch entry of [items, width]
     message = error((2, 1, WIDTH))
-    assert "batch-size must be <= 1" in message, message
+    assert f"must be FP32 of shape [1, items, {WIDTH}] (one request), got float32 [2, 1, {WIDTH}]" in message, message
 
 
 @pytest.mark.parametrize("dtype, np_dtype", [("FP64", np.float64), ("INT32", np.int32)])

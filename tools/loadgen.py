@@ -140,22 +140,13 @@ def _short(exc: BaseException) -> str:
 
 
 async def _slo_ms(client: grpcaio.InferenceServerClient, model: str) -> float | None:
-    """The SLO that one of the ensemble's jigsaw steps stamps into requests' deadlines, if any: a
-    source stage's ``stamp_slo_ms``, or the ``slo_ms`` of an entry step (the earlier layout)."""
+    """The SLO the app's jigsaw graph model stamps into requests' deadlines, if it is one."""
     try:
-        steps = (await client.get_model_config(model)).config.ensemble_scheduling.step
-        for step in steps:
-            config = (await client.get_model_config(step.model_name)).config
-            if "jigsaw" not in config.parameters:
-                continue
-            settings = json.loads(config.parameters["jigsaw"].string_value)
-            if "stamp_slo_ms" in settings:
-                return float(settings["stamp_slo_ms"])
-            if settings.get("role") == "entry":
-                return float(settings["slo_ms"])
+        config = (await client.get_model_config(model)).config
+        settings = json.loads(config.parameters["jigsaw"].string_value)
+        return float(settings["slo_ms"]) if settings.get("role") == "graph" else None
     except (InferenceServerException, KeyError, ValueError, TypeError, AttributeError):
-        pass
-    return None
+        return None
 
 
 async def describe_async(client: grpcaio.InferenceServerClient, url: str, model: str) -> ModelInfo:
@@ -300,7 +291,7 @@ async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int,
             raise InputError(f"width: model {model!r} takes INPUT [1, items, {info.width}], got width {width}")
         slo_ms = slo_ms or info.slo_ms
         if slo_ms is None:
-            raise InputError(f"slo_ms: model {model!r} does not say its SLO (no jigsaw step stamps one); give one")
+            raise InputError(f"slo_ms: model {model!r} does not say its SLO (it is not a jigsaw graph model); give one")
         origin = time.monotonic() + (start_at - time.time() if start_at is not None else 0.0)
         with open(stream_to, "w", newline="") if stream_to else nullcontext() as out:  # noqa: ASYNC230
             run = _Run(client, model, info, times, items, width or info.width, min(slo_ms, deadline_ms or slo_ms),

@@ -1,15 +1,18 @@
-"""The ``jigsaw`` Python-based Triton backend: one TritonPythonModel, three roles by config.
+"""The ``jigsaw`` Python-based Triton backend: one TritonPythonModel, two roles by config.
 
 Installed as ``<backend-dir>/jigsaw/model.py``; a model selects it with ``backend: "jigsaw"`` and
 its role and settings come from the JSON in the config parameter ``jigsaw``:
 
-- ``stage``: one per task; earliest-deadline-first dispatch, early drop, weighted routing among the
-  plan's variant runners (async BLS, chunked to each runner's max batch) and fan-out downstream. A
-  source task's stage stamps each request's absolute deadline (arrival + latency SLO, or the tighter
-  ``deadline_ms`` request parameter) and hands it on as the ``DEADLINE`` tensor that travels through
-  the graph; the other stages read it.
+- ``graph``: the model clients call, named after the app. It stamps each request's absolute
+  deadline (arrival + latency SLO, or the tighter ``deadline_ms`` request parameter) and runs the
+  app's task graph: per task, earliest-deadline-first admission, early drop, weighted routing among
+  the plan's variant runners (async BLS, chunked to each runner's max batch) and fan-out to the
+  task's children; independent branches run concurrently.
 - ``runner``: one per (task, variant, segment, batch); binds each instance to its partition before
   anything touches CUDA, then runs the variant on the batch Triton's dynamic batcher formed.
+
+(The graph is one model rather than a Triton ensemble of per-task models: Triton 2.51 re-loads an
+ensemble after every model load, and re-loading it under traffic crashed the server.)
 """
 from __future__ import annotations
 
@@ -78,53 +81,36 @@ class _Counters:
             metric.increment(n)
 
 
-class _Stage:
-    def __init__(self, cfg: dict[str, Any]) -> None:
+class _Task:
+    """One task of the graph: EDF admission to ``max_inflight`` dispatch slots, early drop, weighted
+    routing over the plan's runners, fan-out to the children."""
+
+    def __init__(self, app: str, cfg: dict[str, Any], width: int, counters: "_Counters") -> None:
         self.task = cfg["task"]
-        self.inputs: list[str] = cfg["inputs"]
-        self.outputs: dict[str, dict[str, Any]] = cfg["outputs"]
-        self.width = int(cfg["width"])
+        self.parents: list[str] = cfg["parents"]
+        self.width = width
         self.routes = [Route(**r) for r in cfg["routes"]]
         self.router = WeightedRoundRobin(self.routes)
-        self.fanouts = {name: FanOut(o.get("factors", {}), float(o.get("factor", 1.0)))
-                        for name, o in self.outputs.items()}
+        self.fanouts = {child: FanOut(o.get("factors", {}), float(o.get("factor", 1.0)))
+                        for child, o in cfg["children"].items()}
         self.fastest_ms = min(r.latency_ms for r in self.routes)
         self.downstream_ms = float(cfg["downstream_ms"])
         self.slots = int(cfg.get("max_inflight", 8))
-        self.stamp_ns = int(float(cfg["stamp_slo_ms"]) * 1e6) if "stamp_slo_ms" in cfg else None
-        self.emit_deadline = bool(cfg.get("emit_deadline", False))
-        self.counters = _Counters()
         self._busy = 0
         self._waiting: list[tuple[int, int, asyncio.Future]] = []
         self._seq = itertools.count()
-        labels = {"app": cfg["app"], "task": self.task}
-        self.m_requests = _counter("jigsaw_stage_requests_total", "requests seen by a jigsaw stage").Metric(labels=labels)
-        self.m_drops = _counter("jigsaw_stage_drops_total", "requests dropped early by a jigsaw stage").Metric(labels=labels)
+        self.counters = counters
+        labels = {"app": app, "task": self.task}
+        self.m_requests = _counter("jigsaw_stage_requests_total", "requests seen by a jigsaw task stage").Metric(labels=labels)
+        self.m_drops = _counter("jigsaw_stage_drops_total", "requests dropped early by a jigsaw task stage").Metric(labels=labels)
         self.m_misses = _counter("jigsaw_stage_deadline_misses_total",
-                                 "requests that left a jigsaw stage after their deadline").Metric(labels=labels)
+                                 "requests that left a jigsaw task stage after their deadline").Metric(labels=labels)
         self.m_wait = _counter("jigsaw_stage_queue_delay_us_total",
-                               "time requests waited for a dispatch slot in a jigsaw stage (us)").Metric(labels=labels)
-        items = _counter("jigsaw_stage_variant_items_total", "items a jigsaw stage routed to each variant")
+                               "time requests waited for a dispatch slot in a jigsaw task stage (us)").Metric(labels=labels)
+        items = _counter("jigsaw_stage_variant_items_total", "items a jigsaw task stage routed to each variant")
         self.m_items = {r.variant: items.Metric(labels={**labels, "variant": r.variant}) for r in self.routes}
 
-    async def execute(self, requests: list) -> list:
-        """Triton's dynamic batcher hands over every request queued for this instance; they are
-        served concurrently, admitted to dispatch slots in earliest-deadline-first order."""
-        deadlines = [self._deadline(r) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: deadlines[i] if isinstance(deadlines[i], int) else 0)
-        served = await asyncio.gather(*(self._serve(requests[i], deadlines[i]) for i in order))
-        responses: list[Any] = [None] * len(requests)
-        for i, response in zip(order, served):
-            responses[i] = response
-        return responses
-
-    def _deadline(self, request: Any) -> int | str:
-        if self.stamp_ns is not None:
-            return _stamp(request, self.stamp_ns)
-        return int(pb_utils.get_input_tensor_by_name(request, "DEADLINE").as_numpy().reshape(-1)[0])
-
     async def _acquire(self, deadline: int) -> None:
-        """Earliest-deadline-first admission to ``max_inflight`` dispatch slots."""
         if self._busy < self.slots and not self._waiting:
             self._busy += 1
             return
@@ -140,26 +126,10 @@ class _Stage:
                 return
         self._busy -= 1
 
-    def _rows(self, request: Any) -> np.ndarray | str:
-        parts = []
-        for name in self.inputs:
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is None:
-                return f"jigsaw: stage {self.task}: missing input tensor {name}"
-            rows = tensor.as_numpy()
-            if rows.dtype != np.float32 or rows.ndim != 3 or rows.shape[0] != 1 or rows.shape[2] != self.width:
-                return (f"jigsaw: stage {self.task}: input {name} must be FP32 of shape [1, items, {self.width}], "
-                        f"got {rows.dtype} {list(rows.shape)}")
-            parts.append(rows[0])
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-    async def _serve(self, request: Any, deadline: int | str) -> Any:
+    async def serve(self, rows: np.ndarray, deadline: int) -> dict[str, np.ndarray] | np.ndarray | str:
+        """Run ``rows`` through this task: the items for each child (or this sink's output rows), or
+        the error message of a drop or failure."""
         self.counters.add(self.m_requests, 1)
-        if isinstance(deadline, str):
-            return _error(deadline)
-        rows = self._rows(request)
-        if isinstance(rows, str):
-            return _error(rows)
         arrived = time.time_ns()
         await self._acquire(deadline)
         try:
@@ -168,22 +138,20 @@ class _Stage:
             decision: DropDecision = drop_decision(started, deadline, self.fastest_ms, self.downstream_ms, self.task)
             if decision.drop:
                 self.counters.add(self.m_drops, 1)
-                return _error(decision.reason)
+                return decision.reason
             chunks = self._plan_chunks(len(rows))
-            results = await asyncio.gather(*(self._dispatch(route, rows[a:b], deadline)
-                                             for route, a, b in chunks))
+            results = await asyncio.gather(*(self._dispatch(route, rows[a:b]) for route, a, b in chunks))
         finally:
             self._release()
         for result in results:
             if isinstance(result, str):
                 self.counters.add(self.m_drops, 1)
-                return _error(result)
+                return result
         if time.time_ns() > deadline:
             self.counters.add(self.m_misses, 1)
-        tensors = self._fan_out(chunks, results)
-        if self.emit_deadline:
-            tensors.append(pb_utils.Tensor("DEADLINE", np.array([[deadline]], dtype=np.int64)))
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+        if not self.fanouts:
+            return np.concatenate(results) if results else np.zeros((0, self.width), dtype=np.float32)
+        return {child: self._fan_out(fan, chunks, results) for child, fan in self.fanouts.items()}
 
     def _plan_chunks(self, n: int) -> list[tuple[Route, int, int]]:
         chunks, start = [], 0
@@ -195,7 +163,7 @@ class _Stage:
             start = end
         return chunks
 
-    async def _dispatch(self, route: Route, rows: np.ndarray, deadline: int) -> np.ndarray | str:
+    async def _dispatch(self, route: Route, rows: np.ndarray) -> np.ndarray | str:
         request = pb_utils.InferenceRequest(model_name=route.model, requested_output_names=["OUTPUT"],
                                             inputs=[pb_utils.Tensor("INPUT", rows)])
         response = await request.async_exec()
@@ -203,17 +171,67 @@ class _Stage:
             return f"jigsaw: stage {self.task}: variant {route.variant} ({route.model}) failed: {response.error().message()}"
         return pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy()
 
-    def _fan_out(self, chunks: list[tuple[Route, int, int]], results: list[np.ndarray]) -> list:
-        tensors = []
-        for name, fan in self.fanouts.items():
-            pieces = []
-            for (route, _, _), out in zip(chunks, results):
-                k = fan.count(route.variant, len(out)) if name != "OUTPUT" else len(out)
-                if k:
-                    pieces.append(out[np.arange(k) % len(out)])
-            data = np.concatenate(pieces) if pieces else np.zeros((0, self.width), dtype=np.float32)
-            tensors.append(pb_utils.Tensor(name, data.astype(np.float32)[None]))
-        return tensors
+    def _fan_out(self, fan: FanOut, chunks: list[tuple[Route, int, int]], results: list[np.ndarray]) -> np.ndarray:
+        pieces = []
+        for (route, _, _), out in zip(chunks, results):
+            k = fan.count(route.variant, len(out))
+            if k:
+                pieces.append(out[np.arange(k) % len(out)])
+        return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros((0, self.width), dtype=np.float32)
+
+
+class _Graph:
+    """The app's task graph behind the model clients call."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.app = cfg["app"]
+        self.width = int(cfg["width"])
+        self.slo_ns = int(float(cfg["slo_ms"]) * 1e6)
+        self.counters = _Counters()
+        self.tasks = [_Task(self.app, t, self.width, self.counters) for t in cfg["tasks"]]  # topological order
+        self.sinks = [t.task for t in self.tasks if not t.fanouts]
+
+    async def execute(self, requests: list) -> list:
+        """Triton's dynamic batcher hands over every request queued for this instance; they are served
+        concurrently, each task admitting them in earliest-deadline-first order."""
+        return list(await asyncio.gather(*(self._serve(r) for r in requests)))
+
+    def _rows(self, request: Any) -> np.ndarray | str:
+        tensor = pb_utils.get_input_tensor_by_name(request, "INPUT")
+        if tensor is None:
+            return "jigsaw: missing input tensor INPUT"
+        rows = tensor.as_numpy()
+        if rows.dtype != np.float32 or rows.ndim != 3 or rows.shape[0] != 1 or rows.shape[2] != self.width:
+            return (f"jigsaw: input INPUT must be FP32 of shape [1, items, {self.width}] (one request), "
+                    f"got {rows.dtype} {list(rows.shape)}")
+        return rows[0]
+
+    async def _serve(self, request: Any) -> Any:
+        deadline = _stamp(request, self.slo_ns)
+        rows = self._rows(request)
+        if isinstance(deadline, str) or isinstance(rows, str):
+            return _error(deadline if isinstance(deadline, str) else rows)
+        done: dict[str, asyncio.Future] = {}
+
+        async def run(task: _Task) -> Any:
+            if not task.parents:
+                items = rows
+            else:
+                got = [await done[p] for p in task.parents]
+                failed = next((g for g in got if isinstance(g, str)), None)
+                if failed is not None:
+                    return failed
+                items = np.concatenate([g[task.task] for g in got]) if len(got) > 1 else got[0][task.task]
+            return await task.serve(items, deadline)
+
+        for task in self.tasks:
+            done[task.task] = asyncio.ensure_future(run(task))
+        results = {t: await f for t, f in done.items()}
+        failed = next((r for r in results.values() if isinstance(r, str)), None)
+        if failed is not None:
+            return _error(failed)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(f"{sink}_OUTPUT", results[sink].astype(np.float32)[None]) for sink in self.sinks])
 
 
 class _Runner:
@@ -242,13 +260,13 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         cfg = json.loads(config["parameters"]["jigsaw"]["string_value"])
         role = cfg["role"]
-        if role == "stage":
-            self.impl: Any = _Stage(cfg)
+        if role == "graph":
+            self.impl: Any = _Graph(cfg)
         elif role == "runner":
             self.impl = _Runner(cfg, args["model_instance_name"])
         else:
             raise ValueError(f"jigsaw: unknown role {role!r} in model {args['model_name']}")
-        self.is_async = role == "stage"
+        self.is_async = role == "graph"
 
     async def execute(self, requests: list) -> list:
         if self.is_async:

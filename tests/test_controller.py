@@ -1,0 +1,323 @@
+"""The online controller without a server: the replanning policy (``decide``), profile scaling and
+interpolation, metrics parsing, the event log, and ``Controller.step`` on synthetic scrapes
+(``orchestrator.controller.scrape`` monkeypatched) with the real planner on examples/cpu."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from orchestrator import controller as ctl
+from orchestrator.appspec import load_app
+from orchestrator.controller import Controller, EventLog, Policy, decide, expected_ms, scaled
+from orchestrator.forecast import MovingAverage
+from orchestrator.gpus import gpu_type
+from orchestrator.inventory import Inventory
+from orchestrator.metrics import Scrape, increase, parse, requests_total
+from orchestrator.planner import PlanOptions
+from orchestrator.profiles import ProfilePoint, Profiles, load_profiles
+from orchestrator.render import runner_name
+
+CPU = ROOT / "examples" / "cpu"
+POLICY = Policy(headroom=0.3, down_ratio=0.7, down_cooldown=3)   # explicit: the defaults may be tuned
+
+
+# -- decide ---------------------------------------------------------------------------------------
+
+def test_decide_goes_up_at_once_with_headroom() -> None:
+    assert decide(100.0, 120.0, 0, POLICY) == pytest.approx(156.0)       # no cooldown going up
+    assert decide(100.0, 100.001, 0, Policy(headroom=0.5)) == pytest.approx(150.0015)
+    assert decide(100.0, 100.0, 50, POLICY) is None                     # at the planned demand: keep
+
+
+def test_decide_goes_down_only_below_the_ratio_after_the_cooldown() -> None:
+    for intervals in range(3):
+        assert decide(100.0, 50.0, intervals, POLICY) is None
+    assert decide(100.0, 50.0, 3, POLICY) == pytest.approx(65.0)          # forecast x (1 + headroom)
+    assert decide(100.0, 50.0, 10, POLICY) == pytest.approx(65.0)
+    assert decide(100.0, 70.0, 10, POLICY) is None                        # not below 0.7 x planned
+    assert decide(100.0, 69.9, 10, POLICY) == pytest.approx(69.9 * 1.3)
+
+
+def test_decide_never_calls_a_replan_at_or_above_the_plan_down() -> None:
+    # headroom 0.5 x down ratio 0.7 = 1.05: forecast x (1 + headroom) can exceed the planned demand
+    wide = Policy(headroom=0.5, down_ratio=0.7, down_cooldown=3)
+    assert decide(7.5, 5.0, 3, wide) is None                        # 7.5: the plan already made for it
+    assert decide(100.0, 69.0, 3, wide) is None                     # 103.5 would be up, not down
+    assert decide(100.0, 60.0, 3, wide) == pytest.approx(90.0)
+    assert decide(100.0, 120.0, 0, wide) == pytest.approx(180.0)
+
+
+@pytest.mark.parametrize("forecast", [70.0, 75.0, 85.0, 99.9, 100.0])
+def test_decide_keeps_the_plan_inside_the_band(forecast: float) -> None:
+    assert all(decide(100.0, forecast, n, POLICY) is None for n in range(20))
+
+
+def _replans(forecasts: np.ndarray, policy: Policy) -> list[float]:
+    """Drive ``decide`` the way Controller.step does: the demands replanned for."""
+    planned, intervals, out = float(forecasts[0]) * (1 + policy.headroom), 0, []
+    for f in forecasts[1:]:
+        intervals += 1
+        target = decide(planned, float(f), intervals, policy)
+        if target is not None:
+            planned, intervals = target, 0
+            out.append(target)
+    return out
+
+
+def test_decide_does_not_flap_on_a_noisy_flat_demand() -> None:
+    forecasts = 100.0 * (1 + np.random.default_rng(0).uniform(-0.1, 0.1, 300))   # +-10 % around 100
+    # the headroom covers the noise going up, the down ratio and cooldown the noise going down
+    assert len(_replans(forecasts, POLICY)) <= 1
+    # without the band it would replan nearly every interval: the check above has teeth
+    assert len(_replans(forecasts, Policy(headroom=0.0, down_ratio=1.0, down_cooldown=0))) > 200
+
+
+def test_decide_follows_a_step_and_a_sustained_drop() -> None:
+    forecasts = np.array([20.0] * 5 + [200.0] * 10 + [40.0] * 10)
+    targets = _replans(forecasts, POLICY)
+    assert targets == pytest.approx([260.0, 52.0])   # up at the step, down 3 intervals into the drop
+
+
+# -- scaled / expected_ms ---------------------------------------------------------------------------
+
+def _pt(variant: str, gpu: str = "a100-80gb", mig: int = 1, mps: int = 1, batch: int = 1,
+        latency: float = 10.0, throughput: float = 100.0) -> ProfilePoint:
+    return ProfilePoint(variant, gpu, mig, mps, batch, latency, throughput)
+
+
+def test_scaled_changes_only_the_matching_rows() -> None:
+    rows = (_pt("a", batch=1), _pt("a", batch=4, latency=20, throughput=200),
+            _pt("a", mig=3), _pt("a", mps=2), _pt("a", gpu="h100-80gb"), _pt("b"))
+    out = scaled(Profiles(rows), "a", "a100-80gb", 1, 1, 2.0)
+    assert out.points[0] == _pt("a", batch=1, latency=20.0, throughput=50.0)
+    assert out.points[1] == _pt("a", batch=4, latency=40.0, throughput=100.0)
+    assert out.points[2:] == rows[2:]                          # other segment shape, gpu or variant
+    assert Profiles(rows).points == rows                       # the input is left alone
+
+
+def test_expected_ms_interpolates_at_fractional_batches() -> None:
+    points = [_pt("a", batch=8, latency=20.0), _pt("a", batch=1, latency=10.0), _pt("a", batch=4, latency=16.0)]
+    assert expected_ms(points, 1.0) == pytest.approx(10.0)
+    assert expected_ms(points, 2.5) == pytest.approx(13.0)
+    assert expected_ms(points, 6.0) == pytest.approx(18.0)
+    assert expected_ms(points, 0.5) == pytest.approx(10.0)    # clamped to the profiled range
+    assert expected_ms(points, 32.0) == pytest.approx(20.0)
+    assert expected_ms([], 2.0) is None
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+TRITON_TEXT = """\
+# HELP nv_inference_request_success Number of successful inference requests, all batch sizes
+# TYPE nv_inference_request_success counter
+nv_inference_request_success{model="cpudemo",version="1"} 120
+nv_inference_request_success{model="cpudemo__det",version="1"} 118
+nv_inference_request_success{model="cpudemo__det",version="2"} 2
+# HELP nv_inference_request_failure Number of failed inference requests, all batch sizes
+# TYPE nv_inference_request_failure counter
+nv_inference_request_failure{model="cpudemo",reason="OTHER",version="1"} 3
+nv_inference_request_failure{model="cpudemo",reason="BACKEND",version="1"} 1
+# HELP nv_inference_exec_count Number of model executions performed (does not include cached requests)
+# TYPE nv_inference_exec_count counter
+nv_inference_exec_count{model="cpudemo__det__det_large__1g1p8b",version="1"} 40
+# HELP nv_cpu_utilization CPU utilization rate [0.0 - 1.0]
+# TYPE nv_cpu_utilization gauge
+nv_cpu_utilization 0.25
+# HELP jigsaw_stage_variant_items_total items a jigsaw stage routed to each variant
+# TYPE jigsaw_stage_variant_items_total counter
+jigsaw_stage_variant_items_total{app="cpudemo",task="det",variant="det_small"} 70
+jigsaw_stage_variant_items_total{app="cpudemo",task="det",variant="det_large"} 30
+jigsaw_stage_variant_items_total{app="cpudemo",task="cls",variant="cls_small"} 290
+jigsaw_stage_variant_items_total{app="other",task="det",variant="det_small"} 5
+"""
+
+
+def test_parse_names_counters_total_and_sums_by_label() -> None:
+    s = parse(TRITON_TEXT, t=12.5)
+    assert s.t == 12.5
+    # Triton exposes counters without the suffix; the parser names their samples <name>_total
+    assert s.total("nv_inference_request_success") == 0
+    assert s.total("nv_inference_request_success_total", model="cpudemo") == 120
+    assert s.total("nv_inference_request_success_total", model="cpudemo__det") == 120    # both versions
+    assert s.total("nv_inference_request_success_total", model="cpudemo__det", version="2") == 2
+    assert s.total("nv_inference_request_success_total") == 240
+    assert s.total("nv_inference_request_failure_total", model="cpudemo") == 4
+    assert s.total("nv_inference_exec_count_total", model="cpudemo__det__det_large__1g1p8b") == 40
+    assert s.total("nv_inference_exec_count_total", model="no_such_model") == 0
+    assert s.total("nv_cpu_utilization") == 0.25                                        # a gauge keeps its name
+    assert requests_total(s, "cpudemo") == 124                                          # arrivals: ok + failed
+    assert s.by_label("jigsaw_stage_variant_items_total", "task", "variant", app="cpudemo") == {
+        ("det", "det_small"): 70, ("det", "det_large"): 30, ("cls", "cls_small"): 290}
+    assert s.by_label("jigsaw_stage_variant_items_total", "task") == {("det",): 105, ("cls",): 290}
+    assert s.by_label("nv_inference_request_failure_total", "reason", model="cpudemo") == {
+        ("OTHER",): 3, ("BACKEND",): 1}
+    assert s.by_label("nv_inference_request_success_total", "no_such_label", model="cpudemo") == {("",): 120}
+
+
+def test_increase_handles_a_counter_reset() -> None:
+    assert increase(100.0, 130.0) == 30.0
+    assert increase(100.0, 100.0) == 0.0
+    assert increase(100.0, 7.0) == 7.0         # reloaded model: its counter restarted from 0
+
+
+# -- EventLog --------------------------------------------------------------------------------------
+
+def test_event_log_writes_json_lines_relative_to_its_origin(tmp_path: Path, monkeypatch) -> None:
+    clock = SimpleNamespace(time=lambda: 1000.0)
+    monkeypatch.setattr(ctl, "time", clock)
+    log = EventLog(tmp_path / "events.jsonl", origin=990.0)
+    log.write("plan", demand_rps=7.5, reason="initial")
+    clock.time = lambda: 1002.3456
+    log.write("interval", demand_rps=5.0, forecast_rps=None)
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [
+        {"t": 10.0, "kind": "plan", "demand_rps": 7.5, "reason": "initial"},
+        {"t": 12.346, "kind": "interval", "demand_rps": 5.0, "forecast_rps": None}]
+    log.origin = 1003.0                       # the experiment moves the origin to the load's start
+    log.write("metrics", variant_items={})
+    assert json.loads((tmp_path / "events.jsonl").read_text().splitlines()[-1])["t"] == -0.654
+
+
+def test_event_log_lines_stay_whole_under_concurrent_writers(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.jsonl", origin=0.0)
+    threads = [threading.Thread(target=lambda i=i: [log.write("x", writer=i, n=n, pad="p" * 500) for n in range(50)])
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert sorted((e["writer"], e["n"]) for e in events) == [(i, n) for i in range(4) for n in range(50)]
+
+
+# -- Controller.step on synthetic scrapes -------------------------------------------------------------
+
+INTERVAL_S = 10.0
+
+
+class Fixture:
+    """A Controller on examples/cpu with a metrics endpoint that serves queued synthetic scrapes."""
+
+    def __init__(self, tmp_path: Path, monkeypatch, policy: Policy) -> None:
+        self.app = load_app(CPU / "app.yaml")
+        self.applied: list = []
+        self.lines: list[str] = []
+        self.scrapes: list[Scrape] = []
+        self.events_path = tmp_path / "events.jsonl"
+        monkeypatch.setattr(ctl, "scrape", self._scrape)
+        self.c = Controller(self.app, load_profiles(CPU / "profiles.csv"), gpu_type("cpu"), PlanOptions(),
+                            Inventory(gpus=(), source="test: cpu"), tmp_path / "repo", "http://fake/metrics",
+                            MovingAverage(window=1, slack=0.0), EventLog(self.events_path, origin=0.0),
+                            policy, apply_plan=self.applied.append, progress=self.lines.append)
+        self.arrived, self.pushed = 0.0, 0
+        self.runners: dict[str, dict[str, float]] = {}
+
+    def _scrape(self, url: str, t: float) -> Scrape:
+        assert url == "http://fake/metrics"
+        return self.scrapes.pop(0)
+
+    def push(self, rps: float, runner_batches: dict[str, tuple[int, float, float]] | None = None) -> None:
+        """Queue the next scrape, ``INTERVAL_S`` after the last: ``rps`` arrivals at the app model and, per
+        runner, (executions, mean batch, batch time in ms) during the interval. As Triton does, the
+        compute time is counted once per request of a batch (here one item per request)."""
+        t = self.pushed * INTERVAL_S
+        self.pushed += 1
+        self.arrived += rps * INTERVAL_S
+        samples = {("nv_inference_request_success_total", (("model", self.app.name), ("version", "1"))): self.arrived}
+        for name, (execs, batch, ms) in (runner_batches or {}).items():
+            c = self.runners.setdefault(name, dict.fromkeys(("exec", "items", "requests", "us"), 0.0))
+            c["exec"] += execs
+            c["items"] += execs * batch
+            c["requests"] += execs * batch
+            c["us"] += execs * batch * ms * 1000
+            key = (("model", name), ("version", "1"))
+            samples.update({("nv_inference_exec_count_total", key): c["exec"],
+                            ("nv_inference_count_total", key): c["items"],
+                            ("nv_inference_request_success_total", key): c["requests"],
+                            ("nv_inference_compute_infer_duration_us_total", key): c["us"]})
+        self.scrapes.append(Scrape(t, samples))
+
+    def events(self, kind: str) -> list[dict]:
+        return [e for e in map(json.loads, self.events_path.read_text().splitlines()) if e["kind"] == kind]
+
+    def runner(self, task: str) -> str:
+        return runner_name(self.app.name, next(e for e in self.c.plan.entries if e.task == task))
+
+
+def test_step_replans_up_when_demand_steps_from_20_to_200(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.1))
+    first = f.c.initial(20 * 1.1)
+    assert (tmp_path / "repo" / "jigsaw.json").is_file()
+    for rps in (20, 20, 20, 200):
+        f.push(rps)
+    for _ in range(3):
+        f.c.step()
+    assert f.applied == [] and f.c.plan is first
+    f.c.step()
+    assert len(f.applied) == 1, f.lines
+    plans = f.events("plan")
+    assert [p["demand_rps"] for p in plans] == pytest.approx([22.0, 220.0])
+    assert plans[1]["reason"].startswith("forecast 200.0 req/s, up from 22.0")
+    assert f.c.plan.demand_rps == pytest.approx(220.0) and f.c.intervals_in_plan == 0
+    assert f.c.plan.slices > first.slices, (first.slices, f.c.plan.slices)
+    # what was applied is the new plan's repository: its runners, and not the old plan's
+    new_runners = {runner_name(f.app.name, e) for e in f.c.plan.entries}
+    assert new_runners <= set(f.applied[0].configs)
+    assert {runner_name(f.app.name, e) for e in first.entries} - new_runners
+    assert [e["demand_rps"] for e in f.events("interval")] == pytest.approx([20.0, 20.0, 200.0])
+
+
+def test_step_keeps_the_plan_on_flat_demand(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, POLICY)
+    plan = f.c.initial(20 * 1.3)   # the band: down below 0.7 x 26 = 18.2 req/s, up above 26
+    for rps in (20, 21, 19, 20, 22, 19, 20, 24, 19, 18.5, 20):
+        f.push(rps)
+    for _ in range(11):
+        f.c.step()
+    assert f.applied == [] and f.c.plan is plan
+    assert len(f.events("plan")) == 1 and not f.events("refine")
+    assert f.c.intervals_in_plan == 10
+    assert len(f.events("interval")) == 10          # the first scrape only starts the first interval
+    assert len(f.events("metrics")) == 11
+
+
+def test_step_refines_a_runner_twice_as_slow_as_its_profile(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.1, refine_drift=0.25, refine_min_batches=20))
+    first = f.c.initial(22.0)
+    det, cls, cap = (next(e for e in first.entries if e.task == t) for t in ("det", "cls", "cap"))
+
+    def profiled(e, batch: float) -> float:
+        profile = f.app.task(e.task).variant(e.variant).profile
+        return expected_ms(f.c.profiles.for_variant(profile, "cpu"), batch)
+
+    det_ms = profiled(det, 2.0)
+    f.push(20)
+    f.push(20, {f.runner("det"): (50, 2.0, 2 * det_ms),              # twice as slow: refined
+                f.runner("cls"): (50, 3.0, profiled(cls, 3.0)),        # as profiled, 3 requests a batch
+                f.runner("cap"): (10, 2.0, 3 * profiled(cap, 2.0))})  # too few batches to judge
+    f.c.step()
+    f.c.step()
+    refines = f.events("refine")
+    det_profile = f.app.task("det").variant(det.variant).profile
+    assert [r["variant"] for r in refines] == [det_profile], refines
+    assert refines[0]["ratio"] == pytest.approx(2.0, rel=1e-3)
+    assert refines[0]["profiled_ms"] == pytest.approx(det_ms, abs=1e-3)
+    assert refines[0]["measured_ms"] == pytest.approx(2 * det_ms, abs=1e-3)
+    # the variant's rows on that segment shape are twice as slow now, the others untouched
+    old, new = load_profiles(CPU / "profiles.csv"), f.c.profiles
+    for p, q in zip(old.points, new.points):
+        if p.variant == det_profile and (p.mig, p.mps) == (det.mig, det.mps):
+            assert q.latency_ms == pytest.approx(2 * p.latency_ms)
+        else:
+            assert q == p
+    # and the app was replanned at the current demand with the refined profiles
+    plans = f.events("plan")
+    assert len(plans) == 2 and len(f.applied) == 1
+    assert plans[1]["reason"].startswith(f"profile refined: {det_profile} 1g x1 x2.00")
+    assert plans[1]["demand_rps"] == pytest.approx(22.0)
