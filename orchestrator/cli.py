@@ -93,6 +93,8 @@ def capacity(app_path: str, profiles_path: str, gpu_type: str | None, features: 
 
 
 KEY_FILE, MANIFEST_FILE = ".jigsaw-control-key", "jigsaw.json"
+# the demo replays a whole day in a minute: demand can double within one apply, so it plans for 2x
+DEMO_HEADROOM = 1.0
 
 
 def _uses_mps(repo: Path) -> bool:
@@ -139,7 +141,8 @@ def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_por
     click.echo(f"control key{'' if control_key else ' ' + key} in {repo / KEY_FILE} "
                f"(header jigsaw-control-key)")
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+    for sig in handlers:  # SIGTERM stops like Ctrl-C; SIGINT too when started with it ignored (`cmd &`)
+        signal.signal(sig, signal.default_int_handler)
     try:
         with ExitStack() as stack:
             env = server_env()
@@ -336,7 +339,8 @@ def _trace(trace_path: str | None, peak: float, duration: float):
 def _run_experiment(app_path: str, profiles_path: str, gpu_name: str | None, features: str, method: str,
                     time_limit: float, gpus: int | None, trace_path: str | None, peak: float, duration: float,
                     interval: float, out: str, inventory: str | None, forecaster: str, system: str,
-                    notes: str = "") -> dict:
+                    headroom: float, notes: str = "") -> dict:
+    from .controller import Policy
     from .experiment import Experiment, run as run_exp
     from .inventory import detect
 
@@ -344,7 +348,8 @@ def _run_experiment(app_path: str, profiles_path: str, gpu_name: str | None, fea
     opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit)
     exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=detect(inventory),
                      trace=_trace(trace_path, peak, duration), interval_s=interval, out=Path(out),
-                     system=system or opts.features.label, forecaster=forecaster, notes=notes)
+                     system=system or opts.features.label, forecaster=forecaster, notes=notes,
+                     policy=Policy(headroom=headroom))
     try:
         return run_exp(exp, progress=lambda line: click.echo(line, err=True))
     except RuntimeError as exc:
@@ -353,6 +358,8 @@ def _run_experiment(app_path: str, profiles_path: str, gpu_name: str | None, fea
 
 def _experiment_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="print the report summary JSON as the last line")(f)
+    f = click.option("--headroom", type=click.FloatRange(min=0), default=0.3, show_default=True,
+                     help="plan for the forecast x (1 + headroom): runners stay below ~1/(1 + headroom) busy")(f)
     f = click.option("--forecaster", type=click.Choice(["holt", "moving-average"]), default="holt", show_default=True,
                      help="holt: level + trend + residual-quantile slack; moving-average: the paper's (5 bins + 5%)")(f)
     f = click.option("--inventory", default=None, type=click.Path(),
@@ -384,10 +391,11 @@ def _print_report(summary: dict, out: str, as_json: bool) -> None:
 @click.option("--system", default="", help="label of this run in the report (default: the features)")
 def experiment(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float,
                method: str, trace_path: str | None, peak: float, duration: float, interval: float,
-               inventory: str | None, forecaster: str, as_json: bool, gpus: int | None, out: str, system: str) -> None:
+               inventory: str | None, forecaster: str, headroom: float, as_json: bool, gpus: int | None, out: str,
+               system: str) -> None:
     """Serve APP.yaml under a replayed demand trace with live replanning, then report (closed loop)."""
     summary = _run_experiment(app_path, profiles_path, gpu_type, features, method, time_limit, gpus, trace_path,
-                              peak, duration, interval, out, inventory, forecaster, system)
+                              peak, duration, interval, out, inventory, forecaster, system, headroom)
     _print_report(summary, out, as_json)
 
 
@@ -395,7 +403,7 @@ def experiment(app_path: str, profiles_path: str, gpu_type: str | None, features
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="run directory")
 @click.option("--duration", type=click.FloatRange(min=10), default=60.0, show_default=True,
               help="seconds the synthetic day is replayed in")
-@click.option("--peak", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True,
+@click.option("--peak", type=click.FloatRange(min=0, min_open=True), default=40.0, show_default=True,
               help="peak demand of the replayed day (req/s)")
 @click.option("--gpus", type=click.IntRange(min=3), default=4, show_default=True,
               help="devices (whole-CPU slices) the plan may use")
@@ -403,20 +411,20 @@ def experiment(app_path: str, profiles_path: str, gpu_type: str | None, features
 def demo(out: str, duration: float, peak: float, gpus: int, as_json: bool) -> None:
     """The bundled example end to end: profile, plan, render, serve, replay a day with live replanning, report.
 
-    Uses examples/cpu/demo.yaml (numpy stand-in variants, emulated device time) on this machine's CPU;
+    Uses examples/cpu/app.yaml (numpy stand-in variants, emulated device time) on this machine's CPU;
     its profile is measured here first.
     """
     from tools.profile_cpu import profile_cpu
 
     root = Path(__file__).resolve().parent.parent
-    app_path = root / "examples" / "cpu" / "demo.yaml"
+    app_path = root / "examples" / "cpu" / "app.yaml"
     Path(out).mkdir(parents=True, exist_ok=True)
     profiles_path = Path(out) / "profiles.csv"
     click.echo(f"profiling {app_path} on this CPU -> {profiles_path}", err=True)
     profile_cpu([load_app(app_path)], str(profiles_path), repeats=10, progress=lambda _: None)
     summary = _run_experiment(str(app_path), str(profiles_path), None, "ast", "auto", 2.0, gpus, None, peak,
-                              duration, max(2.0, duration / 15), out, None, "holt", "A+S+T (demo, CPU)",
-                              notes="jigsaw demo: examples/cpu/demo.yaml on this CPU, synthetic diurnal day "
+                              duration, max(2.0, duration / 20), out, None, "holt", "A+S+T (demo, CPU)",
+                              DEMO_HEADROOM, notes="jigsaw demo: examples/cpu/app.yaml on this CPU, synthetic diurnal day "
                                     f"compressed to {duration:g} s")
     _print_report(summary, out, as_json)
 
@@ -454,6 +462,62 @@ def bundle(out: str, python_version: str, platforms: tuple[str, ...], deps: bool
     report = build_bundle(opts, progress=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {report.out}: {report.size / 2**20:.1f} MiB")
     click.echo(report.summary())
+
+
+@cli.command()
+@_options
+@click.option("--plan", "plan_path", required=True, type=click.Path(), help="the plan the server runs now")
+@click.option("--repo", "repo_path", required=True, type=click.Path(), help="the repository the server serves")
+@click.option("--url", default="127.0.0.1:8001", show_default=True, help="the server's gRPC address")
+@click.option("--metrics-url", default="http://127.0.0.1:8002/metrics", show_default=True)
+@click.option("--control-key", default=None, help=f"model-control key (default: REPO/{KEY_FILE})")
+@click.option("--interval", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="seconds between measurements (and possible replans)")
+@click.option("--gpus", type=int, default=None, help="GPUs available (default: unlimited)")
+@click.option("--headroom", type=click.FloatRange(min=0), default=0.3, show_default=True,
+              help="plan for the forecast x (1 + headroom)")
+@click.option("--forecaster", type=click.Choice(["holt", "moving-average"]), default="holt", show_default=True)
+@click.option("--inventory", default=None, type=click.Path(), help="simulated GPU inventory JSON")
+@click.option("--events", default="events.jsonl", show_default=True, type=click.Path(),
+              help="where decisions are logged (tools/report.py reads it)")
+def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float, method: str,
+          plan_path: str, repo_path: str, url: str, metrics_url: str, control_key: str | None, interval: float,
+          gpus: int | None, headroom: float, forecaster: str, inventory: str | None, events: str) -> None:
+    """Keep a running server's plan matched to its demand: measure, forecast, replan, apply (Ctrl-C stops)."""
+    import threading
+
+    import tritonclient.grpc as grpcclient
+
+    from .control import apply as apply_plan, control_headers
+    from .controller import Controller, EventLog, Policy
+    from .experiment import FORECASTERS
+    from .inventory import detect
+    from .plan import Plan
+
+    app, profiles, gpu = _load(app_path, profiles_path, gpu_type)
+    current = Plan.load(plan_path)
+    if current.app != app.name:
+        raise InputError(f"--plan: {plan_path} is a plan for app {current.app!r}, not {app.name!r}")
+    repo = Path(repo_path)
+    key_file = repo / KEY_FILE
+    key = control_key or (key_file.read_text().strip() if key_file.exists() else None)
+    client = grpcclient.InferenceServerClient(url)
+    headers = control_headers(key, grpc=True)
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit)
+    controller = Controller(app, profiles, gpu, opts, detect(inventory), repo, metrics_url, FORECASTERS[forecaster](),
+                            EventLog(Path(events), time.time()), Policy(headroom=headroom),
+                            apply_plan=lambda rendered: apply_plan(rendered, repo, client, headers, progress=echo),
+                            progress=echo)
+    controller.plan = current
+    echo(f"watching {app.name} at {url} (metrics {metrics_url}) every {interval:g} s; plan for "
+         f"{current.demand_rps:g} req/s; decisions in {events}")
+    try:
+        controller.run(interval, threading.Event())
+    except KeyboardInterrupt:
+        echo("stopped")
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -305,3 +305,15 @@ def test_main_help_returns_zero(capsys) -> None:
     rc, out, _ = run_cli(capsys, "plan", "--help")
     assert rc == 0
     assert "--demand" in out and "--profiles" in out
+
+
+def test_watch_bad_inputs_exit_1(capsys, tmp_path: Path) -> None:
+    app, profiles = ROOT / "examples" / "cpu" / "app.yaml", ROOT / "examples" / "cpu" / "profiles.csv"
+    rc, _, err = run_cli(capsys, "watch", app, "--profiles", profiles, "--plan", tmp_path / "none.json",
+                         "--repo", tmp_path)
+    assert rc == 1 and "cannot read plan" in err
+    other = tmp_path / "plan.json"
+    assert run_cli(capsys, "plan", ROOT / "examples" / "tagging.yaml", "--profiles",
+                   ROOT / "examples" / "a100" / "profiles.csv", "--demand", 100, "--out", other)[0] == 0
+    rc, _, err = run_cli(capsys, "watch", app, "--profiles", profiles, "--plan", other, "--repo", tmp_path)
+    assert rc == 1 and "is a plan for app 'tagging', not 'cpudemo'" in err
