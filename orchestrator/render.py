@@ -30,8 +30,8 @@ from .inventory import Inventory
 from .plan import Entry, Plan, parse_label
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository_templates"
-GRAPH_INSTANCES = 2
-MAX_REQUESTS = 16  # requests the graph model takes in one execute (dynamic batching)
+GRAPH_INSTANCES = 8
+MAX_REQUESTS = 4  # requests the graph model takes in one execute (dynamic batching)
 MANIFEST = "jigsaw.json"
 
 
