@@ -93,7 +93,7 @@ def capacity(app_path: str, profiles_path: str, gpu_type: str | None, features: 
 
 
 KEY_FILE, MANIFEST_FILE = ".jigsaw-control-key", "jigsaw.json"
-# the demo replays a whole day in a minute: demand can double within one apply, so it plans for 2x
+# the CPU demo replays a whole day in a minute: demand can double within one apply, so it plans for 2x
 DEMO_HEADROOM = 1.0
 
 
@@ -399,33 +399,60 @@ def experiment(app_path: str, profiles_path: str, gpu_type: str | None, features
     _print_report(summary, out, as_json)
 
 
+def _gpu_available() -> bool:
+    """An NVIDIA GPU without MIG (NVML) and torch, for the GPU demo."""
+    import importlib.util
+
+    from .inventory import detect
+    inventory = detect(None)
+    return bool(inventory.gpus) and not inventory.gpus[0].mig_enabled and importlib.util.find_spec("torch") is not None
+
+
 @cli.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="run directory")
 @click.option("--duration", type=click.FloatRange(min=10), default=60.0, show_default=True,
               help="seconds the synthetic day is replayed in")
-@click.option("--peak", type=click.FloatRange(min=0, min_open=True), default=40.0, show_default=True,
-              help="peak demand of the replayed day (req/s)")
-@click.option("--gpus", type=click.IntRange(min=3), default=4, show_default=True,
-              help="devices (whole-CPU slices) the plan may use")
+@click.option("--peak", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="peak demand of the replayed day (req/s; default: 40 on a CPU, 30% of the planned capacity on a GPU)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="auto: the GPU when NVML sees one (without MIG) and torch is installed")
 @click.option("--json", "as_json", is_flag=True, help="print the report summary JSON as the last line")
-def demo(out: str, duration: float, peak: float, gpus: int, as_json: bool) -> None:
+def demo(out: str, duration: float, peak: float | None, device: str, as_json: bool) -> None:
     """The bundled example end to end: profile, plan, render, serve, replay a day with live replanning, report.
 
-    Uses examples/cpu/app.yaml (numpy stand-in variants, emulated device time) on this machine's CPU;
-    its profile is measured here first.
+    On a CPU: examples/cpu/app.yaml (numpy stand-in variants, emulated device time), profiled here
+    first, on 4 whole-CPU slices. On a GPU: examples/h200/traffic.yaml (torchvision models as CUDA
+    graphs) on one GPU with MIG emulated by MPS, with examples/h200/profiles.csv on an H200 and a
+    fresh `jigsaw profile` (about 5 minutes) elsewhere.
     """
-    from tools.profile_cpu import profile_cpu
-
     root = Path(__file__).resolve().parent.parent
-    app_path = root / "examples" / "cpu" / "app.yaml"
     Path(out).mkdir(parents=True, exist_ok=True)
-    profiles_path = Path(out) / "profiles.csv"
-    click.echo(f"profiling {app_path} on this CPU -> {profiles_path}", err=True)
-    profile_cpu([load_app(app_path)], str(profiles_path), repeats=10, progress=lambda _: None)
+    if device == "gpu" or (device == "auto" and _gpu_available()):
+        app_path = root / "examples" / "h200" / "traffic.yaml"
+        profiles_path = root / "examples" / "h200" / "profiles.csv"
+        from .inventory import detect
+        if "H200" not in detect(None).gpus[0].name:
+            from tools.profile_gpu import run as profile_gpu
+            profiles_path = Path(out) / "profiles.csv"
+            click.echo(f"profiling {app_path} on this GPU -> {profiles_path}", err=True)
+            profile_gpu([load_app(app_path)], gpu_type("h200-141gb"), str(profiles_path),
+                        progress=lambda line: click.echo(line, err=True))
+        gpus, label, headroom = 1, "A+S+T (demo, GPU, MIG emulated)", 0.5
+        if peak is None:
+            app, profiles, gpu = _load(str(app_path), str(profiles_path), None)
+            opts = PlanOptions(features=Features.parse("ast"), gpus=1)
+            peak = 0.3 * max_demand(app, profiles, gpu, opts).max_demand_rps
+    else:
+        from tools.profile_cpu import profile_cpu
+        app_path = root / "examples" / "cpu" / "app.yaml"
+        profiles_path = Path(out) / "profiles.csv"
+        click.echo(f"profiling {app_path} on this CPU -> {profiles_path}", err=True)
+        profile_cpu([load_app(app_path)], str(profiles_path), repeats=10, progress=lambda _: None)
+        gpus, label, headroom, peak = 4, "A+S+T (demo, CPU)", DEMO_HEADROOM, peak or 40.0
     summary = _run_experiment(str(app_path), str(profiles_path), None, "ast", "auto", 2.0, gpus, None, peak,
-                              duration, max(2.0, duration / 20), out, None, "holt", "A+S+T (demo, CPU)",
-                              DEMO_HEADROOM, notes="jigsaw demo: examples/cpu/app.yaml on this CPU, synthetic diurnal day "
-                                    f"compressed to {duration:g} s")
+                              duration, max(2.0, duration / 20), out, None, "holt", label, headroom,
+                              notes=f"jigsaw demo: {app_path.relative_to(root)}, synthetic diurnal day compressed "
+                                    f"to {duration:g} s")
     _print_report(summary, out, as_json)
 
 
