@@ -243,7 +243,7 @@ def report(run_path: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--url", default="127.0.0.1:8001", show_default=True, help="the server's gRPC address")
-@click.option("--model", required=True, help="the app's ensemble (named after the app)")
+@click.option("--model", required=True, help="the app's model (named after the app)")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Poisson arrivals at this many req/s (with --duration)")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,

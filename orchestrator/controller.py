@@ -1,6 +1,6 @@
 """The online controller (``jigsaw watch``): measure demand, forecast it, replan and apply.
 
-Every interval it scrapes the server's metrics (arrivals at the app's ensemble, the variants the
+Every interval it scrapes the server's metrics (arrivals at the app's model, the variants the
 stages routed to, each runner's batch times), feeds the measured rate to a forecaster and decides
 with ``decide``:
 

@@ -52,6 +52,6 @@ def increase(before: float, after: float) -> float:
 
 
 def requests_total(s: Scrape, model: str) -> float:
-    """Requests a model has finished (succeeded or failed): arrivals, for the app's ensemble."""
+    """Requests a model has finished (succeeded or failed): arrivals, for the app's graph model."""
     return (s.total("nv_inference_request_success_total", model=model)
             + s.total("nv_inference_request_failure_total", model=model))

@@ -1,7 +1,7 @@
 """Open-loop load against a served app: each request is sent at its arrival time, whatever the others do.
 
-Requests go to the ensemble named after the app through ``tritonclient.grpc.aio`` (one channel,
-asyncio), with one input ``INPUT`` FP32 [1, items, width] and every output of the ensemble (names
+Requests go to the model named after the app through ``tritonclient.grpc.aio`` (one channel,
+asyncio), with one input ``INPUT`` FP32 [1, items, width] and every output of that model (names
 from its metadata). Per request a ``Record``: ``id, scheduled_s, sent_s, latency_ms, outcome, items,
 error`` (times in seconds from the run's origin; latency from sending to the answer). Outcomes:
 ``ok``; ``late`` (answered after min(SLO, deadline_ms)); ``dropped`` (the error says
@@ -54,7 +54,7 @@ class Record:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a client needs to know about a served app's ensemble."""
+    """What a client needs to know about a served app's model."""
 
     width: int | None                 # last dimension of INPUT; None when variable
     outputs: tuple[str, ...]
@@ -150,7 +150,7 @@ async def _slo_ms(client: grpcaio.InferenceServerClient, model: str) -> float | 
 
 
 async def describe_async(client: grpcaio.InferenceServerClient, url: str, model: str) -> ModelInfo:
-    """The ensemble's INPUT width, output names and SLO; InputError naming the url or model otherwise."""
+    """The app model's INPUT width, output names and SLO; InputError naming the url or model otherwise."""
     try:
         await client.is_server_live(client_timeout=10)
     except InferenceServerException as exc:
