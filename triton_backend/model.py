@@ -272,3 +272,8 @@ class TritonPythonModel:
         if self.is_async:
             return await self.impl.execute(requests)
         return self.impl.execute(requests)
+
+    def finalize(self) -> None:
+        """Send the counter increments still held back (the model is being unloaded)."""
+        if self.is_async:
+            self.impl.counters.flush()
