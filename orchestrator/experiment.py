@@ -27,7 +27,7 @@ from .planner import PlanOptions
 from .profiles import Profiles
 
 FORECASTERS = {"holt": HoltQuantile, "moving-average": MovingAverage}
-SETTLE_S = 3.0
+SETTLE_S = 1.0
 
 
 @dataclass
@@ -66,8 +66,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         (out / name).unlink(missing_ok=True)
     trace = exp.trace
     times = arrivals(trace, seed=exp.seed)
-    origin = time.time() + 3600  # replaced once the server is up; events before it are at negative t
-    events = EventLog(out / "events.jsonl", origin)
+    events = EventLog(out / "events.jsonl", time.time())  # re-based on the start of the load below
     repo = out / "repo"
     controller = Controller(exp.app, exp.profiles, exp.gpu, exp.opts, exp.inventory, repo, "",
                             FORECASTERS[exp.forecaster](), events, exp.policy, progress=progress)
@@ -82,7 +81,6 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         "duration_s": trace.duration_s, "peak_rps": trace.peak_rps, "forecaster": exp.forecaster, "requests_scheduled": int(len(times)),
         "notes": exp.notes}, indent=2) + "\n")
     with ExitStack() as stack:
-        events.origin = time.time()
         controller.initial(first)
         env = server_env()
         manifest = json.loads((repo / "jigsaw.json").read_text())
@@ -103,9 +101,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         controller.apply_plan = lambda rendered: apply(rendered, repo, client, headers,
                                                        progress=lambda line: progress(f"  {line}"))
         stop = threading.Event()
-        # traffic starts after a pause: Triton re-loads the ensemble as each composing model becomes ready,
-        # and requests arriving meanwhile have crashed it (Signal 11; cf. model_analyzer issue #1018)
-        start_at = time.time() + SETTLE_S
+        start_at = time.time() + SETTLE_S  # the load and the controller's clock start together
         events.origin = start_at
         thread = threading.Thread(target=controller.run, args=(exp.interval_s, stop), daemon=True)
         stack.callback(thread.join)
