@@ -85,12 +85,14 @@ class _Task:
     """One task of the graph: EDF admission to ``max_inflight`` dispatch slots, early drop, weighted
     routing over the plan's runners, fan-out to the children."""
 
-    def __init__(self, app: str, cfg: dict[str, Any], width: int, counters: "_Counters") -> None:
+    def __init__(self, app: str, cfg: dict[str, Any], width: int, counters: "_Counters", phase: int = 0) -> None:
         self.task = cfg["task"]
         self.parents: list[str] = cfg["parents"]
         self.width = width
         self.routes = [Route(**r) for r in cfg["routes"]]
         self.router = WeightedRoundRobin(self.routes)
+        for _ in range(phase):  # instance i starts i picks into the cycle: together, the instances follow it
+            self.router.pick()
         self.fanouts = {child: FanOut(o.get("factors", {}), float(o.get("factor", 1.0)))
                         for child, o in cfg["children"].items()}
         self.fastest_ms = min(r.latency_ms for r in self.routes)
@@ -183,12 +185,14 @@ class _Task:
 class _Graph:
     """The app's task graph behind the model clients call."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], instance_name: str) -> None:
         self.app = cfg["app"]
         self.width = int(cfg["width"])
         self.slo_ns = int(float(cfg["slo_ms"]) * 1e6)
         self.counters = _Counters()
-        self.tasks = [_Task(self.app, t, self.width, self.counters) for t in cfg["tasks"]]  # topological order
+        index = instance_name.rpartition("_")[2]
+        phase = int(index) if index.isdigit() else 0
+        self.tasks = [_Task(self.app, t, self.width, self.counters, phase) for t in cfg["tasks"]]  # topological order
         self.sinks = [t.task for t in self.tasks if not t.fanouts]
 
     async def execute(self, requests: list) -> list:
@@ -261,7 +265,7 @@ class TritonPythonModel:
         cfg = json.loads(config["parameters"]["jigsaw"]["string_value"])
         role = cfg["role"]
         if role == "graph":
-            self.impl: Any = _Graph(cfg)
+            self.impl: Any = _Graph(cfg, args["model_instance_name"])
         elif role == "runner":
             self.impl = _Runner(cfg, args["model_instance_name"])
         else:

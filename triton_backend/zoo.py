@@ -26,8 +26,27 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 CAPTION_TOKENS = 20
+
+
+class DeviceScalars(TorchFunctionMode):
+    """``torch.tensor(<python scalar>, device=d)`` as a fill kernel on ``d``: made from host memory, it is
+    a host-to-device copy, which CUDA graph capture rejects (transformers' eager attention masks do
+    this, e.g. GIT's ``torch.where(mask, torch.tensor(0.0, device=...), min)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replaced = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if (func is torch.tensor and len(args) == 1 and isinstance(args[0], (bool, int, float))
+                and kwargs.get("device") is not None and set(kwargs) <= {"device", "dtype"}):
+            self.replaced += 1
+            return torch.full((), args[0], device=kwargs["device"], dtype=kwargs.get("dtype"))
+        return func(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -139,7 +158,7 @@ class GraphRunner:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         # tensors a forward creates without a device (masks, positions) must not be CPU copies in the graph
-        with torch.device(self.device):
+        with torch.device(self.device), DeviceScalars():
             with torch.cuda.stream(stream):
                 for _ in range(3):  # warm-up (cuDNN autotuning, lazy init) outside the graph
                     self.spec.forward(self.model, inputs)
