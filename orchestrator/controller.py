@@ -6,8 +6,9 @@ with ``decide``:
 
 - up at once when the forecast exceeds the demand the current plan was made for (under-provisioning
   costs SLO violations);
-- down only when the forecast stays below ``down_ratio`` of it and the plan has served at least
-  ``down_cooldown`` intervals (hysteresis: no flapping on noise);
+- down only when the forecast stays below ``down_ratio`` of it, the plan has served at least
+  ``down_cooldown`` intervals, and the new plan's demand is at most ``down_ratio_target`` of the
+  current one (hysteresis: no flapping on noise, no near-identical replans);
 - the new plan is made for forecast x (1 + ``headroom``) and moved onto the server with
   ``control.apply`` (no failed requests; a failed load rolls back and the old plan keeps serving).
 
@@ -46,6 +47,7 @@ class Policy:
     headroom: float = 0.30
     down_ratio: float = 0.70
     down_cooldown: int = 3
+    down_ratio_target: float = 0.9   # a down replan must shrink the planned demand by at least 10%
     refine_drift: float = 0.25
     refine_min_batches: int = 20
     fallback: tuple[float, ...] = (0.85, 0.7, 0.55)   # of the demand, tried when it cannot be planned
@@ -57,8 +59,8 @@ def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, poli
         return forecast_rps * (1 + policy.headroom)
     if forecast_rps < planned_rps * policy.down_ratio and intervals_in_plan >= policy.down_cooldown:
         target = forecast_rps * (1 + policy.headroom)
-        # with (1 + headroom) x down_ratio >= 1 the target can be at or above the current plan
-        return target if target < planned_rps else None
+        # with (1 + headroom) x down_ratio >= 1 the target can be close to, or above, the current plan
+        return target if target <= planned_rps * policy.down_ratio_target else None
     return None
 
 

@@ -24,7 +24,7 @@ from orchestrator.profiles import ProfilePoint, Profiles, load_profiles
 from orchestrator.render import runner_name
 
 CPU = ROOT / "examples" / "cpu"
-POLICY = Policy(headroom=0.3, down_ratio=0.7, down_cooldown=3)   # explicit: the defaults may be tuned
+POLICY = Policy(headroom=0.3, down_ratio=0.7, down_cooldown=3, down_ratio_target=0.9)  # explicit: defaults may be tuned
 
 
 # -- decide ---------------------------------------------------------------------------------------
@@ -41,7 +41,8 @@ def test_decide_goes_down_only_below_the_ratio_after_the_cooldown() -> None:
     assert decide(100.0, 50.0, 3, POLICY) == pytest.approx(65.0)          # forecast x (1 + headroom)
     assert decide(100.0, 50.0, 10, POLICY) == pytest.approx(65.0)
     assert decide(100.0, 70.0, 10, POLICY) is None                        # not below 0.7 x planned
-    assert decide(100.0, 69.9, 10, POLICY) == pytest.approx(69.9 * 1.3)
+    assert decide(100.0, 69.9, 10, POLICY) is None                        # 90.87: shrinks the plan by < 10%
+    assert decide(100.0, 69.2, 10, POLICY) == pytest.approx(69.2 * 1.3)   # 89.96: by at least 10%
 
 
 def test_decide_never_calls_a_replan_at_or_above_the_plan_down() -> None:
@@ -50,6 +51,7 @@ def test_decide_never_calls_a_replan_at_or_above_the_plan_down() -> None:
     assert decide(7.5, 5.0, 3, wide) is None                        # 7.5: the plan already made for it
     assert decide(100.0, 69.0, 3, wide) is None                     # 103.5 would be up, not down
     assert decide(100.0, 60.0, 3, wide) == pytest.approx(90.0)
+    assert decide(100.0, 61.0, 3, wide) is None                     # 91.5: less than a 10% step down
     assert decide(100.0, 120.0, 0, wide) == pytest.approx(180.0)
 
 
@@ -75,7 +77,8 @@ def test_decide_does_not_flap_on_a_noisy_flat_demand() -> None:
     # the headroom covers the noise going up, the down ratio and cooldown the noise going down
     assert len(_replans(forecasts, POLICY)) <= 1
     # without the band it would replan nearly every interval: the check above has teeth
-    assert len(_replans(forecasts, Policy(headroom=0.0, down_ratio=1.0, down_cooldown=0))) > 200
+    assert len(_replans(forecasts, Policy(headroom=0.0, down_ratio=1.0, down_cooldown=0,
+                                          down_ratio_target=1.0))) > 200
 
 
 def test_decide_follows_a_step_and_a_sustained_drop() -> None:
