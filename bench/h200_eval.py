@@ -111,7 +111,7 @@ def main() -> None:
             log(f"{label}: violations {100 * (s['slo_violation_rate'] or 0):.2f}%, slices mean {s['slices']['mean']:.2f}"
                 f" of {total}, accuracy {s['accuracy']['ratio_to_max']}")
         except InfeasibleError as exc:
-            entry["infeasible"] = f"{exc.binding}: {exc}"
+            entry["infeasible"] = str(exc)  # starts with the binding constraint
             log(f"{label}: cannot be planned: {exc}")
         results.append(entry)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

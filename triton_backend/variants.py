@@ -28,10 +28,12 @@ def numpy_mlp(width: int, in_width: int, depth: int = 2, hidden: int = 64, seed:
     return run
 
 
-def torch_model(width: int, in_width: int, max_batch: int = 1, **params: Any) -> Runner:
-    """A real architecture on the GPU as captured CUDA graphs (triton_backend/zoo.py; imports torch)."""
-    from triton_backend.zoo import torch_runner
-    return torch_runner(width, in_width, max_batch=max_batch, **params)
+def torch_model(width: int, in_width: int, arch: str, max_batch: int = 1, dtype: str = "float16",
+                seed: int = 0) -> Runner:
+    """A real architecture on the GPU as captured CUDA graphs (triton_backend/zoo.py; imports torch). Rows
+    are descriptors of ``width`` features (``in_width`` is the same); the architecture fixes its own input."""
+    from triton_backend.zoo import GraphRunner
+    return GraphRunner(arch, width, max_batch, dtype=dtype, seed=seed)
 
 
 KINDS: dict[str, Callable[..., Runner]] = {"numpy_mlp": numpy_mlp, "torch": torch_model}

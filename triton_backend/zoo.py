@@ -193,10 +193,3 @@ class GraphRunner:
             result = torch.zeros(n, self.width)
             result[:, :flat.shape[1]] = flat.cpu()
         return result.numpy()
-
-
-def torch_runner(width: int, in_width: int, arch: str, max_batch: int = 1, dtype: str = "float16",
-                 seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """The ``torch`` variant kind of triton_backend/variants.py."""
-    del in_width  # rows are descriptors of ``width`` features; the architecture fixes its own input
-    return GraphRunner(arch, width, max_batch, dtype=dtype, seed=seed)
