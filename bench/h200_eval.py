@@ -1,6 +1,7 @@
 """The paper's empirical comparison on one GPU: JigsawServe (A+S+T) against A+T, S+T and A+S.
 
-For one app, in one session, on real Triton with the jigsaw backend:
+For each app (``--app``, repeatable: one directory per app under ``--out``), in one session, on real
+Triton with the jigsaw backend:
   1. the demand every system is tested at: the shipped synthetic diurnal day scaled so that its peak
      is ``--peak-fraction`` of what A+S+T can serve on the GPUs (``capacity.max_demand``);
   2. per system, a closed-loop run (orchestrator/experiment.py): plan, render, serve, replay the day
@@ -8,8 +9,8 @@ For one app, in one session, on real Triton with the jigsaw backend:
   3. per system: mean GPU slices in use, SLO violation rate (drops count), accuracy vs max.
 A system that cannot place the app at all (A+T needs a whole GPU per task) is reported as such.
 
-    python3 bench/h200_eval.py --app examples/h200/traffic.yaml --profiles examples/h200/profiles.csv \\
-        --out bench/results/h200-traffic
+    python3 bench/h200_eval.py --app examples/h200/traffic.yaml --app examples/h200/social.yaml \\
+        --profiles examples/h200/profiles.csv --out bench/results/h200-eval
 """
 from __future__ import annotations
 
@@ -64,31 +65,17 @@ def plot(results: list[dict], out: Path) -> None:
     fig.savefig(out / "comparison.png", dpi=110)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--app", required=True)
-    ap.add_argument("--profiles", required=True)
-    ap.add_argument("--systems", default="ast,at,st,as")
-    ap.add_argument("--gpus", type=int, default=1)
-    ap.add_argument("--peak-fraction", type=float, default=0.8)
-    ap.add_argument("--duration", type=float, default=90.0)
-    ap.add_argument("--interval", type=float, default=10.0)
-    ap.add_argument("--headroom", type=float, default=0.5,
-                    help="plan for forecast x (1 + headroom): keeps runners below ~1/(1+headroom) utilisation")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
-    args = ap.parse_args()
-
-    app = load_app(args.app)
+def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
+    """Every system of ``args.systems`` on one app; results.{json,md} and comparison.png in ``out``."""
+    app = load_app(app_path)
     profiles = load_profiles(args.profiles)
     gpu = gpu_type(default_gpu(profiles))
     inventory = detect(None)
     device = ", ".join(d.name for d in inventory.gpus) or "CPU"
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cap = max_demand(app, profiles, gpu, PlanOptions(features=Features.parse("ast"), gpus=args.gpus))
     peak = args.peak_fraction * cap.max_demand_rps
-    log(f"A+S+T capacity on {args.gpus} GPU(s): {cap.max_demand_rps:.1f} req/s; trace peak {peak:.1f} req/s")
+    log(f"{app.name}: A+S+T capacity on {args.gpus} GPU(s): {cap.max_demand_rps:.1f} req/s; trace peak {peak:.1f} req/s")
     trace = compress(scale_to_peak(synthetic_diurnal(), peak), args.duration)
     total = gpu.slices * args.gpus
     results = []
@@ -99,8 +86,8 @@ def main() -> None:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         entry = {"system": key, "label": label, "app": app.name, "device": device, "gpus": args.gpus,
-                 "peak_rps": peak, "capacity_ast_rps": cap.max_demand_rps}
-        log(f"--- {label}")
+                 "peak_rps": peak, "capacity_ast_rps": cap.max_demand_rps, "run_dir": str(run_dir)}
+        log(f"--- {app.name}: {label}")
         try:
             exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=inventory, trace=trace,
                              interval_s=args.interval, out=run_dir, system=label, ready_timeout_s=300.0,
@@ -131,7 +118,27 @@ def main() -> None:
                      f"{s['slices']['mean']:.2f} of {total} ({100 * s['slices']['mean'] / (total):.1f}%) | "
                      f"{s['accuracy']['ratio_to_max']:.4f} | {s['plan_changes']['count']} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--app", required=True, action="append", help="app spec; repeat for several apps (out/<app>/)")
+    ap.add_argument("--profiles", required=True)
+    ap.add_argument("--systems", default="ast,at,st,as")
+    ap.add_argument("--gpus", type=int, default=1)
+    ap.add_argument("--peak-fraction", type=float, default=0.5)
+    ap.add_argument("--duration", type=float, default=100.0)
+    ap.add_argument("--interval", type=float, default=10.0)
+    ap.add_argument("--headroom", type=float, default=0.5,
+                    help="plan for forecast x (1 + headroom): keeps runners below ~1/(1+headroom) utilisation")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
+    args = ap.parse_args()
+    out = Path(args.out)
+    for app_path in args.app:
+        evaluate(app_path, args, out / Path(app_path).stem if len(args.app) > 1 else out)
 
 
 if __name__ == "__main__":

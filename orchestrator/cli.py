@@ -303,8 +303,14 @@ def load(url: str, model: str, rate: float | None, duration: float | None, trace
               help="gpu: torch variants under emulated MIG segments; cpu: numpy variants in-process")
 @click.option("--gpu-type", "gpu_name", default="h200-141gb", show_default=True,
               help="GPU catalogue entry whose segment shapes are emulated (gpu device)")
-def profile(app_paths: tuple[str, ...], out: str, device: str, gpu_name: str) -> None:
-    """Measure the apps' variants per segment and batch into the canonical profile CSV."""
+@click.option("--reuse", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="gpu device: an earlier in-process grid (<stem>.isolated.csv); its variants are not measured "
+                   "again (the calibration through Triton always runs)")
+def profile(app_paths: tuple[str, ...], out: str, device: str, gpu_name: str, reuse: str | None) -> None:
+    """Measure the apps' variants per segment and batch into the canonical profile CSV.
+
+    On a GPU: in-process under emulated MIG segments, then calibrated to what Triton serves
+    (tools/profile_gpu.py)."""
     apps = [load_app(p) for p in app_paths]
     kinds = {dict(v.runtime).get("kind", "numpy_mlp") for a in apps for t in a.tasks for v in t.variants}
     if device == "auto":
@@ -318,12 +324,17 @@ def profile(app_paths: tuple[str, ...], out: str, device: str, gpu_name: str) ->
         return
     from tools.profile_gpu import run as profile_gpu
     try:
-        result = profile_gpu(apps, gpu_type(gpu_name), out, progress=lambda line: click.echo(line, err=True))
+        result = profile_gpu(apps, gpu_type(gpu_name), out, progress=lambda line: click.echo(line, err=True),
+                             reuse=reuse)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     rep = result.report
     click.echo(f"wrote {len(result.rows)} rows to {out} ({rep['rows_measured']} measured, the rest interpolated) "
                f"in {rep['seconds']:.0f} s on {rep['device']}; report {out}.report.json")
+    if rep.get("calibration"):
+        cal = rep["calibration"]
+        click.echo(f"calibrated to Triton: served p95 = {cal['offset_ms']} ms + {cal['factor']} x in-process "
+                   f"(fit error mean {cal['fit_mean_abs_error_pct']}%, max {cal['fit_max_abs_error_pct']}%)")
     if rep.get("validation"):
         click.echo(f"interpolation error on held-out points: mean {rep['validation_mean_abs_error_pct']}%, "
                    f"max {rep['validation_max_abs_error_pct']}%")

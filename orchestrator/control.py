@@ -1,31 +1,32 @@
 """Move a running Triton server to a new plan through its model-control API, without dropping requests.
 
-Order: write the new configs beside the old ones; load new and changed variant runners (an
-instance-count-only change is applied in place by Triton); then the graph model clients call (Triton
-loads the new copy in the background and swaps it in when ready; requests in flight finish on the
-old one); last, after those had time to finish (``drain_s``), unload the runners the new plan no
-longer uses. If any load fails, every model
-already moved is loaded again with its old config, the runners added are unloaded, the old files
-are restored, and the error is raised: the old plan keeps serving.
+Order: write the new configs beside the old ones; load new and changed variant runners,
+``LOAD_THREADS`` at a time (an instance-count-only change is applied in place by Triton); once all
+are ready, the graph model clients call (Triton loads the new copy in the background and swaps it in
+when ready; requests in flight finish on the old one); last, after those had time to finish
+(``drain_s``), unload the runners the new plan no longer uses. If any load fails, no further load
+starts and those in flight finish; then every model already moved is loaded again with its old
+config, the runners added are unloaded, the old files are restored, and the error is raised: the old
+plan keeps serving.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import tritonclient.grpc as grpcclient
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from .errors import InputError
 from .render import MANIFEST, Rendered, write_repository
-from .server import CONTROL_HEADER, GRPC_CONTROL_HEADER
-
-
+from .server import CONTROL_HEADER, GRPC_CONTROL_HEADER, LOAD_THREADS
 
 MIN_DRAIN_S = 5.0
 
@@ -35,6 +36,14 @@ class ApplyReport:
     loaded: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     unloaded: list[str] = field(default_factory=list)
+
+
+class _LoadFailed(Exception):
+    """A failed load: the model's name and Triton's error."""
+
+    def __init__(self, name: str, exc: InferenceServerException) -> None:
+        super().__init__(name, exc)
+        self.name, self.exc = name, exc
 
 
 def _old_configs(repo: Path) -> dict[str, model_config_pb2.ModelConfig]:
@@ -59,13 +68,38 @@ def control_headers(key: str | None, grpc: bool) -> dict[str, str] | None:
     return {GRPC_CONTROL_HEADER if grpc else CONTROL_HEADER: key}
 
 
-def apply(rendered: Rendered, repo: Path, client, headers: dict[str, str] | None = None,
-          progress: Callable[[str], None] = lambda _: None, drain_s: float | None = None) -> ApplyReport:
-    """Apply ``rendered`` to the server behind ``client`` (tritonclient http or grpc) serving ``repo``.
+def _load(client: grpcclient.InferenceServerClient, headers: dict[str, str] | None, rendered: Rendered,
+          names: list[str], moved: list[str], progress: Callable[[str], None]) -> None:
+    """Load ``names``, ``LOAD_THREADS`` at a time, appending each one loaded to ``moved``. After a failed
+    load no further one starts; those in flight finish, then the first failure in ``names`` order is
+    raised as ``_LoadFailed``."""
+    def one(name: str) -> None:
+        progress(f"loading {name}")
+        try:
+            client.load_model(name, config=rendered.config_json(name), headers=headers)
+        except InferenceServerException as exc:
+            raise _LoadFailed(name, exc) from None
+        moved.append(name)
 
-    Runners the new plan drops are unloaded ``drain_s`` seconds after the new graph model took over
-    (default: twice the app's latency SLO, at least ``MIN_DRAIN_S``: late requests stay longer):
-    requests still in the old one finish on them."""
+    with ThreadPoolExecutor(LOAD_THREADS) as pool:
+        futures = [pool.submit(one, name) for name in names]
+        for future in wait(futures, return_when=FIRST_EXCEPTION).not_done:
+            future.cancel()  # only the queued ones: the pool's exit waits for those in flight
+    for future in futures:
+        if not future.cancelled():
+            future.result()  # raises the first failure
+
+
+def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClient,
+          headers: dict[str, str] | None = None, progress: Callable[[str], None] = lambda _: None,
+          drain_s: float | None = None) -> ApplyReport:
+    """Apply ``rendered`` to the server behind ``client`` serving ``repo``.
+
+    ``client`` must be a tritonclient.grpc client: the runner loads share it from several threads (a
+    gRPC channel is thread-safe; tritonclient.http's connection pool is not). Runners the new plan
+    drops are unloaded ``drain_s`` seconds after the new graph model took over (default: twice the
+    app's latency SLO, at least ``MIN_DRAIN_S``: late requests stay longer): requests still in the old
+    one finish on them."""
     old = _old_configs(repo)
     backup = repo.with_name(repo.name + ".previous")
     if backup.exists():
@@ -75,25 +109,22 @@ def apply(rendered: Rendered, repo: Path, client, headers: dict[str, str] | None
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
     report = ApplyReport()
+    for name in sorted(rendered.configs, key=lambda n: (_order(n, rendered.configs[n]), n)):
+        (report.unchanged if old.get(name) == rendered.configs[name] else report.loaded).append(name)
     moved: list[str] = []
     try:
-        for name in sorted(rendered.configs, key=lambda n: (_order(n, rendered.configs[n]), n)):
-            if old.get(name) == rendered.configs[name]:
-                report.unchanged.append(name)
-                continue
-            progress(f"loading {name}")
-            client.load_model(name, config=rendered.config_json(name), headers=headers)
-            moved.append(name)
-            report.loaded.append(name)
-    except InferenceServerException as exc:
-        progress(f"load failed, rolling back: {exc}")
+        for order in (0, 1):  # runners, then the graph model once all of them are ready
+            _load(client, headers, rendered, [n for n in report.loaded if _order(n, rendered.configs[n]) == order],
+                  moved, progress)
+    except _LoadFailed as failed:
+        progress(f"load failed, rolling back: {failed.exc}")
         _rollback(client, headers, old, moved, backup, repo)
-        raise RuntimeError(f"apply failed while loading {name}: {exc}; rolled back, the old plan keeps serving") \
-            from None
+        raise RuntimeError(f"apply failed while loading {failed.name}: {failed.exc}; rolled back, the old plan "
+                           "keeps serving") from None
     gone = sorted(set(old) - set(rendered.configs))
     if gone:
-        wait = drain_s if drain_s is not None else max(MIN_DRAIN_S, 2 * float(rendered.manifest.get("latency_slo_ms", 0)) / 1000)
-        time.sleep(wait)
+        wait_s = drain_s if drain_s is not None else max(MIN_DRAIN_S, 2 * float(rendered.manifest.get("latency_slo_ms", 0)) / 1000)
+        time.sleep(wait_s)
     for name in gone:
         progress(f"unloading {name}")
         client.unload_model(name, headers=headers)
@@ -103,8 +134,8 @@ def apply(rendered: Rendered, repo: Path, client, headers: dict[str, str] | None
     return report
 
 
-def _rollback(client, headers, old: dict[str, model_config_pb2.ModelConfig], moved: list[str],
-              backup: Path, repo: Path) -> None:
+def _rollback(client: grpcclient.InferenceServerClient, headers: dict[str, str] | None,
+              old: dict[str, model_config_pb2.ModelConfig], moved: list[str], backup: Path, repo: Path) -> None:
     for name in reversed(moved):
         if name in old:
             (repo / name / "config.pbtxt").write_text(text_format.MessageToString(old[name]))

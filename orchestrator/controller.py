@@ -10,7 +10,11 @@ with ``decide``:
   ``down_cooldown`` intervals, and the new plan's demand is at most ``down_ratio_target`` of the
   current one (hysteresis: no flapping on noise, no near-identical replans);
 - the new plan is made for forecast x (1 + ``headroom``) and moved onto the server with
-  ``control.apply`` (no failed requests; a failed load rolls back and the old plan keeps serving).
+  ``control.apply`` (no failed requests; a failed load rolls back and the old plan keeps serving);
+- the forecast looks as far ahead as a plan made now must last: until the one after it can be in
+  place, one interval plus an apply later (the last apply's duration), so
+  ``max(forecast(1), forecast(1 + ceil(apply_s / interval)))``: on a ramp, applies that take several
+  intervals would otherwise always trail the demand.
 
 Profile refinement: a runner whose measured mean batch time exceeds its profiled p95 at the same
 batch by more than ``refine_drift`` gets that variant's profile rows for its segment scaled by the
@@ -22,6 +26,7 @@ Every decision is appended to ``events.jsonl`` (tools/report.py reads it).
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -107,6 +112,8 @@ class Controller:
         self.intervals_in_plan = 0
         self.last: Scrape | None = None
         self.refine_pending = False
+        self.interval_s: float | None = None  # set by run()
+        self.apply_s = 0.0                    # how long the last apply took
 
     # -- planning ---------------------------------------------------------------------------------
 
@@ -152,8 +159,9 @@ class Controller:
             self.progress(f"apply failed, old plan keeps serving: {exc}")
             return
         self.plan, self.intervals_in_plan = plan, 0
+        self.apply_s = time.time() - started
         self.events.write("plan", plan=plan.to_json(), demand_rps=demand, capacity_rps=demand, reason=reason,
-                          apply_s=round(time.time() - started, 2))
+                          apply_s=round(self.apply_s, 2))
         self.progress(f"replanned for {demand:.1f} req/s ({reason}): {plan.slices} slices, accuracy "
                       f"{plan.accuracy:.3f}, applied in {time.time() - started:.1f} s")
 
@@ -201,10 +209,11 @@ class Controller:
             return
         rate = increase(requests_total(prev, self.app.name), requests_total(now, self.app.name)) / (now.t - prev.t)
         self.forecaster.observe(rate)
-        forecast = self.forecaster.forecast()
+        steps = self.horizon()
+        forecast = max(self.forecaster.forecast(1), self.forecaster.forecast(steps))
         self.intervals_in_plan += 1
         self.events.write("interval", demand_rps=round(rate, 3), forecast_rps=round(forecast, 3),
-                          planned_rps=self.plan.demand_rps)
+                          horizon=steps, planned_rps=self.plan.demand_rps)
         refined = self._refine(prev, now)
         target = decide(self.plan.demand_rps, forecast, self.intervals_in_plan, self.policy)
         if refined:
@@ -213,8 +222,15 @@ class Controller:
             direction = "up" if target > self.plan.demand_rps else "down"
             self._replan(target, f"forecast {forecast:.1f} req/s, {direction} from {self.plan.demand_rps:.1f}")
 
+    def horizon(self) -> int:
+        """Intervals ahead a plan made now must cover: 1 + the last apply's duration in intervals."""
+        if not self.interval_s:
+            return 1
+        return 1 + math.ceil(self.apply_s / self.interval_s)
+
     def run(self, interval_s: float, stop: threading.Event) -> None:
         """Call ``step`` every ``interval_s`` seconds until ``stop`` is set; errors are logged, not fatal."""
+        self.interval_s = interval_s
         next_t = time.monotonic()
         while not stop.is_set():
             try:

@@ -1,6 +1,7 @@
 """Forecasters of the next interval's demand (req/s) from the rates observed in past intervals.
 
-Common interface: ``observe(rate)`` after each interval, ``forecast()`` for the next one. Pure
+Common interface: ``observe(rate)`` after each interval, ``forecast(steps)`` for the interval ``steps``
+ahead (1: the next one). Pure
 (numpy only); ``bench/forecast.py`` compares them on the shipped trace.
 """
 from __future__ import annotations
@@ -14,11 +15,11 @@ import numpy as np
 
 
 class Forecaster(Protocol):
-    """Anything that forecasts the next interval's rate from the rates observed so far."""
+    """Anything that forecasts an upcoming interval's rate from the rates observed so far."""
 
     def observe(self, rate: float) -> None: ...
 
-    def forecast(self) -> float: ...
+    def forecast(self, steps: int = 1) -> float: ...
 
 
 def _checked(rate: float) -> float:
@@ -40,7 +41,8 @@ class MovingAverage:
     def observe(self, rate: float) -> None:
         self._recent.append(_checked(rate))
 
-    def forecast(self) -> float:
+    def forecast(self, steps: int = 1) -> float:
+        """The same for every ``steps`` (a moving average has no trend)."""
         if not self._recent:
             raise RuntimeError("MovingAverage: forecast() before any observe()")
         return sum(self._recent) / len(self._recent) * (1 + self.slack)
@@ -68,9 +70,9 @@ class HoltQuantile:
         self._trend = 0.0
         self._errors: deque[float] = deque(maxlen=window)
 
-    def _point(self) -> float:
+    def _point(self, steps: int = 1) -> float:
         assert self._level is not None
-        return max(0.0, self._level + self._trend)
+        return max(0.0, self._level + steps * self._trend)
 
     def observe(self, rate: float) -> None:
         rate = _checked(rate)
@@ -90,10 +92,11 @@ class HoltQuantile:
             return self.initial_slack
         return max(0.0, float(np.quantile(self._errors, self.quantile)))
 
-    def forecast(self) -> float:
+    def forecast(self, steps: int = 1) -> float:
+        """Level + ``steps`` x trend, times 1 + the one-step slack."""
         if self._level is None:
             raise RuntimeError("HoltQuantile: forecast() before any observe()")
-        return self._point() * (1 + self.slack())
+        return self._point(steps) * (1 + self.slack())
 
 
 def one_step_forecasts(forecaster: Forecaster, rates: Iterable[float]) -> np.ndarray:

@@ -33,6 +33,7 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository_templates
 GRAPH_INSTANCES = 8
 MAX_REQUESTS = 4  # requests the graph model takes in one execute (dynamic batching)
 MANIFEST = "jigsaw.json"
+MIN_QUEUE_TIMEOUT = 0.1  # the graph model's queue timeout is at least this fraction of the latency SLO
 
 
 @dataclass
@@ -78,6 +79,20 @@ def _downstream(app: AppSpec, fastest: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def runner_config(name: str, width: int, batch: int, runtime: dict[str, Any], groups: list[dict[str, Any]],
+                  bindings: dict[str, list[dict[str, str]]], queue_delay_us: int | None,
+                  sizes: list[int] | None = None) -> model_config_pb2.ModelConfig:
+    """A validated runner config: ``groups`` are instance groups (name, count, kind), ``bindings`` each
+    group's per-process environment; ``queue_delay_us`` None renders no dynamic batcher (every request
+    runs alone, as the profiler's probes need); ``sizes`` are the batch sizes a torch runner captures."""
+    settings: dict[str, Any] = {"role": "runner", "runtime": runtime, "width": width, "max_batch": batch,
+                                "bindings": bindings}
+    if sizes:
+        settings["sizes"] = sorted(sizes)
+    return _parse(name, _env().get_template("runner.pbtxt.j2").render(
+        name=name, width=width, batch=batch, groups=groups, queue_delay_us=queue_delay_us, settings=settings))
+
+
 def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float = 0.25) -> Rendered:
     """Render and validate every model config of ``plan`` (nothing is written)."""
     if not plan.app_spec:
@@ -104,10 +119,10 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
         groups = [{"name": f"seg{b.key.index}", "count": e.mps,
                    "kind": "KIND_CPU" if b.processes[0].kind == "cpu" else "KIND_MODEL"} for b in segs]
         runtime = dict(app.task(e.task).variant(e.variant).runtime) or {"kind": "numpy_mlp"}
-        add("runner.pbtxt.j2", runner_name(app.name, e), batch=e.batch, groups=groups,
-            queue_delay_us=int(e.latency_ms * 1000 * batch_wait_fraction),
-            settings={"role": "runner", "runtime": runtime, "width": width, "max_batch": e.batch,
-                      "bindings": {f"seg{b.key.index}": [dict(p.env) for p in b.processes] for b in segs}})
+        name = runner_name(app.name, e)
+        configs[name] = runner_config(name, width, e.batch, runtime, groups,
+                                      {f"seg{b.key.index}": [dict(p.env) for p in b.processes] for b in segs},
+                                      queue_delay_us=int(e.latency_ms * 1000 * batch_wait_fraction))
     fastest = _fastest(plan)
     downstream = _downstream(app, fastest)
     tasks, sinks = [], []
@@ -122,7 +137,12 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
         tasks.append({"task": t.name, "parents": [e.src for e in app.parents(t.name)], "routes": routes,
                       "children": {e.dst: {"factor": e.factor, "factors": dict(e.factors)} for e in children},
                       "downstream_ms": downstream[t.name]})
+    # a request still queued for the graph model after this long cannot make its SLO even on the
+    # fastest routes: Triton rejects it there, so a backlog never outlives an overload
+    critical_ms = max(fastest[t.name] + downstream[t.name] for t in app.tasks if not app.parents(t.name))
+    queue_timeout_us = int(max(app.latency_slo_ms - critical_ms, MIN_QUEUE_TIMEOUT * app.latency_slo_ms) * 1000)
     add("graph.pbtxt.j2", app.name, outputs=sinks, instances=GRAPH_INSTANCES, max_requests=MAX_REQUESTS,
+        queue_timeout_us=queue_timeout_us,
         settings={"role": "graph", "app": app.name, "slo_ms": app.latency_slo_ms, "width": width, "tasks": tasks})
     manifest = {"app": app.name, "model": app.name, "latency_slo_ms": app.latency_slo_ms,
                 "gpu_type": plan.gpu_type, "uses_mps": uses_mps(bindings),

@@ -28,6 +28,8 @@ CONTROL_HEADER = "jigsaw-control-key"
 EXIT_TIMEOUT_S = 10
 # tritonserver 2.51 prefixes restricted gRPC header keys with "triton-grpc-protocol-"
 GRPC_CONTROL_HEADER = f"triton-grpc-protocol-{CONTROL_HEADER}"
+# models tritonserver loads at once (its default); control.apply issues as many runner loads at a time
+LOAD_THREADS = 4
 
 
 def free_ports(n: int) -> list[int]:
@@ -127,7 +129,7 @@ class TritonServer:
         """The tritonserver command line."""
         args = [str(find_runtime().server_bin),
                 f"--model-repository={self.repo}", f"--backend-directory={self.backend_dir}",
-                "--model-control-mode=explicit",
+                "--model-control-mode=explicit", f"--model-load-thread-count={LOAD_THREADS}",
                 *(f"--load-model={name}" for name in self.load),
                 f"--http-address={self.host}", f"--http-port={self.http_port}",
                 f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",

@@ -1,6 +1,7 @@
 """jigsaw apply against a real tritonserver: zero failed requests under load, and rollback."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from orchestrator.inventory import Inventory
 from orchestrator.planner import PlanOptions, make_plan
 from orchestrator.profiles import load_profiles
 from orchestrator.render import build_configs, write_repository
-from orchestrator.server import TritonServer, free_ports
+from orchestrator.server import LOAD_THREADS, TritonServer, free_ports
 from orchestrator.tritonenv import prepare_backend_dir, server_env
 
 CPU = Inventory(gpus=(), source="test: cpu")
@@ -83,6 +84,37 @@ class Load:
             t.join(30)
 
 
+class Recording:
+    """A gRPC client whose ``load_model`` calls are recorded: ("start"|"ok"|"failed", name) events in
+    order and the most in flight at once."""
+
+    def __init__(self, client: grpcclient.InferenceServerClient) -> None:
+        self._client, self._lock = client, threading.Lock()
+        self.events: list[tuple[str, str]] = []
+        self.in_flight = self.max_in_flight = 0
+
+    def __getattr__(self, attr: str):
+        return getattr(self._client, attr)
+
+    def _record(self, event: str, name: str, delta: int) -> None:
+        with self._lock:
+            self.events.append((event, name))
+            self.in_flight += delta
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def load_model(self, name: str, **kwargs) -> None:
+        self._record("start", name, 1)
+        try:
+            self._client.load_model(name, **kwargs)
+        except Exception:
+            self._record("failed", name, -1)
+            raise
+        self._record("ok", name, -1)
+
+    def names(self, event: str) -> list[str]:
+        return [n for e, n in self.events if e == event]
+
+
 def _runners(client) -> set[str]:
     return {m.name for m in client.get_model_repository_index(headers=control_headers(KEY, True)).models
             if m.state == "READY" and m.name.count("__") == 3}
@@ -125,3 +157,46 @@ def test_apply_needs_the_control_key(server) -> None:
     client = grpcclient.InferenceServerClient(server.grpc_url)
     with pytest.raises(RuntimeError, match="rolled back"):
         apply(build_configs(_plan(50), CPU), server.repo, client, headers=None)
+
+
+def test_runners_load_concurrently_then_the_graph(server) -> None:
+    client = Recording(grpcclient.InferenceServerClient(server.grpc_url))
+    new = build_configs(_plan(200), CPU)
+    report = apply(new, server.repo, client, control_headers(KEY, True), drain_s=0.5)
+    runners = sorted(n for n in new.configs if n.count("__") == 3)
+    assert report.loaded == [*runners, "cpudemo"]  # runners (changed: all of them) sorted, then the graph
+    assert 2 <= client.max_in_flight <= LOAD_THREADS
+    assert client.events.index(("start", "cpudemo")) > max(client.events.index(("ok", n)) for n in runners)
+    assert _runners(client) == set(runners)
+
+
+def test_failed_runner_load_rolls_back_the_loaded_ones(server) -> None:
+    client = Recording(grpcclient.InferenceServerClient(server.grpc_url))
+    before = _runners(client)
+    new = build_configs(_plan(40), CPU)
+    runners = sorted(n for n in new.configs if n.count("__") == 3)
+    assert len(runners) > 2 and not before & set(runners)
+    bad = runners[-1]
+    settings = json.loads(new.configs[bad].parameters["jigsaw"].string_value)
+    new.configs[bad].parameters["jigsaw"].string_value = json.dumps({**settings, "runtime": {"kind": "no_such_kind"}})
+    with Load(server.grpc_url, threads=2) as load:
+        with pytest.raises(RuntimeError, match=f"(?s)while loading {bad}: .*rolled back"):
+            apply(new, server.repo, client, control_headers(KEY, True))
+        time.sleep(0.5)
+    assert load.errors == [] and load.ok > 0
+    assert client.names("failed") == [bad] and sorted(client.names("ok")) == runners[:-1]  # loaded, then rolled back
+    assert "cpudemo" not in client.names("start")
+    assert _runners(client) == before
+    assert not Path(str(server.repo) + ".previous").exists()
+
+
+def test_graph_model_queue_rejects_what_cannot_make_the_slo() -> None:
+    plan = _plan(40)
+    rendered = build_configs(plan, CPU)
+    policy = rendered.configs[plan.app].dynamic_batching.default_queue_policy
+    # the SLO less the fastest path from the root: a request queued longer cannot make it
+    fastest = {t: min(e.latency_ms for e in plan.entries if e.task == t) for t in {e.task for e in plan.entries}}
+    app = parse_app(plan.app_spec, origin="test")
+    slack_ms = app.latency_slo_ms - max(sum(fastest[t] for t in p.tasks) for p in app.paths)
+    assert policy.timeout_action == policy.REJECT
+    assert policy.default_timeout_microseconds == int(max(slack_ms, 0.1 * app.latency_slo_ms) * 1000)

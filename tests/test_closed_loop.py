@@ -9,7 +9,7 @@ Drops (a stage gave up on a request it could not finish before its deadline) and
 SLO matters on a shared 2-core machine, not failures: only the outcome ``error`` is.
 
 The trace: 6 s at 5 req/s, then 14 s at 40 req/s. The controller (every 2 s) sees the step at
-t ~ 8 s and applies a plan for it; on 2 cores apply (models loaded one at a time) takes ~5-10 s,
+t ~ 8 s and applies a plan for it; on 2 cores apply (runners loaded four at a time, then the graph model) takes ~5-10 s,
 so the requests go on through the apply and for a few seconds on the new plan.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ from conftest import ROOT
 from orchestrator import controller as ctl
 from orchestrator.appspec import load_app
 from orchestrator.controller import Controller, EventLog, Policy, decide, expected_ms, scaled
-from orchestrator.forecast import MovingAverage
+from orchestrator.forecast import HoltQuantile, MovingAverage
 from orchestrator.gpus import gpu_type
 from orchestrator.inventory import Inventory
 from orchestrator.metrics import Scrape, increase, parse, requests_total
@@ -324,3 +324,27 @@ def test_step_refines_a_runner_twice_as_slow_as_its_profile(tmp_path: Path, monk
     assert len(plans) == 2 and len(f.applied) == 1
     assert plans[1]["reason"].startswith(f"profile refined: {det_profile} 1g x1 x2.00")
     assert plans[1]["demand_rps"] == pytest.approx(22.0)
+
+
+def test_horizon_covers_the_last_apply_in_intervals(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, POLICY)
+    assert f.c.horizon() == 1                       # not running yet: the next interval
+    f.c.interval_s = 10.0
+    for apply_s, steps in ((0.0, 1), (4.0, 2), (10.0, 2), (22.0, 4)):
+        f.c.apply_s = apply_s
+        assert f.c.horizon() == steps
+
+
+def test_step_forecasts_as_far_ahead_as_the_last_apply_took(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.0))
+    f.c.forecaster = HoltQuantile(alpha=1.0, beta=1.0, initial_slack=0.0)   # level = last rate, trend = last change
+    f.c.initial(100.0)
+    f.c.interval_s, f.c.apply_s = 10.0, 25.0           # applies take 2.5 intervals: look 4 ahead
+    for rps in (50, 60, 70):
+        f.push(rps)
+    for _ in range(3):
+        f.c.step()
+    # 70 req/s rising by 10 per interval: 80 next, 110 four intervals ahead (> the plan's 100)
+    assert [e["horizon"] for e in f.events("interval")] == [4, 4]
+    assert f.events("interval")[-1]["forecast_rps"] == pytest.approx(110.0)
+    assert f.events("plan")[-1]["demand_rps"] == pytest.approx(110.0)

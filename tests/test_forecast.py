@@ -90,3 +90,16 @@ def test_bad_parameters() -> None:
         HoltQuantile(alpha=0)
     with pytest.raises(ValueError, match="window >= 3"):
         HoltQuantile(window=2)
+
+
+def test_forecasts_steps_ahead_follow_the_trend_or_stay_flat() -> None:
+    holt = HoltQuantile(alpha=1.0, beta=1.0, initial_slack=0.0)
+    avg = MovingAverage(window=2, slack=0.0)
+    for rate in (10, 20, 30):
+        holt.observe(rate)
+        avg.observe(rate)
+    assert [holt.forecast(k) for k in (1, 3)] == pytest.approx([40, 60])
+    assert avg.forecast(1) == avg.forecast(5) == pytest.approx(25)
+    for rate in (20, 10):
+        holt.observe(rate)
+    assert holt.forecast(4) == 0.0                   # a falling trend stops at zero

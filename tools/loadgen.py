@@ -5,7 +5,8 @@ asyncio), with one input ``INPUT`` FP32 [1, items, width] and every output of th
 from its metadata). Per request a ``Record``: ``id, scheduled_s, sent_s, latency_ms, outcome, items,
 error`` (times in seconds from the run's origin; latency from sending to the answer). Outcomes:
 ``ok``; ``late`` (answered after min(SLO, deadline_ms)); ``dropped`` (the error says
-"jigsaw: request dropped"); ``error`` (anything else). ``sent_s - scheduled_s`` is how far the
+"jigsaw: request dropped", or Triton rejected it from the graph model's queue after its timeout,
+"Request timeout expired"); ``error`` (anything else). ``sent_s - scheduled_s`` is how far the
 generator fell behind its schedule.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from orchestrator.errors import InputError
 
 COLUMNS = ("id", "scheduled_s", "sent_s", "latency_ms", "outcome", "items", "error")
 OUTCOMES = ("ok", "late", "dropped", "error")
-DROP_MARK = "jigsaw: request dropped"
+DROP_MARKS = ("jigsaw: request dropped", "Request timeout expired")  # a stage's early drop; Triton's queue timeout
 INPUT = "INPUT"
 ERROR_CHARS = 160
 
@@ -233,7 +234,7 @@ class _Run:
         except InferenceServerException as exc:
             latency_ms = (time.monotonic() - sent) * 1000
             error = _short(exc)
-            outcome = "dropped" if DROP_MARK in error else "error"
+            outcome = "dropped" if any(m in error for m in DROP_MARKS) else "error"
         record = Record(i, float(self.times[i]), sent - self.origin, latency_ms, outcome, self.items, error)
         self.records[i] = record
         self.counts[outcome] += 1

@@ -17,11 +17,21 @@ On a GPU without MIG a segment of size k with m MPS processes is emulated by m p
 MIG shape's SMs and memory, under a private MPS daemon; every output says it was emulated. The m
 processes of a segment are measured concurrently; latency_ms is the worst p95 of them and
 throughput_rps their summed rate. Each process runs captured CUDA graphs (triton_backend/zoo.py).
+
+Calibration to Triton: those in-process times miss what serving adds per batch (the request's trip
+through Triton, the Python backend's IPC, the copies in and out). So the first wave's segments are
+measured again through a real tritonserver for one variant per task (``tools/probe.py``: jigsaw
+runner models, the serving code and bindings), ``served = a + f x in-process`` is fitted to those
+points (least relative squares), and every row of the written profile is corrected by it. The
+in-process grid is written beside it (``<stem>.isolated.csv``); ``--reuse`` takes such a file and
+measures only the variants it lacks.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
+import tempfile
 import subprocess
 import sys
 import threading
@@ -46,6 +56,7 @@ BATCHES = (1, 2, 4, 8, 16)
 HELD_OUT = ((2, 1, 8), (2, 2, 2))     # (size, mps, batch), measured on VALIDATION_VARIANTS
 VALIDATION_VARIANTS = 3
 WIDTH = 16
+CALIBRATION_WAVE = WAVES[0]           # segments measured through Triton too, at MEASURED_BATCHES
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,21 +242,132 @@ def interpolate(measured: Measured, name: str, gpu: GpuType, size: int, mps: int
     return p95, mean, mps * batch / mean * 1000
 
 
+def isolated_path(out: str) -> str:
+    """Where the in-process grid of a profile written to ``out`` goes: ``<stem>.isolated.csv``."""
+    base = out[:-4] if out.endswith(".csv") else out
+    return f"{base}.isolated.csv"
+
+
+def load_isolated(path: str, gpu: GpuType) -> Measured:
+    """The measured points of an in-process profile (``<stem>.isolated.csv``) for ``--reuse``: every
+    variant with a configuration that ran counts as profiled, its measured-grid points missing from
+    the file as not running; a variant none of whose configurations ran is left out (measured again)."""
+    measured = Measured()
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("gpu") == gpu.name]
+    if not rows:
+        raise InputError(f"{path}: no rows for GPU type {gpu.name}")
+    for r in rows:
+        if r.get("source") != "measured":
+            continue
+        size, mps, b = int(r["mig"]), int(r["mps"]), int(r["batch"])
+        thr = float(r["throughput_rps"])  # 0: measured as not running
+        measured.points[(r["variant"], size, mps, b)] = (float(r["latency_ms"]), mps * b * 1000 / thr, thr) if thr else None
+    ran = {k[0] for k, v in measured.points.items() if v}
+    for name in list({k[0] for k in measured.points} - ran):  # nothing ran: measure it again
+        measured.points = {k: v for k, v in measured.points.items() if k[0] != name}
+    for name in ran:
+        for wave in WAVES:
+            for size, mps in wave:
+                for b in MEASURED_BATCHES:
+                    measured.points.setdefault((name, size, mps, b), None)
+    return measured
+
+
+def calibration_archs(apps: list[AppSpec]) -> dict[str, str]:
+    """One variant per task of the apps (the middle one of its list), each profile once."""
+    out = {}
+    for app in apps:
+        for task in app.tasks:
+            v = task.variants[len(task.variants) // 2]
+            out[v.profile] = v.runtime["arch"]
+    return out
+
+
+def probe_config(probe: Any, archs: dict[str, str], size: int, mps: int, env: dict[str, str],
+                 into: Measured, progress: Callable[[str], None]) -> None:
+    """Measure ``archs`` at MEASURED_BATCHES in one emulated segment served by Triton (``tools.probe``)."""
+    from tritonclient.utils import InferenceServerException
+    for name, arch in archs.items():
+        model = f"probe__{name}__{size}g{mps}p".replace("-", "_")
+        try:
+            load_s = probe.load(model, {"kind": "torch", "arch": arch}, list(MEASURED_BATCHES), [env] * mps)
+        except InferenceServerException as exc:
+            into.notes.append(f"{name} {size}g mps{mps} through Triton: {exc}")
+            progress(f"  triton {size}g x{mps} {name:28s} did not load: {str(exc)[:200]}")
+            continue
+        line = []
+        try:
+            for b in MEASURED_BATCHES:
+                t = probe.measure(model, b, concurrency=mps)
+                into.points[(name, size, mps, b)] = (t.p95_ms, t.mean_ms, t.throughput_rps)
+                line.append(f"b{b} {t.p95_ms:.2f}ms")
+        except InferenceServerException as exc:
+            into.notes.append(f"{name} {size}g mps{mps} through Triton: {exc}")
+            line.append(f"failed: {str(exc)[:200]}")
+        finally:
+            probe.unload(model)
+        progress(f"  triton {size}g x{mps} {name:28s} load {load_s:.1f}s  " + "  ".join(line))
+
+
+def fit_calibration(isolated: Measured, served: Measured) -> dict[str, Any]:
+    """``served = a + f x isolated`` (p95, ms) fitted in least relative squares over the points both
+    measured; with each point's residual."""
+    pairs = [(k, isolated.points[k][0], v[0]) for k, v in sorted(served.points.items())
+             if v and isolated.points.get(k)]
+    if len(pairs) < 2:
+        raise RuntimeError(f"calibration through Triton measured {len(pairs)} comparable points; at least 2 needed")
+    x = np.array([p[1] for p in pairs])
+    y = np.array([p[2] for p in pairs])
+    (a, f), *_ = np.linalg.lstsq(np.stack([1 / y, x / y], axis=1), np.ones_like(y), rcond=None)
+    fitted = a + f * x
+    err = 100 * (fitted - y) / y
+    return {"offset_ms": round(float(a), 4), "factor": round(float(f), 4),
+            "fit_mean_abs_error_pct": round(float(np.mean(np.abs(err))), 1),
+            "fit_max_abs_error_pct": round(float(np.max(np.abs(err))), 1),
+            "points": [{"variant": k[0], "mig": k[1], "mps": k[2], "batch": k[3], "isolated_p95_ms": round(xi, 3),
+                        "served_p95_ms": round(yi, 3), "fitted_p95_ms": round(float(fi), 3), "error_pct": round(float(e), 1)}
+                       for (k, xi, yi), fi, e in zip(pairs, fitted, err)]}
+
+
+def calibrated(rows: list[dict[str, Any]], offset_ms: float, factor: float) -> list[dict[str, Any]]:
+    """``rows`` with p95 latency and mean batch time (hence throughput) mapped by ``a + f x t``; rows of
+    configurations that did not run (throughput 0) stay as they are."""
+    out = []
+    for r in rows:
+        if not r["throughput_rps"]:
+            out.append(dict(r))
+            continue
+        served_mean = offset_ms + factor * r["mps"] * r["batch"] * 1000 / r["throughput_rps"]
+        out.append({**r, "latency_ms": round(offset_ms + factor * r["latency_ms"], 3),
+                    "throughput_rps": round(r["mps"] * r["batch"] * 1000 / served_mean, 1)})
+    return out
+
+
 @dataclass
 class ProfileRun:
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]          # calibrated to Triton (what the planner reads)
+    isolated: list[dict[str, Any]]      # in-process, as measured and interpolated
     report: dict[str, Any]
 
 
 def profile(apps: list[AppSpec], gpu: GpuType, base_env: dict[str, str], total_sms: int, device: str,
-            progress: Callable[[str], None] = print) -> ProfileRun:
-    """Measure the subset in ``WAVES``, interpolate the full grid, and validate the interpolation on
-    the held-out points measured alongside."""
+            progress: Callable[[str], None] = print, reuse: Measured | None = None,
+            probe: Any = None) -> ProfileRun:
+    """Measure the subset in ``WAVES`` (the variants ``reuse`` lacks), interpolate the full grid,
+    validate the interpolation on the held-out points measured alongside, and calibrate it to Triton
+    through ``probe`` (a ``tools.probe.Probe`` on a server started with ``base_env``)."""
     t0 = time.perf_counter()
-    archs = _archs(apps)
-    check = dict(list(archs.items())[:VALIDATION_VARIANTS])
+    every = _archs(apps)
     measured, held = Measured(), Measured()
-    for i, wave in enumerate(WAVES, 1):
+    if reuse is not None:
+        measured.points.update({k: v for k, v in reuse.points.items() if k[0] in every})
+    profiled = {k[0] for k in measured.points}
+    archs = {n: a for n, a in every.items() if n not in profiled}
+    check = dict(list(archs.items())[:VALIDATION_VARIANTS])
+    if profiled:
+        progress(f"reusing the in-process profile of {len(profiled)} variants: {', '.join(sorted(profiled))}")
+    for i, wave in enumerate(WAVES if archs else (), 1):
         configs = [(archs, size, mps, MEASURED_BATCHES, measured) for size, mps in wave]
         if i == len(WAVES):
             configs += [(check, size, mps, (b,), held) for size, mps, b in HELD_OUT]
@@ -258,7 +380,7 @@ def profile(apps: list[AppSpec], gpu: GpuType, base_env: dict[str, str], total_s
         for t in threads:
             t.join()
     rows = []
-    for name in archs:
+    for name in every:
         for size in sorted(gpu.shapes):
             for mps in MPS:
                 for b in BATCHES:
@@ -270,11 +392,24 @@ def profile(apps: list[AppSpec], gpu: GpuType, base_env: dict[str, str], total_s
                     p95, _, thr = v if v else (0.0, 0.0, 0.0)
                     rows.append({"variant": name, "gpu": gpu.name, "mig": size, "mps": mps, "batch": b,
                                  "latency_ms": round(p95, 3), "throughput_rps": round(thr, 1), "source": src})
+    served = Measured()
+    if probe is not None:
+        targets = calibration_archs(apps)
+        progress(f"calibration: segments {', '.join(f'{k}g x{m}' for k, m in CALIBRATION_WAVE)} at once, served by "
+                 f"tritonserver, variants {', '.join(targets)}")
+        threads = [threading.Thread(target=probe_config, args=(probe, targets, size, mps,
+                                                               emulation_env(gpu, size, mps, total_sms), served, progress))
+                   for size, mps in CALIBRATION_WAVE]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     report: dict[str, Any] = {"device": device, "gpu_type": gpu.name, "emulated_mig": True,
                               "waves": [[f"{size}g x{mps}" for size, mps in w] for w in WAVES],
                               "held_out": [f"{size}g x{mps} b{b}" for size, mps, b in HELD_OUT],
                               "measured_batches": list(MEASURED_BATCHES), "batches": list(BATCHES),
-                              "notes": measured.notes + held.notes, "validation": []}
+                              "notes": measured.notes + held.notes + served.notes, "validation": [],
+                              "reused_variants": sorted(profiled)}
     for (name, size, mps, b), v in sorted(held.points.items()):
         guess = interpolate(measured, name, gpu, size, mps, b)
         if v and guess:
@@ -285,19 +420,33 @@ def profile(apps: list[AppSpec], gpu: GpuType, base_env: dict[str, str], total_s
     if errs:
         report["validation_mean_abs_error_pct"] = round(float(np.mean(errs)), 1)
         report["validation_max_abs_error_pct"] = round(float(np.max(errs)), 1)
+    served_rows = rows
+    if probe is not None:
+        fit = fit_calibration(measured, served)
+        report["calibration"] = {"segments": [f"{k}g x{m}" for k, m in CALIBRATION_WAVE],
+                                 "batches": list(MEASURED_BATCHES), **fit}
+        served_rows = calibrated(rows, fit["offset_ms"], fit["factor"])
+        progress(f"calibration: served = {fit['offset_ms']:.3f} ms + {fit['factor']:.3f} x in-process "
+                 f"(fit error mean {fit['fit_mean_abs_error_pct']}%, max {fit['fit_max_abs_error_pct']}%)")
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["rows_measured"] = sum(r["source"] == "measured" for r in rows)
     report["rows_total"] = len(rows)
-    return ProfileRun(rows, report)
+    return ProfileRun(served_rows, rows, report)
 
 
-def run(apps: list[AppSpec], gpu: GpuType, out: str, progress: Callable[[str], None] = print) -> ProfileRun:
-    """Profile the variants of ``apps`` on GPU 0 of this machine (NVML inventory) under a private MPS daemon; write the
-    canonical CSV to ``out`` (plus a ``source`` column) and the report to ``<out>.report.json``."""
-    import csv
+def run(apps: list[AppSpec], gpu: GpuType, out: str, progress: Callable[[str], None] = print,
+        reuse: str | None = None) -> ProfileRun:
+    """Profile the variants of ``apps`` on GPU 0 of this machine (NVML inventory) under a private MPS
+    daemon, calibrated through a tritonserver; write the calibrated CSV to ``out`` (plus a ``source``
+    column), the in-process grid to ``<stem>.isolated.csv`` and the report to ``<out>.report.json``.
+    ``reuse``: an earlier ``.isolated.csv`` whose variants are not measured again."""
+    from contextlib import ExitStack
+    from pathlib import Path
 
     from orchestrator.inventory import detect
-    from orchestrator.server import MpsDaemon
+    from orchestrator.server import MpsDaemon, TritonServer, free_ports
+    from orchestrator.tritonenv import prepare_backend_dir, server_env
+    from tools.probe import Probe
 
     inventory = detect(None)
     if inventory.is_cpu_only:
@@ -307,13 +456,27 @@ def run(apps: list[AppSpec], gpu: GpuType, out: str, progress: Callable[[str], N
         raise RuntimeError(f"GPU 0 ({device.name}) has MIG enabled: profile on its MIG devices is not "
                            "implemented; this profiler emulates MIG with MPS on a GPU without MIG")
     total_sms = device.sms or gpu.whole.sms
-    with MpsDaemon() as mps:
-        base = {**os.environ, **mps.env(), "CUDA_VISIBLE_DEVICES": device.uuid}
-        result = profile(apps, gpu, base, total_sms, f"{device.name} (MIG emulated with MPS SM caps)", progress)
-    with open(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(result.rows[0]))
-        writer.writeheader()
-        writer.writerows(result.rows)
+    earlier = load_isolated(reuse, gpu) if reuse else None
+    with ExitStack() as stack:
+        mps = stack.enter_context(MpsDaemon())
+        visible = {"CUDA_VISIBLE_DEVICES": device.uuid}
+        base = {**os.environ, **mps.env(), **visible}
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jigsaw-profile-")))
+        (tmp / "repo").mkdir()
+        http, grpc, metrics = free_ports(3)
+        server = stack.enter_context(TritonServer(tmp / "repo", prepare_backend_dir(tmp / "backends"), load=(),
+                                                  http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                                  env={**server_env(), **mps.env(), **visible},
+                                                  log_path=tmp / "server.log"))
+        probe = Probe(server.grpc_url, tmp / "repo", WIDTH)
+        stack.callback(probe.close)
+        result = profile(apps, gpu, base, total_sms, f"{device.name} (MIG emulated with MPS SM caps)", progress,
+                         reuse=earlier, probe=probe)
+    for path, rows in ((out, result.rows), (isolated_path(out), result.isolated)):
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     with open(f"{out}.report.json", "w") as fh:
         json.dump(result.report, fh, indent=2)
     return result

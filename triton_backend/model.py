@@ -244,7 +244,7 @@ class _Runner:
         bindings = cfg.get("bindings", {}).get(group)
         if bindings:
             os.environ.update(bindings[int(index) % len(bindings)])  # before anything touches CUDA
-        self.run = build(cfg["runtime"], int(cfg["width"]), int(cfg.get("max_batch", 1)))
+        self.run = build(cfg["runtime"], int(cfg["width"]), int(cfg.get("max_batch", 1)), cfg.get("sizes"))
 
     def execute(self, requests: list) -> list:
         inputs = [pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy() for r in requests]

@@ -29,23 +29,26 @@ def numpy_mlp(width: int, in_width: int, depth: int = 2, hidden: int = 64, seed:
 
 
 def torch_model(width: int, in_width: int, arch: str, max_batch: int = 1, dtype: str = "float16",
-                seed: int = 0) -> Runner:
+                seed: int = 0, sizes: list[int] | None = None) -> Runner:
     """A real architecture on the GPU as captured CUDA graphs (triton_backend/zoo.py; imports torch). Rows
-    are descriptors of ``width`` features (``in_width`` is the same); the architecture fixes its own input."""
+    are descriptors of ``width`` features (``in_width`` is the same); the architecture fixes its own input.
+    ``sizes``: the batch sizes captured (default: ``zoo.batch_sizes(max_batch)``)."""
     from triton_backend.zoo import GraphRunner
-    return GraphRunner(arch, width, max_batch, dtype=dtype, seed=seed)
+    return GraphRunner(arch, width, max_batch, dtype=dtype, seed=seed, sizes=sizes)
 
 
 KINDS: dict[str, Callable[..., Runner]] = {"numpy_mlp": numpy_mlp, "torch": torch_model}
 
 
-def build(runtime: dict[str, Any], width: int, max_batch: int = 1) -> Runner:
+def build(runtime: dict[str, Any], width: int, max_batch: int = 1, sizes: list[int] | None = None) -> Runner:
     """Instantiate the variant described by ``runtime`` for tensors of ``width`` features and
-    batches of at most ``max_batch`` rows."""
+    batches of at most ``max_batch`` rows (a ``torch`` kind captures the batch ``sizes`` given)."""
     params = dict(runtime)
     kind = params.pop("kind", "numpy_mlp")
     if kind not in KINDS:
         raise ValueError(f"unknown variant runtime kind {kind!r} (known: {', '.join(KINDS)})")
     if kind == "torch":
         params["max_batch"] = max_batch
+        if sizes:
+            params["sizes"] = sizes
     return KINDS[kind](width=width, in_width=width, **params)

@@ -21,6 +21,7 @@ What runs per family:
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,22 +32,53 @@ from torch.overrides import TorchFunctionMode
 CAPTION_TOKENS = 20
 
 
-class DeviceScalars(TorchFunctionMode):
-    """``torch.tensor(<python scalar>, device=d)`` as a fill kernel on ``d``: made from host memory, it is
-    a host-to-device copy, which CUDA graph capture rejects (transformers' eager attention masks do
-    this, e.g. GIT's ``torch.where(mask, torch.tensor(0.0, device=...), min)``)."""
+class CaptureCopies(TorchFunctionMode):
+    """Host data a forward moves to the device, made capturable. CUDA graph capture rejects copies from
+    pageable host memory, which transformers' eager attention masks make (e.g. GIT's
+    ``torch.where(mask, torch.tensor(0.0, device=...), min)``, or ``torch.tensor(0.0)`` under a CUDA
+    default device). Inside this mode:
+
+    - ``torch.tensor(<python scalar>)`` bound for a device is a fill kernel there;
+    - other ``torch.tensor(data)`` bound for a CUDA device, and ``.to``/``.cuda`` of a CPU tensor onto
+      one, copy from a pinned host copy that ``keep`` holds for as long as the graph lives (a graph
+      replays the copy from that buffer).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.replaced = 0
+        self.keep: list[torch.Tensor] = []
+
+    @staticmethod
+    def _target(device: Any) -> torch.device:
+        return torch.device(device) if device is not None else torch.get_default_device()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        if (func is torch.tensor and len(args) == 1 and isinstance(args[0], (bool, int, float))
-                and kwargs.get("device") is not None and set(kwargs) <= {"device", "dtype"}):
-            self.replaced += 1
-            return torch.full((), args[0], device=kwargs["device"], dtype=kwargs.get("dtype"))
+        if func is torch.tensor and len(args) == 1 and set(kwargs) <= {"device", "dtype"}:
+            target = self._target(kwargs.get("device"))
+            if target.type != "cpu":
+                self.replaced += 1
+                if isinstance(args[0], (bool, int, float)):
+                    return torch.full((), args[0], device=target, dtype=kwargs.get("dtype"))
+                return self._pinned(torch.tensor(args[0], dtype=kwargs.get("dtype"), device="cpu"), target)
+        if func in (torch.Tensor.to, torch.Tensor.cuda) and args and isinstance(args[0], torch.Tensor):
+            src = args[0]
+            if src.device.type == "cpu" and torch.cuda.is_available() and not src.is_pinned():
+                target = torch._C._nn._parse_to(*args[1:], **kwargs)[0] if func is torch.Tensor.to else None
+                if func is torch.Tensor.cuda or (target is not None and target.type == "cuda"):
+                    self.replaced += 1
+                    return func(self._keep(src.pin_memory()), *args[1:], **kwargs)
         return func(*args, **kwargs)
+
+    def _keep(self, host: torch.Tensor) -> torch.Tensor:
+        self.keep.append(host)
+        return host
+
+    def _pinned(self, host: torch.Tensor, target: torch.device) -> torch.Tensor:
+        if target.type != "cuda":
+            return host.to(target)
+        return self._keep(host.pin_memory()).to(target, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -84,8 +116,23 @@ def _detector(name: str, size: int) -> Arch:
                 _image(size), _dense_head)
 
 
+def _hide_unusable_scipy() -> None:
+    """Make an installed scipy that cannot be imported here look absent, before transformers looks.
+
+    Runner stubs put numpy 1.x first on their path (the 2.51 Python backend needs it), while the host's
+    scipy may require numpy 2; transformers imports scipy whenever it is installed (object-detection
+    losses), and then no transformers model can be built. Absent, transformers skips it."""
+    try:
+        import scipy.optimize  # noqa: F401
+    except Exception:  # noqa: BLE001 (ImportError, or AttributeError such as numpy 1.x lacking np.long)
+        for name in [m for m in sys.modules if m == "scipy" or m.startswith("scipy.")]:
+            del sys.modules[name]
+        sys.modules["scipy"] = None  # type: ignore[assignment]  # importlib.util.find_spec -> None
+
+
 def _git(vision: dict[str, int]) -> Arch:
     def build() -> torch.nn.Module:
+        _hide_unusable_scipy()
         from transformers import GitConfig, GitForCausalLM
         return GitForCausalLM(GitConfig(vision_config=vision, hidden_size=768, num_hidden_layers=6,
                                         num_attention_heads=12, intermediate_size=3072))
@@ -147,6 +194,13 @@ class GraphRunner:
         self.model = model
         self.sizes = sorted(sizes) if sizes else batch_sizes(max_batch)
         self.graphs: dict[int, tuple[Any, dict[str, torch.Tensor], torch.Tensor]] = {}
+        self._kept: list[list[torch.Tensor]] = []  # pinned host buffers the graphs copy from
+        # host staging buffers (pinned on CUDA, so copies are asynchronous) and a blocking-sync event:
+        # a spinning wait would hold a CPU core per runner instance while its batch runs
+        pinned = self.device.type == "cuda"
+        self._shift = torch.zeros(self.max_batch, pin_memory=pinned)
+        self._result = torch.zeros(self.max_batch, self.width, pin_memory=pinned)
+        self._done = torch.cuda.Event(blocking=True) if pinned else None
         with torch.inference_mode():
             for b in self.sizes:
                 self.graphs[b] = self._capture(b)
@@ -158,7 +212,9 @@ class GraphRunner:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         # tensors a forward creates without a device (masks, positions) must not be CPU copies in the graph
-        with torch.device(self.device), DeviceScalars():
+        copies = CaptureCopies()
+        self._kept.append(copies.keep)
+        with torch.device(self.device), copies:
             with torch.cuda.stream(stream):
                 for _ in range(3):  # warm-up (cuDNN autotuning, lazy init) outside the graph
                     self.spec.forward(self.model, inputs)
@@ -185,11 +241,15 @@ class GraphRunner:
         batch = next(b for b in self.sizes if b >= n)
         _, inputs, _ = self.graphs[batch]
         with torch.inference_mode():
-            shift = torch.from_numpy(np.ascontiguousarray(rows.mean(axis=1, dtype=np.float32)))
+            shift = self._shift[:n]
+            shift.copy_(torch.from_numpy(np.ascontiguousarray(rows.mean(axis=1, dtype=np.float32))))
             x = inputs["x"]
-            x[:n].copy_(x[:n] * 0.5 + shift.to(self.device, self.dtype).view(n, 1, 1, 1))
+            x[:n].copy_(x[:n] * 0.5 + shift.to(self.device, self.dtype, non_blocking=True).view(n, 1, 1, 1))
             out = self.run_batch(batch)
             flat = out[:n].reshape(n, -1)[:, :self.width].float()
-            result = torch.zeros(n, self.width)
-            result[:, :flat.shape[1]] = flat.cpu()
-        return result.numpy()
+            result = self._result[:n]
+            result[:, :flat.shape[1]].copy_(flat, non_blocking=True)
+            if self._done is not None:
+                self._done.record()
+                self._done.synchronize()  # blocks the thread instead of spinning on a CPU core
+        return result.numpy().copy()
