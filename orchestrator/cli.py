@@ -526,7 +526,7 @@ def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str
 
     import tritonclient.grpc as grpcclient
 
-    from .control import apply as apply_plan, control_headers
+    from .control import Applier, control_headers
     from .controller import Controller, EventLog, Policy
     from .experiment import FORECASTERS
     from .inventory import detect
@@ -543,9 +543,9 @@ def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str
     headers = control_headers(key, grpc=True)
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit)
+    applier = Applier(repo, client, headers, progress=echo)
     controller = Controller(app, profiles, gpu, opts, detect(inventory), repo, metrics_url, FORECASTERS[forecaster](),
-                            EventLog(Path(events), time.time()), Policy(headroom=headroom),
-                            apply_plan=lambda rendered: apply_plan(rendered, repo, client, headers, progress=echo),
+                            EventLog(Path(events), time.time()), Policy(headroom=headroom), apply_plan=applier,
                             progress=echo)
     controller.plan = current
     echo(f"watching {app.name} at {url} (metrics {metrics_url}) every {interval:g} s; plan for "
@@ -555,6 +555,7 @@ def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str
     except KeyboardInterrupt:
         echo("stopped")
     finally:
+        applier.wait()
         client.close()
 
 

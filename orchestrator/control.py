@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class ApplyReport:
     loaded: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     unloaded: list[str] = field(default_factory=list)
+    draining: threading.Thread | None = None  # unloads the old runners after the drain (background apply)
 
 
 class _LoadFailed(Exception):
@@ -92,14 +94,15 @@ def _load(client: grpcclient.InferenceServerClient, headers: dict[str, str] | No
 
 def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClient,
           headers: dict[str, str] | None = None, progress: Callable[[str], None] = lambda _: None,
-          drain_s: float | None = None) -> ApplyReport:
+          drain_s: float | None = None, background: bool = False) -> ApplyReport:
     """Apply ``rendered`` to the server behind ``client`` serving ``repo``.
 
     ``client`` must be a tritonclient.grpc client: the runner loads share it from several threads (a
     gRPC channel is thread-safe; tritonclient.http's connection pool is not). Runners the new plan
     drops are unloaded ``drain_s`` seconds after the new graph model took over (default: twice the
     app's latency SLO, at least ``MIN_DRAIN_S``: late requests stay longer): requests still in the old
-    one finish on them."""
+    one finish on them. With ``background``, that drain and unload run in ``report.draining`` and the
+    call returns as soon as the new plan serves; join it before the next apply (``Applier`` does)."""
     old = _old_configs(repo)
     backup = repo.with_name(repo.name + ".previous")
     if backup.exists():
@@ -121,17 +124,53 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
         _rollback(client, headers, old, moved, backup, repo)
         raise RuntimeError(f"apply failed while loading {failed.name}: {failed.exc}; rolled back, the old plan "
                            "keeps serving") from None
-    gone = sorted(set(old) - set(rendered.configs))
-    if gone:
-        wait_s = drain_s if drain_s is not None else max(MIN_DRAIN_S, 2 * float(rendered.manifest.get("latency_slo_ms", 0)) / 1000)
-        time.sleep(wait_s)
-    for name in gone:
-        progress(f"unloading {name}")
-        client.unload_model(name, headers=headers)
-        report.unloaded.append(name)
     write_repository(rendered, repo)
     shutil.rmtree(backup)
+    gone = sorted(set(old) - set(rendered.configs))
+    wait_s = drain_s if drain_s is not None else max(MIN_DRAIN_S, 2 * float(rendered.manifest.get("latency_slo_ms", 0)) / 1000)
+
+    def retire() -> None:
+        time.sleep(wait_s)
+        for name in gone:
+            progress(f"unloading {name}")
+            try:
+                client.unload_model(name, headers=headers)
+            except InferenceServerException as exc:
+                if not background:
+                    raise
+                progress(f"unloading {name} failed: {exc}")  # nobody to raise to: it keeps its memory only
+                continue
+            report.unloaded.append(name)
+
+    if gone and background:
+        report.draining = threading.Thread(target=retire, name="jigsaw-drain", daemon=True)
+        report.draining.start()
+    elif gone:
+        retire()
     return report
+
+
+class Applier:
+    """``apply`` for a controller: returns once the new plan serves (the old runners drain and unload
+    in the background), and waits for the previous drain before starting the next apply, so that an
+    unload never races a later load."""
+
+    def __init__(self, repo: Path, client: grpcclient.InferenceServerClient, headers: dict[str, str] | None = None,
+                 progress: Callable[[str], None] = lambda _: None) -> None:
+        self.repo, self.client, self.headers, self.progress = repo, client, headers, progress
+        self._draining: threading.Thread | None = None
+
+    def __call__(self, rendered: Rendered) -> ApplyReport:
+        self.wait()
+        report = apply(rendered, self.repo, self.client, self.headers, self.progress, background=True)
+        self._draining = report.draining
+        return report
+
+    def wait(self) -> None:
+        """Until the last apply's old runners are unloaded."""
+        if self._draining is not None:
+            self._draining.join()
+            self._draining = None
 
 
 def _rollback(client: grpcclient.InferenceServerClient, headers: dict[str, str] | None,

@@ -56,7 +56,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
     from tools.loadgen import run_load
     from tools.trace import arrivals
 
-    from .control import apply, control_headers
+    from .control import Applier, control_headers
     from .server import MpsDaemon, TritonServer, free_ports
     from .tritonenv import prepare_backend_dir, server_env
 
@@ -98,8 +98,9 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         stack.callback(client.close)
         headers = control_headers(key, grpc=True)
         controller.metrics_url = server.metrics_url
-        controller.apply_plan = lambda rendered: apply(rendered, repo, client, headers,
-                                                       progress=lambda line: progress(f"  {line}"))
+        applier = Applier(repo, client, headers, progress=lambda line: progress(f"  {line}"))
+        stack.callback(applier.wait)
+        controller.apply_plan = applier
         stop = threading.Event()
         start_at = time.time() + SETTLE_S  # the load and the controller's clock start together
         events.origin = start_at

@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 
 from conftest import ROOT
 from orchestrator.appspec import parse_app
-from orchestrator.control import apply, control_headers
+from orchestrator.control import Applier, apply, control_headers
 from orchestrator.gpus import gpu_type
 from orchestrator.inventory import Inventory
 from orchestrator.planner import PlanOptions, make_plan
@@ -200,3 +200,21 @@ def test_graph_model_queue_rejects_what_cannot_make_the_slo() -> None:
     slack_ms = app.latency_slo_ms - max(sum(fastest[t] for t in p.tasks) for p in app.paths)
     assert policy.timeout_action == policy.REJECT
     assert policy.default_timeout_microseconds == int(max(slack_ms, 0.1 * app.latency_slo_ms) * 1000)
+
+
+def test_applier_returns_before_the_drain_and_waits_for_it_next_time(server) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    apply(build_configs(_plan(200), CPU), server.repo, client, control_headers(KEY, True), drain_s=0.5)
+    applier = Applier(server.repo, client, control_headers(KEY, True))
+    before = _runners(client)
+    first = build_configs(_plan(30), CPU)
+    report = applier(first)
+    new = {n for n in first.configs if n.count("__") == 3}
+    gone = before - new
+    assert gone, "the two plans must differ in their runners"
+    assert report.draining is not None and report.draining.is_alive()
+    assert all(client.is_model_ready(n) for n in new | gone) and report.unloaded == []  # old ones still up
+    applier(build_configs(_plan(60), CPU))                                # waits for that drain first
+    assert not report.draining.is_alive() and set(report.unloaded) == gone
+    assert not any(client.is_model_ready(n) for n in gone - set(build_configs(_plan(60), CPU).configs))
+    applier.wait()

@@ -94,6 +94,10 @@ def test_summary_numbers(run_dir: Path) -> None:
         (10.0, "forecast above capacity", None)]
     assert s["run"] == INFO
     assert s["warnings"] == []
+    # per tenth of the run (no trace duration in run.json: up to the last event, 40 s): 0-4, 4-8, 8-12 s, ...
+    assert s["windows"]["edges_s"][:4] == [0.0, 4.0, 8.0, 12.0]
+    assert s["windows"]["requests"] == [4, 4, 2] + [0] * 7
+    assert s["windows"]["violations_pct"] == [0.0, 50.0, 100.0] + [0.0] * 7
 
 
 def test_accuracy_from_variant_items(run_dir: Path) -> None:
@@ -156,6 +160,7 @@ def test_empty_run(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", [], [])
     s = summarize(run)
     assert s["requests"]["total"] == 0 and s["slo_violation_rate"] is None and s["goodput_rps"] is None
+    assert s["windows"] is None
     assert s["latency_ms"]["p99"] is None and s["slices"]["mean"] is None
     assert s["accuracy"]["source"] is None and "no plan" in s["accuracy"]["note"]
     assert s["plan_changes"] == {"count": 0, "changes": []} and s["initial_plan"] is None

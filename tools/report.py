@@ -328,6 +328,19 @@ def _percentile(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if values.size else None
 
 
+WINDOWS = 10  # the summary's violation rates per tenth of the replayed trace
+
+
+def _windows(req: Requests, span_s: float) -> dict[str, list[float]]:
+    """Requests (by scheduled time) and their SLO violation rate (%) per tenth of ``span_s``."""
+    edges = np.linspace(0.0, span_s, WINDOWS + 1)
+    index = np.clip(np.searchsorted(edges, req.scheduled_s, side="right") - 1, 0, WINDOWS - 1)
+    counts = np.bincount(index, minlength=WINDOWS)
+    bad = np.bincount(index, weights=(req.outcome != "ok").astype(float), minlength=WINDOWS)
+    return {"edges_s": [round(float(e), 3) for e in edges], "requests": [int(c) for c in counts],
+            "violations_pct": [round(100 * float(b / c), 2) if c else 0.0 for b, c in zip(bad, counts)]}
+
+
 def summarize(run_dir: str | Path) -> dict[str, Any]:
     """The run's JSON summary; also written to ``RUN/summary.json``."""
     run = load_run(run_dir)
@@ -341,6 +354,7 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         "duration_s": end,
         "requests": {"total": total, **{o: req.count(o) for o in OUTCOMES}},
         "slo_violation_rate": (total - req.count("ok")) / total if total else None,
+        "windows": _windows(req, float(run.info.get("duration_s") or end)) if total else None,
         "goodput_rps": req.count("ok") / end if end > 0 else None,
         "latency_ms": {"answered": int(answered.size),
                        **{f"p{q}": _percentile(answered, q) for q in (50, 95, 99)}},

@@ -21,6 +21,8 @@ What runs per family:
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -116,24 +118,40 @@ def _detector(name: str, size: int) -> Arch:
                 _image(size), _dense_head)
 
 
-def _hide_unusable_scipy() -> None:
-    """Make an installed scipy that cannot be imported here look absent, before transformers looks.
+# optional packages transformers imports whenever they are installed, built against numpy's C API, in
+# dependency order (scikit-learn needs scipy), with the modules of theirs it imports (scipy loads its
+# submodules lazily: a plain ``import scipy`` succeeds where ``scipy.optimize`` fails)
+NUMPY_BUILT = {"scipy": ("scipy.optimize", "scipy.sparse"), "sklearn": ("sklearn.metrics",), "pandas": ("pandas",),
+               "numba": ("numba",), "cv2": ("cv2",)}
+HIDDEN: list[str] = []
+
+
+def hide_unusable(packages: dict[str, tuple[str, ...]] = NUMPY_BUILT) -> list[str]:
+    """Make each of ``packages`` that is installed but fails to import here look absent; the hidden ones.
 
     Runner stubs put numpy 1.x first on their path (the 2.51 Python backend needs it), while the host's
-    scipy may require numpy 2; transformers imports scipy whenever it is installed (object-detection
-    losses), and then no transformers model can be built. Absent, transformers skips it."""
-    try:
-        import scipy.optimize  # noqa: F401
-    except Exception:  # noqa: BLE001 (ImportError, or AttributeError such as numpy 1.x lacking np.long)
-        for name in [m for m in sys.modules if m == "scipy" or m.startswith("scipy.")]:
-            del sys.modules[name]
-        sys.modules["scipy"] = None  # type: ignore[assignment]  # importlib.util.find_spec -> None
+    packages may be built for numpy 2 (on the H200, ``transformers.generation`` imports scikit-learn,
+    which imports scipy, which raises AttributeError on ``np.long``). transformers imports such optional
+    packages whenever ``importlib.util.find_spec`` finds them, and then no model can be built; with
+    ``sys.modules[pkg] = None`` find_spec says they are absent, and transformers skips them."""
+    for pkg, modules in packages.items():
+        if pkg in HIDDEN or importlib.util.find_spec(pkg) is None:
+            continue
+        try:
+            for module in modules:
+                importlib.import_module(module)
+        except Exception:  # noqa: BLE001 (ImportError, AttributeError, ValueError: any failure hides it)
+            for name in [m for m in sys.modules if m.split(".")[0] == pkg]:
+                del sys.modules[name]
+            sys.modules[pkg] = None  # type: ignore[assignment]
+            HIDDEN.append(pkg)
+    return list(HIDDEN)
 
 
 def _git(vision: dict[str, int]) -> Arch:
     def build() -> torch.nn.Module:
-        _hide_unusable_scipy()
-        from transformers import GitConfig, GitForCausalLM
+        hide_unusable()
+        from transformers.models.git.modeling_git import GitConfig, GitForCausalLM
         return GitForCausalLM(GitConfig(vision_config=vision, hidden_size=768, num_hidden_layers=6,
                                         num_attention_heads=12, intermediate_size=3072))
 
