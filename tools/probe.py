@@ -89,9 +89,8 @@ class Probe:
             t.start()
         for t in threads:
             t.join()
-        real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
-        if real or errors:
-            raise (real or errors)[0]
+        if errors:  # the first real failure, not the barrier it broke for the other clients
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
         every = np.concatenate([np.asarray(t) for t in times])
         return Timing(float(np.percentile(every, 95)), float(every.mean()),
                       float(sum(batch / np.mean(t) * 1000 for t in times)), int(len(every)))
