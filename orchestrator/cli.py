@@ -223,7 +223,7 @@ def apply(plan_path: str, repo_path: str, url: str, control_key: str | None, inv
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"applied: {len(report.loaded)} loaded, {len(report.unchanged)} unchanged, "
-               f"{len(report.unloaded)} unloaded")
+               f"{len(report.unloaded)} unloaded" + "".join(f"; {g} rerouted in place" for g in report.rerouted))
 
 
 @cli.command()

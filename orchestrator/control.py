@@ -2,12 +2,16 @@
 
 Order: write the new configs beside the old ones; load new and changed variant runners,
 ``LOAD_THREADS`` at a time (an instance-count-only change is applied in place by Triton); once all
-are ready, the graph model clients call (Triton loads the new copy in the background and swaps it in
-when ready; requests in flight finish on the old one); last, after those had time to finish
-(``drain_s``), unload the runners the new plan no longer uses. If any load fails, no further load
-starts and those in flight finish; then every model already moved is loaded again with its old
-config, the runners added are unloaded, the old files are restored, and the error is raised: the old
-plan keeps serving.
+are ready, replace the graph model's routing file (atomically): its instances take the new routing at
+their next execute, with no reload. Only when the graph model's config itself changed (another app
+shape, or it is not loaded) is it loaded too, after the routing file (Triton loads the new copy in
+the background and swaps it in when ready; requests in flight finish on the old one). Last, after
+the instances switched and the requests that started on the old routing had time to finish
+(``drain_s``: by default twice the SLO, at least ``MIN_DRAIN_S``), unload the runners the new plan
+no longer uses. If any load fails, no further load starts and those in flight finish; then the old
+routing file is put back if it had been replaced (and the instances given the drain to return to
+it), every model already moved is loaded again with its old config, the runners added are unloaded,
+the old files are restored, and the error is raised: the old plan keeps serving.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from .errors import InputError
-from .render import MANIFEST, Rendered, write_repository
+from .render import MANIFEST, Rendered, routing_path, write_repository, write_routing
 from .server import CONTROL_HEADER, GRPC_CONTROL_HEADER, LOAD_THREADS
 
 MIN_DRAIN_S = 5.0
@@ -37,6 +41,7 @@ class ApplyReport:
     loaded: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     unloaded: list[str] = field(default_factory=list)
+    rerouted: list[str] = field(default_factory=list)  # graph models that took the new routing in place, unreloaded
     draining: threading.Thread | None = None  # unloads the old runners after the drain (background apply)
 
 
@@ -92,18 +97,35 @@ def _load(client: grpcclient.InferenceServerClient, headers: dict[str, str] | No
             future.result()  # raises the first failure
 
 
+def _reroute(rendered: Rendered, repo: Path, progress: Callable[[str], None]) -> str | None:
+    """Write the graph model's new routing file; the routing it replaced (None: there was none, or it
+    is unchanged)."""
+    path = routing_path(repo, rendered.graph)
+    previous = path.read_text() if path.is_file() else None
+    if not write_routing(path, rendered.routing_text()):
+        return None
+    progress(f"new routing for {rendered.graph}")
+    return previous
+
+
 def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClient,
           headers: dict[str, str] | None = None, progress: Callable[[str], None] = lambda _: None,
           drain_s: float | None = None, background: bool = False) -> ApplyReport:
     """Apply ``rendered`` to the server behind ``client`` serving ``repo``.
 
     ``client`` must be a tritonclient.grpc client: the runner loads share it from several threads (a
-    gRPC channel is thread-safe; tritonclient.http's connection pool is not). Runners the new plan
-    drops are unloaded ``drain_s`` seconds after the new graph model took over (default: twice the
-    app's latency SLO, at least ``MIN_DRAIN_S``: late requests stay longer): requests still in the old
-    one finish on them. With ``background``, that drain and unload run in ``report.draining`` and the
-    call returns as soon as the new plan serves; join it before the next apply (``Applier`` does)."""
+    gRPC channel is thread-safe; tritonclient.http's connection pool is not). A model whose config is
+    unchanged and that is ready is left alone: the graph model then takes the new routing in place
+    (``report.rerouted``). Runners the new plan drops are unloaded ``drain_s`` seconds after the new
+    routing was written (default: twice the app's latency SLO, at least ``MIN_DRAIN_S``: late
+    requests stay longer): requests that started on the old routing finish on them. With
+    ``background``, that drain and unload run in ``report.draining`` and the call returns as soon as
+    the new plan serves; join it before the next apply (``Applier`` does)."""
     old = _old_configs(repo)
+    report = ApplyReport()
+    for name in sorted(rendered.configs, key=lambda n: (_order(n, rendered.configs[n]), n)):
+        same = old.get(name) == rendered.configs[name] and client.is_model_ready(name)
+        (report.unchanged if same else report.loaded).append(name)
     backup = repo.with_name(repo.name + ".previous")
     if backup.exists():
         shutil.rmtree(backup)
@@ -111,23 +133,28 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
     for name, cfg in rendered.configs.items():  # new model directories must exist before loading
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
-    report = ApplyReport()
-    for name in sorted(rendered.configs, key=lambda n: (_order(n, rendered.configs[n]), n)):
-        (report.unchanged if old.get(name) == rendered.configs[name] else report.loaded).append(name)
+    wait_s = drain_s if drain_s is not None else max(MIN_DRAIN_S, 2 * float(rendered.manifest.get("latency_slo_ms", 0)) / 1000)
     moved: list[str] = []
+    replaced: str | None = None
     try:
-        for order in (0, 1):  # runners, then the graph model once all of them are ready
-            _load(client, headers, rendered, [n for n in report.loaded if _order(n, rendered.configs[n]) == order],
-                  moved, progress)
+        _load(client, headers, rendered, [n for n in report.loaded if _order(n, rendered.configs[n]) == 0],
+              moved, progress)
+        replaced = _reroute(rendered, repo, progress)  # every runner it names is ready now
+        _load(client, headers, rendered, [n for n in report.loaded if _order(n, rendered.configs[n]) == 1],
+              moved, progress)
     except _LoadFailed as failed:
         progress(f"load failed, rolling back: {failed.exc}")
+        if replaced is not None:
+            write_routing(routing_path(repo, rendered.graph), replaced)
+            time.sleep(wait_s)  # the instances return to the old routing before runners they used are unloaded
         _rollback(client, headers, old, moved, backup, repo)
         raise RuntimeError(f"apply failed while loading {failed.name}: {failed.exc}; rolled back, the old plan "
                            "keeps serving") from None
+    if replaced is not None and rendered.graph in report.unchanged:
+        report.rerouted.append(rendered.graph)
     write_repository(rendered, repo)
     shutil.rmtree(backup)
     gone = sorted(set(old) - set(rendered.configs))
-    wait_s = drain_s if drain_s is not None else max(MIN_DRAIN_S, 2 * float(rendered.manifest.get("latency_slo_ms", 0)) / 1000)
 
     def retire() -> None:
         time.sleep(wait_s)

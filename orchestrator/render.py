@@ -4,7 +4,10 @@ Models (``<app>`` is the app name):
   <app>                      the graph model clients call: INPUT [1, items, width] -> <sink>_OUTPUT
                              [1, items', width] per sink task (batch dimension of 1 request); it
                              stamps deadlines and runs every task's stage (EDF, early drop,
-                             weighted routing, fan-out), calling the runners by BLS
+                             weighted routing, fan-out), calling the runners by BLS. Its config
+                             depends on the app only; the plan's routing (runners, shares,
+                             latencies) is ``<app>/routing.json``, which its instances re-read
+                             when it changes, so a new plan is applied without reloading it
   <app>__<task>__<variant>__<k>g<m>p<b>b
                              a variant runner: one instance group per segment (``seg<i>``), one
                              instance per MPS process, bound to its MIG device / MPS share / CPU
@@ -13,6 +16,7 @@ Every rendered config is parsed into tritonclient's ModelConfig protobuf before 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,19 +37,45 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository_templates
 GRAPH_INSTANCES = 8
 MAX_REQUESTS = 4  # requests the graph model takes in one execute (dynamic batching)
 MANIFEST = "jigsaw.json"
-MIN_QUEUE_TIMEOUT = 0.1  # the graph model's queue timeout is at least this fraction of the latency SLO
+ROUTING = "routing.json"  # in the graph model's directory
 
 
 @dataclass
 class Rendered:
-    """The repository's models as validated protobufs, plus the manifest written beside them."""
+    """The repository's models as validated protobufs, the graph model's routing file and the
+    manifest written beside them."""
 
     configs: dict[str, model_config_pb2.ModelConfig]
     manifest: dict[str, Any] = field(default_factory=dict)
+    routing: dict[str, Any] = field(default_factory=dict)
 
     def config_json(self, name: str) -> str:
         """A model's config as the JSON that Triton's load API takes as an override."""
         return json_format.MessageToJson(self.configs[name], preserving_proto_field_name=True)
+
+    @property
+    def graph(self) -> str:
+        """The graph model's name (the app's)."""
+        return self.manifest["model"]
+
+    def routing_text(self) -> str:
+        """The content of the graph model's routing file."""
+        return json.dumps(self.routing, indent=1, sort_keys=True) + "\n"
+
+
+def routing_path(repo: Path, graph: str) -> Path:
+    return repo / graph / ROUTING
+
+
+def write_routing(path: Path, text: str) -> bool:
+    """Replace ``path`` with ``text`` atomically (a temporary file beside it, then ``os.replace``), so
+    that the graph instances never read half of it; False, writing nothing, when it already holds it."""
+    if path.is_file() and path.read_text() == text:
+        return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return True
 
 
 def runner_name(app: str, e: Entry) -> str:
@@ -123,37 +153,41 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
         configs[name] = runner_config(name, width, e.batch, runtime, groups,
                                       {f"seg{b.key.index}": [dict(p.env) for p in b.processes] for b in segs},
                                       queue_delay_us=int(e.latency_ms * 1000 * batch_wait_fraction))
-    fastest = _fastest(plan)
-    downstream = _downstream(app, fastest)
-    tasks, sinks = [], []
-    for t in app.tasks:  # topological order
-        children = [e for e in app.edges if e.src == t.name]
-        if not children:
-            sinks.append(f"{t.name}_OUTPUT")
-        routes = [{"model": runner_name(app.name, e), "variant": e.variant, "share": e.share, "batch": e.batch,
-                   "latency_ms": e.latency_ms} for e in plan.entries if e.task == t.name and e.share > 0]
-        if not routes:
-            raise InputError(f"plan JSON: task {t.name} has no entry with a positive share")
-        tasks.append({"task": t.name, "parents": [e.src for e in app.parents(t.name)], "routes": routes,
-                      "children": {e.dst: {"factor": e.factor, "factors": dict(e.factors)} for e in children},
-                      "downstream_ms": downstream[t.name]})
-    # a request still queued for the graph model after this long cannot make its SLO even on the
-    # fastest routes: Triton rejects it there, so a backlog never outlives an overload
-    critical_ms = max(fastest[t.name] + downstream[t.name] for t in app.tasks if not app.parents(t.name))
-    queue_timeout_us = int(max(app.latency_slo_ms - critical_ms, MIN_QUEUE_TIMEOUT * app.latency_slo_ms) * 1000)
-    add("graph.pbtxt.j2", app.name, outputs=sinks, instances=GRAPH_INSTANCES, max_requests=MAX_REQUESTS,
-        queue_timeout_us=queue_timeout_us,
-        settings={"role": "graph", "app": app.name, "slo_ms": app.latency_slo_ms, "width": width, "tasks": tasks})
+    tasks = [{"task": t.name, "parents": [e.src for e in app.parents(t.name)],
+              "children": {e.dst: {"factor": e.factor, "factors": dict(e.factors)}
+                           for e in app.edges if e.src == t.name}} for t in app.tasks]  # topological order
+    # a request still queued for the graph model after the whole SLO cannot make it: Triton rejects it
+    # there, so a backlog never outlives an overload (the stages' early drop, which knows the plan,
+    # catches the rest)
+    add("graph.pbtxt.j2", app.name, outputs=[f"{t['task']}_OUTPUT" for t in tasks if not t["children"]],
+        instances=GRAPH_INSTANCES, max_requests=MAX_REQUESTS, queue_timeout_us=int(app.latency_slo_ms * 1000),
+        settings={"role": "graph", "app": app.name, "slo_ms": app.latency_slo_ms, "width": width, "tasks": tasks,
+                  "routing": ROUTING})
     manifest = {"app": app.name, "model": app.name, "latency_slo_ms": app.latency_slo_ms,
                 "gpu_type": plan.gpu_type, "uses_mps": uses_mps(bindings),
                 "inventory": inventory.source, "models": sorted(configs),
                 "bindings": {label: [p.description for p in b.processes] for label, b in sorted(bindings.items())}}
-    return Rendered(configs, manifest)
+    return Rendered(configs, manifest, _routing(plan, app))
+
+
+def _routing(plan: Plan, app: AppSpec) -> dict[str, Any]:
+    """The graph model's routing file: per task, the runners with their shares, max batch and p95,
+    and the fastest remaining latency after it (for the early drop)."""
+    downstream = _downstream(app, _fastest(plan))
+    tasks: dict[str, Any] = {}
+    for t in app.tasks:
+        routes = [{"model": runner_name(app.name, e), "variant": e.variant, "share": e.share, "batch": e.batch,
+                   "latency_ms": e.latency_ms} for e in plan.entries if e.task == t.name and e.share > 0]
+        if not routes:
+            raise InputError(f"plan JSON: task {t.name} has no entry with a positive share")
+        tasks[t.name] = {"routes": routes, "downstream_ms": downstream[t.name]}
+    return {"tasks": tasks}
 
 
 def write_repository(rendered: Rendered, out: Path) -> None:
-    """Write ``<model>/config.pbtxt`` and an empty version directory per model, and the manifest.
-    Model directories of an earlier render that the new one lacks are removed."""
+    """Write ``<model>/config.pbtxt`` and an empty version directory per model, the graph model's
+    routing file (atomically) and the manifest. Model directories of an earlier render that the new
+    one lacks are removed."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.iterdir():
         if old.is_dir() and (old / "config.pbtxt").exists() and old.name not in rendered.configs:
@@ -161,4 +195,5 @@ def write_repository(rendered: Rendered, out: Path) -> None:
     for name, cfg in rendered.configs.items():
         (out / name / "1").mkdir(parents=True, exist_ok=True)
         (out / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+    write_routing(routing_path(out, rendered.graph), rendered.routing_text())
     (out / MANIFEST).write_text(json.dumps(rendered.manifest, indent=2) + "\n")

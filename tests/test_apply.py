@@ -1,4 +1,5 @@
-"""jigsaw apply against a real tritonserver: zero failed requests under load, and rollback."""
+"""jigsaw apply against a real tritonserver: zero failed requests under load, routing swapped in place
+(the graph model is not reloaded), and rollback."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,9 @@ from orchestrator.gpus import gpu_type
 from orchestrator.inventory import Inventory
 from orchestrator.planner import PlanOptions, make_plan
 from orchestrator.profiles import load_profiles
-from orchestrator.render import build_configs, write_repository
+from google.protobuf import text_format
+
+from orchestrator.render import build_configs, routing_path, write_repository
 from orchestrator.server import LOAD_THREADS, TritonServer, free_ports
 from orchestrator.tritonenv import prepare_backend_dir, server_env
 
@@ -26,13 +29,13 @@ CPU = Inventory(gpus=(), source="test: cpu")
 KEY = "test-key"
 
 
-def _plan(demand: float, features: str = "ast"):
+def _plan(demand: float, features: str = "ast", slo_ms: float = 2000):
     from orchestrator.features import Features
     # A generous SLO: while Triton starts the new models' stub processes, the 2-core test machine can
     # stall requests past the example's 250 ms, and the stages would then drop them (an SLO outcome,
     # tested in test_serving.py, not an apply failure; seen in CI-like runs).
     doc = yaml.safe_load((ROOT / "examples" / "cpu" / "app.yaml").read_text())
-    app = parse_app({**doc, "latency_slo_ms": 2000}, origin="examples/cpu/app.yaml, SLO 2 s")
+    app = parse_app({**doc, "latency_slo_ms": slo_ms}, origin=f"examples/cpu/app.yaml, SLO {slo_ms:g} ms")
     return make_plan(app, load_profiles(ROOT / "examples" / "cpu" / "profiles.csv"), gpu_type("cpu"), demand,
                      PlanOptions(gpus=12, features=Features.parse(features)))
 
@@ -120,21 +123,56 @@ def _runners(client) -> set[str]:
             if m.state == "READY" and m.name.count("__") == 3}
 
 
-def test_apply_under_load_fails_no_request(server) -> None:
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+def _graph_requests(client) -> int:
+    """Requests the graph model has served since Triton loaded it (a reload starts again from 0)."""
+    return client.get_inference_statistics("cpudemo").model_stats[0].inference_stats.success.count
+
+
+def _requests(client, names: set[str]) -> dict[str, int]:
+    return {n: client.get_inference_statistics(n).model_stats[0].inference_stats.success.count for n in names}
+
+
+def test_routing_change_is_swapped_in_place_under_load(server) -> None:
+    client = Recording(grpcclient.InferenceServerClient(server.grpc_url))
     before = _runners(client)
     new = build_configs(_plan(90), CPU)
     with Load(server.grpc_url) as load:
         time.sleep(1.0)
+        served_before, ok_before = _graph_requests(client), load.ok
         report = apply(new, server.repo, client, control_headers(KEY, True))
         served_during = load.ok
         time.sleep(1.0)
     assert load.errors == []
-    assert load.ok > served_during > 0
+    assert load.ok > served_during > ok_before > 0
     after = _runners(client)
     assert after == {n for n in new.configs if n.count("__") == 3}
-    assert report.loaded and (before != after)
+    added = after - before
+    assert added and before - after and added <= set(report.loaded) and "cpudemo" not in report.loaded
     assert set(report.unloaded) == before - after
+    # the graph model took the new routing without a reload: no load call, and Triton's request count
+    # of the same loaded copy kept growing by what the clients got (a new copy would count from 0)
+    assert report.rerouted == ["cpudemo"] and "cpudemo" in report.unchanged
+    assert "cpudemo" not in client.names("start")
+    assert served_before > 10
+    assert _graph_requests(client) - served_before >= load.ok - ok_before - 3  # those in flight at the first read
+    assert routing_path(server.repo, "cpudemo").read_text() == new.routing_text()
+    assert all(n > 0 for n in _requests(client, added).values())  # the new runners took the traffic
+
+
+def test_half_written_routing_file_keeps_the_routing(server) -> None:
+    path = routing_path(server.repo, "cpudemo")
+    good = path.read_text()
+    with Load(server.grpc_url, threads=2) as load:
+        time.sleep(0.5)
+        path.write_text(good[:len(good) // 2])  # not atomic, as a crashed writer would leave it
+        time.sleep(1.0)
+        path.write_text('{"tasks": {"det": {}}}')
+        time.sleep(1.0)
+        path.write_text(good)
+        time.sleep(0.5)
+    assert load.errors == [] and load.ok > 20
+    log = server.log_path.read_text()
+    assert "routing.json unusable (JSONDecodeError" in log and "keeping the routing" in log
 
 
 def test_failed_apply_rolls_back(server) -> None:
@@ -160,14 +198,47 @@ def test_apply_needs_the_control_key(server) -> None:
 
 
 def test_runners_load_concurrently_then_the_graph(server) -> None:
+    """Another SLO changes the graph model's config: it is loaded, after the runners and the routing."""
     client = Recording(grpcclient.InferenceServerClient(server.grpc_url))
-    new = build_configs(_plan(200), CPU)
+    new = build_configs(_plan(200, slo_ms=2500), CPU)
+    routing_at_graph_load = []
+    load_model = client.load_model
+
+    def recording_routing(name: str, **kwargs) -> None:
+        if name == "cpudemo":
+            routing_at_graph_load.append(routing_path(server.repo, "cpudemo").read_text())
+        load_model(name, **kwargs)
+
+    client.load_model = recording_routing
     report = apply(new, server.repo, client, control_headers(KEY, True), drain_s=0.5)
     runners = sorted(n for n in new.configs if n.count("__") == 3)
     assert report.loaded == [*runners, "cpudemo"]  # runners (changed: all of them) sorted, then the graph
+    assert report.rerouted == []
     assert 2 <= client.max_in_flight <= LOAD_THREADS
     assert client.events.index(("start", "cpudemo")) > max(client.events.index(("ok", n)) for n in runners)
+    assert routing_at_graph_load == [new.routing_text()]  # the new copy reads the new routing
     assert _runners(client) == set(runners)
+    assert _graph_requests(client) == 0  # a new copy
+    inp = grpcclient.InferInput("INPUT", [1, 1, 16], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 1, 16), dtype=np.float32))
+    client.infer("cpudemo", [inp])
+
+
+def test_failed_graph_load_restores_the_routing(server) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    before = _runners(client)
+    good = routing_path(server.repo, "cpudemo").read_text()
+    new = build_configs(_plan(40, slo_ms=3000), CPU)
+    settings = json.loads(new.configs["cpudemo"].parameters["jigsaw"].string_value)
+    new.configs["cpudemo"].parameters["jigsaw"].string_value = json.dumps({**settings, "routing": "no_such_file"})
+    with Load(server.grpc_url, threads=2) as load:
+        with pytest.raises(RuntimeError, match="(?s)while loading cpudemo: .*rolled back"):
+            apply(new, server.repo, client, control_headers(KEY, True), drain_s=2.0)
+        time.sleep(0.5)
+    assert load.errors == [] and load.ok > 0
+    assert _runners(client) == before
+    assert routing_path(server.repo, "cpudemo").read_text() == good
+    assert not Path(str(server.repo) + ".previous").exists()
 
 
 def test_failed_runner_load_rolls_back_the_loaded_ones(server) -> None:
@@ -192,14 +263,20 @@ def test_failed_runner_load_rolls_back_the_loaded_ones(server) -> None:
 
 def test_graph_model_queue_rejects_what_cannot_make_the_slo() -> None:
     plan = _plan(40)
-    rendered = build_configs(plan, CPU)
-    policy = rendered.configs[plan.app].dynamic_batching.default_queue_policy
-    # the SLO less the fastest path from the root: a request queued longer cannot make it
-    fastest = {t: min(e.latency_ms for e in plan.entries if e.task == t) for t in {e.task for e in plan.entries}}
-    app = parse_app(plan.app_spec, origin="test")
-    slack_ms = app.latency_slo_ms - max(sum(fastest[t] for t in p.tasks) for p in app.paths)
+    policy = build_configs(plan, CPU).configs[plan.app].dynamic_batching.default_queue_policy
     assert policy.timeout_action == policy.REJECT
-    assert policy.default_timeout_microseconds == int(max(slack_ms, 0.1 * app.latency_slo_ms) * 1000)
+    assert policy.default_timeout_microseconds == 2000 * 1000  # the SLO: a request queued longer cannot make it
+
+
+def test_graph_config_is_the_same_for_every_plan_of_an_app() -> None:
+    low, high = build_configs(_plan(40), CPU), build_configs(_plan(200), CPU)
+    runners = {n for r in (low, high) for n in r.configs if n.count("__") == 3}
+    assert {n for n in low.configs if n in runners} != {n for n in high.configs if n in runners}
+    assert low.configs["cpudemo"] == high.configs["cpudemo"]
+    text = text_format.MessageToString(low.configs["cpudemo"])
+    assert not any(n in text for n in runners) and "latency_ms" not in text and "share" not in text
+    assert low.routing != high.routing
+    assert {r["model"] for t in high.routing["tasks"].values() for r in t["routes"]} == set(high.configs) - {"cpudemo"}
 
 
 def test_applier_returns_before_the_drain_and_waits_for_it_next_time(server) -> None:

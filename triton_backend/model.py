@@ -7,7 +7,9 @@ its role and settings come from the JSON in the config parameter ``jigsaw``:
   deadline (arrival + latency SLO, or the tighter ``deadline_ms`` request parameter) and runs the
   app's task graph: per task, earliest-deadline-first admission, early drop, weighted routing among
   the plan's variant runners (async BLS, chunked to each runner's max batch) and fan-out to the
-  task's children; independent branches run concurrently.
+  task's children; independent branches run concurrently. The plan's routing is not in the config
+  but in the file that the setting ``routing`` names in the model's directory: each instance
+  re-reads it at the start of an execute once it has changed, so a new plan needs no reload.
 - ``runner``: one per (task, variant, segment, batch); binds each instance to its partition before
   anything touches CUDA, then runs the variant on the batch Triton's dynamic batcher formed.
 
@@ -81,36 +83,71 @@ class _Counters:
             metric.increment(n)
 
 
-class _Task:
-    """One task of the graph: EDF admission to ``max_inflight`` dispatch slots, early drop, weighted
-    routing over the plan's runners, fan-out to the children."""
+class _Routing:
+    """One task's part of the plan: its runners, picked by smooth weighted round robin from this
+    instance's phase of the cycle, and the latencies its early drop compares against."""
 
-    def __init__(self, app: str, cfg: dict[str, Any], width: int, counters: "_Counters", phase: int = 0) -> None:
-        self.task = cfg["task"]
-        self.parents: list[str] = cfg["parents"]
-        self.width = width
+    def __init__(self, cfg: dict[str, Any], phase: int) -> None:
         self.routes = [Route(**r) for r in cfg["routes"]]
         self.router = WeightedRoundRobin(self.routes)
         for _ in range(phase):  # instance i starts i picks into the cycle: together, the instances follow it
             self.router.pick()
-        self.fanouts = {child: FanOut(o.get("factors", {}), float(o.get("factor", 1.0)))
-                        for child, o in cfg["children"].items()}
         self.fastest_ms = min(r.latency_ms for r in self.routes)
         self.downstream_ms = float(cfg["downstream_ms"])
+
+
+def _parse_routing(text: str, tasks: list[str], phase: int) -> dict[str, _Routing]:
+    """A routing file's per-task routing; ValueError, KeyError or TypeError when it is not JSON or
+    does not route exactly ``tasks``."""
+    doc = json.loads(text)
+    if sorted(doc["tasks"]) != sorted(tasks):
+        raise ValueError(f"it routes tasks {sorted(doc['tasks'])}, the graph has {sorted(tasks)}")
+    return {t: _Routing(doc["tasks"][t], phase) for t in tasks}
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _file_stamp(path: str) -> tuple[int, int, int] | None:
+    """What changes when the file is replaced or rewritten; None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class _Task:
+    """One task of the graph: EDF admission to ``max_inflight`` dispatch slots, early drop, weighted
+    routing over the runners of the routing it is given, fan-out to the children."""
+
+    def __init__(self, app: str, cfg: dict[str, Any], width: int, counters: "_Counters") -> None:
+        self.task = cfg["task"]
+        self.parents: list[str] = cfg["parents"]
+        self.width = width
+        self.fanouts = {child: FanOut(o.get("factors", {}), float(o.get("factor", 1.0)))
+                        for child, o in cfg["children"].items()}
         self.slots = int(cfg.get("max_inflight", 8))
         self._busy = 0
         self._waiting: list[tuple[int, int, asyncio.Future]] = []
         self._seq = itertools.count()
         self.counters = counters
-        labels = {"app": app, "task": self.task}
+        self.labels = labels = {"app": app, "task": self.task}
         self.m_requests = _counter("jigsaw_stage_requests_total", "requests seen by a jigsaw task stage").Metric(labels=labels)
         self.m_drops = _counter("jigsaw_stage_drops_total", "requests dropped early by a jigsaw task stage").Metric(labels=labels)
         self.m_misses = _counter("jigsaw_stage_deadline_misses_total",
                                  "requests that left a jigsaw task stage after their deadline").Metric(labels=labels)
         self.m_wait = _counter("jigsaw_stage_queue_delay_us_total",
                                "time requests waited for a dispatch slot in a jigsaw task stage (us)").Metric(labels=labels)
-        items = _counter("jigsaw_stage_variant_items_total", "items a jigsaw task stage routed to each variant")
-        self.m_items = {r.variant: items.Metric(labels={**labels, "variant": r.variant}) for r in self.routes}
+        self.m_items: dict[str, Any] = {}  # variant -> counter, kept across routings (a new one would restart at 0)
+
+    def count_items(self, variant: str, n: int) -> None:
+        if variant not in self.m_items:
+            family = _counter("jigsaw_stage_variant_items_total", "items a jigsaw task stage routed to each variant")
+            self.m_items[variant] = family.Metric(labels={**self.labels, "variant": variant})
+        self.counters.add(self.m_items[variant], n)
 
     async def _acquire(self, deadline: int) -> None:
         if self._busy < self.slots and not self._waiting:
@@ -128,20 +165,22 @@ class _Task:
                 return
         self._busy -= 1
 
-    async def serve(self, rows: np.ndarray, deadline: int) -> dict[str, np.ndarray] | np.ndarray | str:
-        """Run ``rows`` through this task: the items for each child (or this sink's output rows), or
-        the error message of a drop or failure."""
+    async def serve(self, rows: np.ndarray, deadline: int,
+                    routing: _Routing) -> dict[str, np.ndarray] | np.ndarray | str:
+        """Run ``rows`` through this task on ``routing``: the items for each child (or this sink's
+        output rows), or the error message of a drop or failure."""
         self.counters.add(self.m_requests, 1)
         arrived = time.time_ns()
         await self._acquire(deadline)
         try:
             started = time.time_ns()
             self.counters.add(self.m_wait, max(0, (started - arrived) // 1000))
-            decision: DropDecision = drop_decision(started, deadline, self.fastest_ms, self.downstream_ms, self.task)
+            decision: DropDecision = drop_decision(started, deadline, routing.fastest_ms, routing.downstream_ms,
+                                                   self.task)
             if decision.drop:
                 self.counters.add(self.m_drops, 1)
                 return decision.reason
-            chunks = self._plan_chunks(len(rows))
+            chunks = self._plan_chunks(routing, len(rows))
             results = await asyncio.gather(*(self._dispatch(route, rows[a:b]) for route, a, b in chunks))
         finally:
             self._release()
@@ -155,13 +194,13 @@ class _Task:
             return np.concatenate(results) if results else np.zeros((0, self.width), dtype=np.float32)
         return {child: self._fan_out(fan, chunks, results) for child, fan in self.fanouts.items()}
 
-    def _plan_chunks(self, n: int) -> list[tuple[Route, int, int]]:
+    def _plan_chunks(self, routing: _Routing, n: int) -> list[tuple[Route, int, int]]:
         chunks, start = [], 0
         while start < n:
-            route = self.router.pick()
+            route = routing.router.pick()
             end = min(n, start + route.batch)
             chunks.append((route, start, end))
-            self.counters.add(self.m_items[route.variant], end - start)
+            self.count_items(route.variant, end - start)
             start = end
         return chunks
 
@@ -183,21 +222,47 @@ class _Task:
 
 
 class _Graph:
-    """The app's task graph behind the model clients call."""
+    """The app's task graph behind the model clients call. Its routing comes from the routing file in
+    the model's directory, re-read at the start of an execute when the file has changed; a request
+    keeps the routing it started with."""
 
-    def __init__(self, cfg: dict[str, Any], instance_name: str) -> None:
+    def __init__(self, cfg: dict[str, Any], instance_name: str, model_dir: str) -> None:
         self.app = cfg["app"]
         self.width = int(cfg["width"])
         self.slo_ns = int(float(cfg["slo_ms"]) * 1e6)
         self.counters = _Counters()
         index = instance_name.rpartition("_")[2]
-        phase = int(index) if index.isdigit() else 0
-        self.tasks = [_Task(self.app, t, self.width, self.counters, phase) for t in cfg["tasks"]]  # topological order
+        self.phase = int(index) if index.isdigit() else 0
+        self.tasks = [_Task(self.app, t, self.width, self.counters) for t in cfg["tasks"]]  # topological order
         self.sinks = [t.task for t in self.tasks if not t.fanouts]
+        self.routing_path = os.path.join(model_dir, cfg["routing"])
+        self._stamp = _file_stamp(self.routing_path)
+        self._text = _read(self.routing_path)
+        self.routing = _parse_routing(self._text, [t.task for t in self.tasks], self.phase)
+
+    def refresh(self) -> None:
+        """Re-read the routing file if it changed since it was last read; keep the current routing
+        (and log why) when it is missing or unusable."""
+        stamp = _file_stamp(self.routing_path)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            text = _read(self.routing_path)
+            if text == self._text:
+                return  # rewritten, same routing (a rollback restores the file): keep the routers' cycle
+            self.routing, self._text = _parse_routing(text, [t.task for t in self.tasks], self.phase), text
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            pb_utils.Logger.log_warn(f"jigsaw {self.app}: routing file {self.routing_path} unusable ({exc!r}); "
+                                     "keeping the routing")
+            return
+        pb_utils.Logger.log_info(f"jigsaw {self.app}: new routing: " + "; ".join(
+            f"{t}: {', '.join(r.model for r in routing.routes)}" for t, routing in self.routing.items()))
 
     async def execute(self, requests: list) -> list:
         """Triton's dynamic batcher hands over every request queued for this instance; they are served
         concurrently, each task admitting them in earliest-deadline-first order."""
+        self.refresh()
         return list(await asyncio.gather(*(self._serve(r) for r in requests)))
 
     def _rows(self, request: Any) -> np.ndarray | str:
@@ -215,6 +280,7 @@ class _Graph:
         rows = self._rows(request)
         if isinstance(deadline, str) or isinstance(rows, str):
             return _error(deadline if isinstance(deadline, str) else rows)
+        routing = self.routing
         done: dict[str, asyncio.Future] = {}
 
         async def run(task: _Task) -> Any:
@@ -226,7 +292,7 @@ class _Graph:
                 if failed is not None:
                     return failed
                 items = np.concatenate([g[task.task] for g in got]) if len(got) > 1 else got[0][task.task]
-            return await task.serve(items, deadline)
+            return await task.serve(items, deadline, routing[task.task])
 
         for task in self.tasks:
             done[task.task] = asyncio.ensure_future(run(task))
@@ -265,7 +331,7 @@ class TritonPythonModel:
         cfg = json.loads(config["parameters"]["jigsaw"]["string_value"])
         role = cfg["role"]
         if role == "graph":
-            self.impl: Any = _Graph(cfg, args["model_instance_name"])
+            self.impl: Any = _Graph(cfg, args["model_instance_name"], args["model_repository"])
         elif role == "runner":
             self.impl = _Runner(cfg, args["model_instance_name"])
         else:
