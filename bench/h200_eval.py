@@ -51,7 +51,8 @@ def plot(results: list[dict], out: Path) -> None:
     ran = [r for r in results if r.get("summary")]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for r in ran:
-        tl = r["summary"]["slices"]["timeline"]
+        tl = r["summary"]["slices"]["timeline"] + [(r["summary"]["run"]["duration_s"], None)]
+        tl[-1] = (tl[-1][0], tl[-2][1])  # the last plan holds to the end of the replay
         axes[0].step([t for t, _ in tl], [s for _, s in tl], where="post", label=r["label"])
     axes[0].set_xlabel("time (s)")
     axes[0].set_ylabel("GPU slices in use")
@@ -86,7 +87,9 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         entry = {"system": key, "label": label, "app": app.name, "device": device, "gpus": args.gpus,
-                 "peak_rps": peak, "capacity_ast_rps": cap.max_demand_rps, "run_dir": str(run_dir)}
+                 "peak_rps": peak, "capacity_ast_rps": cap.max_demand_rps, "slices_total": total,
+                 "duration_s": args.duration, "interval_s": args.interval, "headroom": args.headroom,
+                 "run_dir": str(run_dir)}
         log(f"--- {app.name}: {label}")
         try:
             exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=inventory, trace=trace,
@@ -102,11 +105,23 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
             log(f"{label}: cannot be planned: {exc}")
         results.append(entry)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_report(results, out)
+    return results
+
+
+def write_report(results: list[dict], out: Path) -> None:
+    """results.json, results.md and comparison.png in ``out`` for one app's systems (entries as
+    ``evaluate`` makes them: one run each, the same trace and controller settings)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, out)
-    lines = [f"# {app.name} on {device}, {args.gpus} GPU(s), MIG emulated with MPS", "",
-             f"Trace: synthetic diurnal day scaled to peak {peak:.1f} req/s ({args.peak_fraction:g} x the A+S+T "
-             f"capacity {cap.max_demand_rps:.1f}), replayed in {args.duration:g} s; controller every "
-             f"{args.interval:g} s, planning for the forecast x {1 + args.headroom:g}.", "",
+    first = results[0]
+    app, device, peak, cap = first["app"], first["device"], first["peak_rps"], first["capacity_ast_rps"]
+    total = first["slices_total"]
+    lines = [f"# {app} on {device}, {first['gpus']} GPU(s), MIG emulated with MPS", "",
+             f"Trace: synthetic diurnal day scaled to peak {peak:.1f} req/s ({peak / cap:.2g} x the A+S+T "
+             f"capacity {cap:.1f}), replayed in {first['duration_s']:g} s; controller every "
+             f"{first['interval_s']:g} s, planning for the forecast x {1 + first['headroom']:g}.", "",
              "| system | requests | SLO violations (drops count) | mean slices | accuracy / max | plan changes |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -119,13 +134,24 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                      f"{s['accuracy']['ratio_to_max']:.4f} | {s['plan_changes']['count']} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
-    return results
+
+
+def merge(paths: list[str]) -> list[dict]:
+    """The entries of several results.json files of one app, in ``SYSTEMS`` order; each must have run
+    on the same trace (peak, replay length) and controller settings."""
+    entries = [e for p in paths for e in json.loads(Path(p).read_text())]
+    keys = ("app", "peak_rps", "duration_s", "interval_s", "headroom", "slices_total")
+    for e in entries[1:]:
+        differ = [k for k in keys if e.get(k) != entries[0].get(k)]
+        if differ:
+            raise SystemExit(f"--merge: {e['system']} differs from {entries[0]['system']} in {', '.join(differ)}")
+    return sorted(entries, key=lambda e: list(SYSTEMS).index(e["system"]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--app", required=True, action="append", help="app spec; repeat for several apps (out/<app>/)")
-    ap.add_argument("--profiles", required=True)
+    ap.add_argument("--app", action="append", help="app spec; repeat for several apps (out/<app>/)")
+    ap.add_argument("--profiles")
     ap.add_argument("--systems", default="ast,at,st,as")
     ap.add_argument("--gpus", type=int, default=1)
     ap.add_argument("--peak-fraction", type=float, default=0.5)
@@ -135,8 +161,16 @@ def main() -> None:
                     help="plan for forecast x (1 + headroom): keeps runners below ~1/(1+headroom) utilisation")
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
+    ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                    help="instead of running: one app's results.json files from several calls (a device call "
+                         "may be too short for every system) merged into --out's results.{json,md} and plot")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.merge:
+        write_report(merge(args.merge), out)
+        return
+    if not args.app or not args.profiles:
+        ap.error("--app and --profiles are required (unless --merge)")
     for app_path in args.app:
         evaluate(app_path, args, out / Path(app_path).stem if len(args.app) > 1 else out)
 

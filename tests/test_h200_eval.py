@@ -1,0 +1,34 @@
+"""bench/h200_eval.py --merge: per-call results of one app combined in the systems' order."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("h200_eval", ROOT / "bench" / "h200_eval.py")
+h200_eval = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(h200_eval)
+
+
+def _entry(system: str, **over) -> dict:
+    e = {"system": system, "label": h200_eval.SYSTEMS[system], "app": "ar", "device": "GPU", "gpus": 1,
+         "peak_rps": 313.0, "capacity_ast_rps": 626.0, "slices_total": 7, "duration_s": 200.0,
+         "interval_s": 10.0, "headroom": 0.5}
+    e.update(over)
+    return e
+
+
+def test_merge_orders_systems_and_keeps_every_entry(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([_entry("st"), _entry("as")]))
+    b.write_text(json.dumps([_entry("at", infeasible="slices: ..."), _entry("ast")]))
+    assert [e["system"] for e in h200_eval.merge([str(a), str(b)])] == ["ast", "at", "st", "as"]
+
+
+def test_merge_refuses_runs_on_different_days(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([_entry("ast")]))
+    b.write_text(json.dumps([_entry("st", duration_s=100.0)]))
+    with pytest.raises(SystemExit, match="st differs from ast in duration_s"):
+        h200_eval.merge([str(a), str(b)])
