@@ -24,6 +24,7 @@ from orchestrator.checker import metrics
 from orchestrator.errors import InputError
 from orchestrator.gpus import gpu_type
 from orchestrator.plan import Plan, parse_label
+from tools.trace import number
 
 REQUESTS_FILE, EVENTS_FILE, RUN_FILE, SUMMARY_FILE = "requests.csv", "events.jsonl", "run.json", "summary.json"
 REQUEST_COLUMNS = ("id", "scheduled_s", "sent_s", "latency_ms", "outcome", "items", "error")
@@ -109,13 +110,7 @@ def _cell(text: str, where: str, required: bool) -> float:
         if required:
             raise InputError(f"{where}: required value is empty")
         return math.nan
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"{where}: expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise InputError(f"{where}: expected a finite number, got {text!r}")
-    return value
+    return number(text, where)
 
 
 def _parse_all(rows: list[tuple[int, T]], parse: Callable[[int, T], Any], truncated: bool, where: str,

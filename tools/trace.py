@@ -122,13 +122,14 @@ def poisson(rate: float, duration: float, seed: int = 0) -> np.ndarray:
     return arrivals(Trace(duration, [rate]), seed)
 
 
-def _number(text: str, where: str, what: str) -> float:
+def number(text: str, where: str) -> float:
+    """``text`` as a finite float; an InputError naming ``where`` otherwise."""
     try:
         value = float(text)
     except ValueError:
-        raise InputError(f"{where}: {what}: expected a number, got {text.strip()!r}") from None
+        raise InputError(f"{where}: expected a number, got {text.strip()!r}") from None
     if not math.isfinite(value):
-        raise InputError(f"{where}: {what}: expected a finite number, got {text.strip()!r}")
+        raise InputError(f"{where}: expected a finite number, got {text.strip()!r}")
     return value
 
 
@@ -150,7 +151,7 @@ def _interval_csv(path: Path, rows: list[tuple[int, str]]) -> Trace:
         fields = line.split(",")
         if len(fields) != 2:
             raise InputError(f"{path}:{n}: expected 2 fields ({','.join(HEADER)}), got {len(fields)}: {line!r}")
-        start, rate = (_number(f, f"{path}:{n}", name) for f, name in zip(fields, HEADER))
+        start, rate = (number(f, f"{path}:{n}: {name}") for f, name in zip(fields, HEADER))
         if rate < 0:
             raise InputError(f"{path}:{n}: rate_rps: expected a rate >= 0, got {rate:g}")
         starts.append(start)
@@ -168,7 +169,7 @@ def _interval_csv(path: Path, rows: list[tuple[int, str]]) -> Trace:
 
 
 def _timestamps(path: Path, rows: list[tuple[int, str]], bin_s: float) -> Trace:
-    times = np.array([_number(line, f"{path}:{n}", "arrival time (s)") for n, line in rows])
+    times = np.array([number(line, f"{path}:{n}: arrival time (s)") for n, line in rows])
     span = times.max() - times.min()
     counts = np.bincount(((times - times.min()) // bin_s).astype(np.int64), minlength=max(1, math.ceil(span / bin_s)))
     return Trace(bin_s, counts / bin_s)
