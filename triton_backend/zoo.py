@@ -18,6 +18,10 @@ What runs per family:
   the app spec's edge factors).
 - captioning (GIT): vision encoder + text decoder in one teacher-forced pass over a fixed-length
   caption (``CAPTION_TOKENS``); the per-token steps of autoregressive decoding are not replayed.
+- tts (VITS, FastSpeech 2 Conformer + HiFi-GAN): text encoder, expansion to frames, spectrogram
+  model, HiFi-GAN vocoder, from ``SPEECH_TOKENS`` input symbols to a waveform. The duration predictor
+  is skipped: its durations make the output length data-dependent (no static graph), so every token
+  lasts a fixed ``FRAMES_PER_TOKEN`` frames, as fan-out uses the app spec's mean factors.
 """
 from __future__ import annotations
 
@@ -32,6 +36,12 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 CAPTION_TOKENS = 20
+# a spoken caption: 64 characters is about 11 words (COCO captions average 10.5); LJSpeech has 6.57 s of
+# speech per 99.9 characters (13,100 clips, 1,308,674 characters, 23:55:17), 5.66 frames of 256 samples
+# at 22.05 kHz per character, rounded to 6: 384 frames, 98,304 samples (4.5 s) per request
+SPEECH_TOKENS = 64
+FRAMES_PER_TOKEN = 6
+VITS_LATENT_CHANNELS = 192  # VitsConfig's flow_size: the channels of the prior the noise samples
 
 
 class CaptureCopies(TorchFunctionMode):
@@ -164,6 +174,73 @@ def _git(vision: dict[str, int]) -> Arch:
                 lambda m, i: m(input_ids=i["input_ids"], pixel_values=i["x"]).logits[:, -1])
 
 
+def _speech_inputs(tokens: int, frames: int, noise_channels: int
+                   ) -> Callable[[int, torch.device, torch.dtype], dict[str, torch.Tensor]]:
+    """Float symbol descriptors ``x`` [batch, tokens] (the forward maps them to ids: the runner writes
+    request data into ``x``), and a fixed latent noise [batch, noise_channels, frames] where the model samples."""
+    def make(batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        inputs = {"x": torch.rand(batch, tokens, device=device, dtype=dtype)}
+        if noise_channels:
+            inputs["noise"] = torch.randn(batch, noise_channels, frames, device=device, dtype=dtype)
+        return inputs
+    return make
+
+
+def _token_ids(x: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Symbol ids from float descriptors, on the device (no host read)."""
+    return (x.float() * 1000).long().remainder(vocab_size)
+
+
+def _repeat_frames(t: torch.Tensor, frames: int, dim: int) -> torch.Tensor:
+    """Each step of ``t`` along ``dim`` repeated ``frames`` times: a static repeat_interleave (expand, copy)."""
+    shape = list(t.shape)
+    shape.insert(dim + 1, frames)
+    return t.unsqueeze(dim + 1).expand(shape).flatten(dim, dim + 1)
+
+
+def _vits(tokens: int = SPEECH_TOKENS, frames_per_token: int = FRAMES_PER_TOKEN) -> Arch:
+    """VITS (Kim et al., 2021) as transformers' ``VitsConfig`` defaults build it: the paper's LJSpeech model
+    (6-layer text encoder, 4 coupling flows, HiFi-GAN V1 decoder; transformers' 38-symbol vocabulary). The
+    forward replaces ``VitsModel``'s (predicted durations, then a mask and alignment of data-dependent length):
+    the text encoder's prior, expanded by fixed durations, sampled with fixed noise, flow reversed, decoded."""
+    def build() -> torch.nn.Module:
+        hide_unusable()
+        from transformers import VitsConfig, VitsModel
+        return VitsModel(VitsConfig())
+
+    def forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = inputs["x"]
+        text = model.text_encoder(input_ids=_token_ids(x, model.config.vocab_size),
+                                  padding_mask=torch.ones_like(x).unsqueeze(-1))
+        means = _repeat_frames(text.prior_means.transpose(1, 2), frames_per_token, 2)
+        log_variances = _repeat_frames(text.prior_log_variances.transpose(1, 2), frames_per_token, 2)
+        latents = means + inputs["noise"] * torch.exp(log_variances) * model.noise_scale
+        spectrogram = model.flow(latents, torch.ones_like(latents[:, :1]), reverse=True)
+        return model.decoder(spectrogram).squeeze(1)
+
+    return Arch("tts", build, _speech_inputs(tokens, tokens * frames_per_token, VITS_LATENT_CHANNELS), forward)
+
+
+def _fastspeech2(tokens: int = SPEECH_TOKENS, frames_per_token: int = FRAMES_PER_TOKEN) -> Arch:
+    """FastSpeech 2 with Conformer blocks and a HiFi-GAN V1 vocoder (ESPnet's, as transformers'
+    ``FastSpeech2ConformerWithHifiGan`` defaults build it). The forward replaces the model's (its length
+    regulator sizes the output by the predicted durations): encoder, pitch and energy embeddings, expansion by
+    fixed durations, decoder, postnet, vocoder."""
+    def build() -> torch.nn.Module:
+        hide_unusable()
+        import transformers
+        return transformers.FastSpeech2ConformerWithHifiGan(transformers.FastSpeech2ConformerWithHifiGanConfig())
+
+    def forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        fs2 = model.model
+        hidden = fs2.encoder(_token_ids(inputs["x"], fs2.vocab_size), None)[0]
+        hidden = hidden + fs2.energy_embed(fs2.energy_predictor(hidden)) + fs2.pitch_embed(fs2.pitch_predictor(hidden))
+        hidden = fs2.decoder(_repeat_frames(hidden, frames_per_token, 1), None)[0]
+        return model.vocoder(fs2.speech_decoder_postnet(hidden)[1])
+
+    return Arch("tts", build, _speech_inputs(tokens, tokens * frames_per_token, 0), forward)
+
+
 _GIT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
              "image_size": 224, "patch_size": 16}
 _GIT_LARGE = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
@@ -183,6 +260,8 @@ ARCHS: dict[str, Callable[[], Arch]] = {
     "fcos_resnet50_fpn": lambda: _detector("fcos_resnet50_fpn", 640),
     "git-base": lambda: _git(_GIT_BASE),
     "git-large": lambda: _git(_GIT_LARGE),
+    "vits": _vits,
+    "fastspeech2_conformer": _fastspeech2,
 }
 
 
@@ -207,7 +286,7 @@ class GraphRunner:
         with torch.device(self.device):
             model = self.spec.build()
         model = model.to(device=self.device, dtype=self.dtype).eval()
-        if self.spec.family != "captioning":
+        if self.spec.family in ("classification", "detection"):
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.sizes = sorted(sizes) if sizes else batch_sizes(max_batch)
@@ -262,7 +341,8 @@ class GraphRunner:
             shift = self._shift[:n]
             shift.copy_(torch.from_numpy(np.ascontiguousarray(rows.mean(axis=1, dtype=np.float32))))
             x = inputs["x"]
-            x[:n].copy_(x[:n] * 0.5 + shift.to(self.device, self.dtype, non_blocking=True).view(n, 1, 1, 1))
+            shift = shift.to(self.device, self.dtype, non_blocking=True).view(n, *(1,) * (x.dim() - 1))
+            x[:n].copy_(x[:n] * 0.5 + shift)
             out = self.run_batch(batch)
             flat = out[:n].reshape(n, -1)[:, :self.width].float()
             result = self._result[:n]

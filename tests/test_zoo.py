@@ -1,0 +1,77 @@
+"""The zoo's text-to-speech architectures (VITS, FastSpeech 2 Conformer) on the CPU: a fixed-length waveform
+whatever the input, deterministic, and a forward with nothing a CUDA graph cannot capture (run on the meta
+device, where reading a value back raises). Skipped without torch and transformers, as on CI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.appspec import load_app
+
+ROOT = Path(__file__).resolve().parents[1]
+TTS = ["vits", "fastspeech2_conformer"]
+TOKENS, FRAMES = 8, 2  # small: the real 64 x 6 takes about a second per request on this CPU
+HOP = 256  # waveform samples per frame: the HiFi-GAN upsampling 8 x 8 x 2 x 2 of both
+
+
+@pytest.fixture
+def zoo():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from triton_backend import zoo
+    return zoo
+
+
+@pytest.fixture(params=TTS)
+def small(request, zoo, monkeypatch) -> str:
+    """A TTS arch at TOKENS x FRAMES, registered under its own name."""
+    make = {"vits": zoo._vits, "fastspeech2_conformer": zoo._fastspeech2}[request.param]
+    monkeypatch.setitem(zoo.ARCHS, request.param, lambda: make(tokens=TOKENS, frames_per_token=FRAMES))
+    return request.param
+
+
+def test_tts_runner_gives_a_fixed_length_waveform(zoo, small):
+    import torch
+    runner = zoo.GraphRunner(small, width=16, max_batch=2, device="cpu")
+    rows = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+    out = runner(rows)
+    assert out.shape == (3, 16) and np.isfinite(out).all()
+    with torch.inference_mode():
+        before = runner.run_batch(2).clone()
+        runner(rows[:2] * 10 + 3)  # other symbols: other samples, same length
+        after = runner.run_batch(2)
+    assert before.shape == after.shape == (2, TOKENS * FRAMES * HOP) and not torch.equal(before, after)
+    np.testing.assert_array_equal(zoo.GraphRunner(small, width=16, max_batch=2, device="cpu")(rows), out)
+
+
+@pytest.mark.parametrize("arch", TTS)
+def test_tts_forward_reads_nothing_back_from_the_device(zoo, arch):
+    """Meta tensors have no data: .item(), .tolist(), nonzero, boolean masks and value-dependent shapes raise,
+    as they cannot be captured in a CUDA graph. transformers' own forward meets them; the zoo's does not, and
+    needs no host copies either. At full size: the meta device computes nothing."""
+    import torch
+    meta = torch.device("meta")
+    spec = zoo.ARCHS[arch]()
+    with meta:
+        model = spec.build()
+    model = model.to(device=meta, dtype=torch.float16).eval()
+    copies = zoo.CaptureCopies()
+    with torch.inference_mode(), meta, copies:
+        out = spec.forward(model, spec.inputs(2, meta, torch.float16))
+        with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+            model(input_ids=torch.zeros(2, TOKENS, dtype=torch.long))
+    assert tuple(out.shape) == (2, zoo.SPEECH_TOKENS * zoo.FRAMES_PER_TOKEN * HOP) and copies.replaced == 0
+
+
+def test_ar_app_takes_the_commented_speak_task(tmp_path):
+    """ar.yaml leaves TTS out until it has an H200 profile; its commented task and edge are ready to use."""
+    lines = (ROOT / "examples" / "h200" / "ar.yaml").read_text().splitlines()
+    start = lines.index("tasks:")
+    body = [line[2:] if line.startswith("# ") else line for line in lines[start:]]
+    (tmp_path / "ar.yaml").write_text("\n".join(lines[:start] + body) + "\n")
+    app = load_app(tmp_path / "ar.yaml")
+    speak = next(t for t in app.tasks if t.name == "speak")
+    assert {v.name: v.runtime["arch"] for v in speak.variants} == {v: v for v in TTS}
+    assert [(e.src, e.dst, e.factor) for e in app.edges][-1] == ("describe", "speak", 1.0)
