@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -173,6 +174,14 @@ def test_half_written_routing_file_keeps_the_routing(server) -> None:
     assert load.errors == [] and load.ok > 20
     log = server.log_path.read_text()
     assert "routing.json unusable (JSONDecodeError" in log and "keeping the routing" in log
+
+
+def test_runners_log_their_load_time(server) -> None:
+    """Each runner instance says how long after its stub started it was ready, and how much of that
+    was the build: where an apply's time goes."""
+    found = re.findall(r"jigsaw runner (\S+) (\S+): ready ([0-9.]+) s after its stub started "
+                       r"\(build and capture ([0-9.]+) s\)", server.log_path.read_text())
+    assert found and all(float(ready) >= float(built) >= 0 for _, _, ready, built in found)
 
 
 def test_failed_apply_rolls_back(server) -> None:
