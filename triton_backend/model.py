@@ -304,15 +304,12 @@ class _Graph:
             pb_utils.Tensor(f"{sink}_OUTPUT", results[sink].astype(np.float32)[None]) for sink in self.sinks])
 
 
-def _process_age_s() -> float | None:
-    """Seconds since this process started (Linux /proc), or None where that cannot be read."""
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-    except (OSError, IndexError, ValueError):
-        return None
+def _process_age_s() -> float:
+    """Seconds since this process started (from /proc: tritonserver runs on Linux only)."""
+    with open("/proc/self/stat") as f:
+        start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -326,10 +323,8 @@ class _Runner:
         self.run = build(cfg["runtime"], int(cfg["width"]), int(cfg.get("max_batch", 1)), cfg.get("sizes"))
         built = time.monotonic() - started
         # where an apply's time goes: the stub's start and imports, then the build (and capture)
-        age = _process_age_s()
-        pb_utils.Logger.log_info(f"jigsaw runner {model_name} {instance_name}: ready {age:.1f} s after its stub started "
-                                 f"(build and capture {built:.1f} s)" if age is not None else
-                                 f"jigsaw runner {model_name} {instance_name}: build and capture {built:.1f} s")
+        pb_utils.Logger.log_info(f"jigsaw runner {model_name} {instance_name}: ready {_process_age_s():.1f} s "
+                                 f"after its stub started (build and capture {built:.1f} s)")
 
     def execute(self, requests: list) -> list:
         inputs = [pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy() for r in requests]
