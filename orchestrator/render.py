@@ -34,8 +34,8 @@ from .inventory import Inventory
 from .plan import Entry, Plan, parse_label
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository_templates"
-GRAPH_INSTANCES = 8
-MAX_REQUESTS = 4  # requests the graph model takes in one execute (dynamic batching)
+GRAPH_INSTANCES = 32
+MAX_REQUESTS = 2  # requests the graph model takes in one execute (dynamic batching)
 MANIFEST = "jigsaw.json"
 ROUTING = "routing.json"  # in the graph model's directory
 
@@ -171,13 +171,14 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
 
 
 def _routing(plan: Plan, app: AppSpec) -> dict[str, Any]:
-    """The graph model's routing file: per task, the runners with their shares, max batch and p95,
-    and the fastest remaining latency after it (for the early drop)."""
+    """The graph model's routing file: per task, the runners with their shares, max batch, p95 and
+    throughput (all segments), and the fastest remaining latency after it (for the early drop)."""
     downstream = _downstream(app, _fastest(plan))
     tasks: dict[str, Any] = {}
     for t in app.tasks:
         routes = [{"model": runner_name(app.name, e), "variant": e.variant, "share": e.share, "batch": e.batch,
-                   "latency_ms": e.latency_ms} for e in plan.entries if e.task == t.name and e.share > 0]
+                   "latency_ms": e.latency_ms, "throughput_rps": e.throughput_rps * e.count}
+                  for e in plan.entries if e.task == t.name and e.share > 0]
         if not routes:
             raise InputError(f"plan JSON: task {t.name} has no entry with a positive share")
         tasks[t.name] = {"routes": routes, "downstream_ms": downstream[t.name]}

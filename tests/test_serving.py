@@ -202,7 +202,7 @@ def test_http_fan_out_and_outputs(served: Served, n: int) -> None:
 def test_both_det_variants_fan_out_as_specified(served: Served) -> None:
     """Over a few requests both det variants serve (0.7/0.3), each with its own fan-out (3 or 4 rows).
 
-    Each of the 8 graph instances walks the 10-pick cycle S L S S S L S S L S from its own phase, and
+    Each graph instance walks the 10-pick cycle S L S S S L S S L S from its own phase, and
     Triton decides which instance takes a request: at most 3 picks in a row are det_small, so 30
     requests include det_large whichever instances they reach (6 did not, once)."""
     rows: dict[str, set[int]] = {v: set() for v in SHARES}

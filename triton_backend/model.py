@@ -6,7 +6,9 @@ its role and settings come from the JSON in the config parameter ``jigsaw``:
 - ``graph``: the model clients call, named after the app. It stamps each request's absolute
   deadline (arrival + latency SLO, or the tighter ``deadline_ms`` request parameter) and runs the
   app's task graph: per task, earliest-deadline-first admission, early drop, weighted routing among
-  the plan's variant runners (async BLS, chunked to each runner's max batch) and fan-out to the
+  the plan's variant runners (async BLS, chunked to each runner's max batch; a chunk whose runner is
+  too far behind to answer in time goes to another runner of the plan that can, or the request is
+  dropped) and fan-out to the
   task's children; independent branches run concurrently. The plan's routing is not in the config
   but in the file that the setting ``routing`` names in the model's directory: each instance
   re-reads it at the start of an execute once it has changed, so a new plan needs no reload.
@@ -29,10 +31,13 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_backend.scheduling import DropDecision, FanOut, Route, WeightedRoundRobin, drop_decision
+from triton_backend.backlog import SharedBacklog, remove_stale
+from triton_backend.scheduling import (DropDecision, FanOut, Route, WeightedRoundRobin, backlog_ms, choose_route,
+                                       drop_decision)
 from triton_backend.variants import build
 
 _FAMILIES: dict[str, Any] = {}
+BACKLOG_PREFIX = ".backlog-"  # + the server's pid: the shared backlog table in the graph model's directory
 
 
 def _counter(name: str, description: str) -> Any:
@@ -121,10 +126,13 @@ def _file_stamp(path: str) -> tuple[int, int, int] | None:
 
 class _Task:
     """One task of the graph: EDF admission to ``max_inflight`` dispatch slots, early drop, weighted
-    routing over the runners of the routing it is given, fan-out to the children."""
+    routing over the runners of the routing it is given (away from a runner too far behind to answer
+    in time), fan-out to the children."""
 
-    def __init__(self, app: str, cfg: dict[str, Any], width: int, counters: "_Counters") -> None:
+    def __init__(self, app: str, cfg: dict[str, Any], width: int, counters: "_Counters",
+                 backlog: SharedBacklog) -> None:
         self.task = cfg["task"]
+        self.backlog = backlog
         self.parents: list[str] = cfg["parents"]
         self.width = width
         self.fanouts = {child: FanOut(o.get("factors", {}), float(o.get("factor", 1.0)))
@@ -180,7 +188,10 @@ class _Task:
             if decision.drop:
                 self.counters.add(self.m_drops, 1)
                 return decision.reason
-            chunks = self._plan_chunks(routing, len(rows))
+            chunks = self._plan_chunks(routing, len(rows), deadline)
+            if isinstance(chunks, str):
+                self.counters.add(self.m_drops, 1)
+                return chunks
             results = await asyncio.gather(*(self._dispatch(route, rows[a:b]) for route, a, b in chunks))
         finally:
             self._release()
@@ -194,20 +205,39 @@ class _Task:
             return np.concatenate(results) if results else np.zeros((0, self.width), dtype=np.float32)
         return {child: self._fan_out(fan, chunks, results) for child, fan in self.fanouts.items()}
 
-    def _plan_chunks(self, routing: _Routing, n: int) -> list[tuple[Route, int, int]]:
+    def _plan_chunks(self, routing: _Routing, n: int, deadline: int) -> list[tuple[Route, int, int]] | str:
+        """The chunks of ``n`` rows with their routes, or why the request is dropped: no runner of the
+        plan can answer a chunk in time."""
+        left_ms = (deadline - time.time_ns()) / 1e6
+        ahead = {r.model: self.backlog.outstanding(r.model) for r in routing.routes}
+
+        def estimate(r: Route) -> float:
+            return backlog_ms(r.latency_ms, ahead[r.model], r.throughput_rps)
+
         chunks, start = [], 0
         while start < n:
-            route = routing.router.pick()
-            end = min(n, start + route.batch)
-            chunks.append((route, start, end))
-            self.count_items(route.variant, end - start)
-            start = end
+            picked = routing.router.pick()
+            end = min(n, start + picked.batch)
+            route = choose_route(picked, routing.routes, end - start, left_ms, routing.downstream_ms, estimate)
+            if route is None:
+                return (f"jigsaw: request dropped at stage {self.task}: {left_ms:.1f} ms left before its deadline, "
+                        f"its runners would answer in {min(map(estimate, routing.routes)):.1f} ms at the soonest "
+                        f"(their backlog) and the rest of the path needs {routing.downstream_ms:.1f} ms")
+            chunks.append((route, start, min(n, start + route.batch)))
+            ahead[route.model] += chunks[-1][2] - start
+            start = chunks[-1][2]
+        for route, a, b in chunks:
+            self.count_items(route.variant, b - a)
         return chunks
 
     async def _dispatch(self, route: Route, rows: np.ndarray) -> np.ndarray | str:
         request = pb_utils.InferenceRequest(model_name=route.model, requested_output_names=["OUTPUT"],
                                             inputs=[pb_utils.Tensor("INPUT", rows)])
-        response = await request.async_exec()
+        self.backlog.add(route.model, len(rows))
+        try:
+            response = await request.async_exec()
+        finally:
+            self.backlog.add(route.model, -len(rows))
         if response.has_error():
             return f"jigsaw: stage {self.task}: variant {route.variant} ({route.model}) failed: {response.error().message()}"
         return pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy()
@@ -233,7 +263,12 @@ class _Graph:
         self.counters = _Counters()
         index = instance_name.rpartition("_")[2]
         self.phase = int(index) if index.isdigit() else 0
-        self.tasks = [_Task(self.app, t, self.width, self.counters) for t in cfg["tasks"]]  # topological order
+        # the runners' outstanding items, shared by this server's instances of the graph model
+        table = os.path.join(model_dir, f"{BACKLOG_PREFIX}{os.getppid()}")  # the stub's parent: tritonserver
+        remove_stale(os.path.join(model_dir, f"{BACKLOG_PREFIX}*"), keep=table)
+        self.backlog = SharedBacklog(table)
+        self.tasks = [_Task(self.app, t, self.width, self.counters, self.backlog)
+                      for t in cfg["tasks"]]  # topological order
         self.sinks = [t.task for t in self.tasks if not t.fanouts]
         self.routing_path = os.path.join(model_dir, cfg["routing"])
         self._stamp = _file_stamp(self.routing_path)
@@ -358,6 +393,8 @@ class TritonPythonModel:
         return self.impl.execute(requests)
 
     def finalize(self) -> None:
-        """Send the counter increments still held back (the model is being unloaded)."""
+        """Send the counter increments still held back and give the backlog row back (the model is
+        being unloaded)."""
         if self.is_async:
             self.impl.counters.flush()
+            self.impl.backlog.close()

@@ -1,7 +1,9 @@
-"""Pure scheduling logic of a stage: weighted routing, fan-out counts and early-drop decisions."""
+"""Pure scheduling logic of a stage: weighted routing, fan-out counts, runner backlogs and early-drop
+decisions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass
@@ -11,6 +13,7 @@ class Route:
     share: float
     batch: int
     latency_ms: float
+    throughput_rps: float
 
 
 class WeightedRoundRobin:
@@ -64,3 +67,21 @@ def drop_decision(now_ns: int, deadline_ns: int, own_fastest_ms: float, downstre
         return DropDecision(False)
     return DropDecision(True, f"jigsaw: request dropped at stage {task}: {left_ns / 1e6:.1f} ms left before "
                               f"its deadline, the fastest remaining path needs {need_ns / 1e6:.1f} ms")
+
+
+def backlog_ms(profiled_ms: float, items_ahead: int, throughput_rps: float) -> float:
+    """When a request sent now to a runner with ``items_ahead`` items outstanding answers: after the
+    runner has served those at its planned throughput, plus its profiled p95 for this one."""
+    return profiled_ms + 1000.0 * items_ahead / throughput_rps
+
+
+def choose_route(picked: Route, routes: list[Route], rows: int, left_ms: float, downstream_ms: float,
+                 estimate: Callable[[Route], float]) -> Route | None:
+    """The route for a chunk of ``rows``: the one the weighted round robin ``picked`` when its
+    ``estimate`` (ms) leaves ``downstream_ms`` before the deadline, ``left_ms`` away; else the route of
+    the plan that does (and takes ``rows`` in one batch) with the soonest estimate; None when none
+    does."""
+    if estimate(picked) + downstream_ms <= left_ms:
+        return picked
+    fits = [r for r in routes if r.batch >= rows and estimate(r) + downstream_ms <= left_ms]
+    return min(fits, key=estimate) if fits else None

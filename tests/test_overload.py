@@ -1,0 +1,86 @@
+"""Overload against a real tritonserver: a runner offered three times what it can serve. The stages
+must shed the excess early (drops) and keep what they admit within the SLO, instead of queueing
+everything behind the runner until every answer is late."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from orchestrator.appspec import parse_app
+from orchestrator.gpus import gpu_type
+from orchestrator.inventory import Inventory
+from orchestrator.planner import PlanOptions, make_plan
+from orchestrator.profiles import Profiles, ProfilePoint
+from orchestrator.render import build_configs, write_repository
+from orchestrator.server import TritonServer, free_ports
+from orchestrator.tritonenv import prepare_backend_dir, server_env
+
+SLO_MS = 300.0
+SERVICE_MS = 20.0          # one request at a time: the runner serves 50 req/s
+OFFERED_RPS = 150.0
+SECONDS = 4.0
+
+
+def _plan():
+    app = parse_app({"name": "slow", "latency_slo_ms": SLO_MS, "accuracy_slo": 0.5, "tensor_width": 16,
+                     "tasks": {"work": {"variants": {"w": {"accuracy": 1.0, "runtime": {
+                         "kind": "numpy_mlp", "depth": 1, "delay_ms": SERVICE_MS}}}}}},
+                    origin="test_overload")
+    profiles = Profiles((ProfilePoint("w", "cpu", 1, 1, 1, SERVICE_MS, 1000 / SERVICE_MS),))
+    return make_plan(app, profiles, gpu_type("cpu"), 40.0, PlanOptions(gpus=1))
+
+
+def _offer(url: str) -> tuple[list[float], list[str]]:
+    """OFFERED_RPS open-loop requests for SECONDS: the latency (ms) of every answer, the error of every
+    failure."""
+    client = grpcclient.InferenceServerClient(url)
+    inp = grpcclient.InferInput("INPUT", [1, 1, 16], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 1, 16), dtype=np.float32))
+    latencies, errors, lock = [], [], threading.Lock()
+    n = int(OFFERED_RPS * SECONDS)
+    done = threading.Semaphore(0)
+    start = time.monotonic()
+    for i in range(n):
+        time.sleep(max(0.0, start + i / OFFERED_RPS - time.monotonic()))
+        sent = time.monotonic()
+
+        def callback(result, error, sent=sent):
+            with lock:
+                if error is not None:
+                    errors.append(str(error))
+                else:
+                    latencies.append((time.monotonic() - sent) * 1000)
+            done.release()
+        client.async_infer("slow", [inp], callback)
+    for _ in range(n):
+        assert done.acquire(timeout=30), "a request got no answer"
+    client.close()
+    return latencies, errors
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("overload")
+    repo = tmp / "repo"
+    write_repository(build_configs(_plan(), Inventory(gpus=(), source="test: cpu")), repo)
+    h, g, m = free_ports(3)
+    with TritonServer(repo, prepare_backend_dir(tmp / "backends"), http_port=h, grpc_port=g, metrics_port=m,
+                      log_path=tmp / "server.log", env=server_env()) as srv:
+        srv.wait_ready(120)
+        yield srv
+
+
+def test_overload_sheds_early_and_serves_the_rest_in_time(server) -> None:
+    latencies, errors = _offer(server.grpc_url)
+    late = [x for x in latencies if x > SLO_MS]
+    total = len(latencies) + len(errors)
+    print(f"{total} requests: {len(latencies)} answered ({len(late)} late), {len(errors)} failed; "
+          f"p50 {np.percentile(latencies, 50):.0f} ms" if latencies else "none answered")
+    assert all("jigsaw: request dropped" in e or "Request timeout expired" in e for e in errors), errors[:3]
+    # the runner serves about a third of the offer: the rest is shed, and what is answered is in time
+    assert len(latencies) >= 0.2 * total, f"only {len(latencies)} of {total} answered"
+    assert len(late) <= 0.05 * total, f"{len(late)} of {total} answered after the {SLO_MS:g} ms SLO"

@@ -1,0 +1,94 @@
+"""The stages' pure scheduling pieces and the backlog table the graph instances share."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+
+from triton_backend import backlog as backlog_mod
+from triton_backend.backlog import SharedBacklog, remove_stale
+from triton_backend.scheduling import Route, backlog_ms, choose_route
+
+A = Route("m_a", "a", 0.5, 4, 10.0, 400.0)
+B = Route("m_b", "b", 0.5, 2, 20.0, 100.0)
+
+
+def test_backlog_ms_serves_what_is_ahead_at_the_planned_throughput() -> None:
+    assert backlog_ms(10.0, 0, 400.0) == 10.0
+    assert backlog_ms(10.0, 40, 400.0) == pytest.approx(110.0)
+
+
+def test_choose_route_keeps_the_pick_that_makes_it() -> None:
+    est = {"m_a": 50.0, "m_b": 20.0}.__getitem__
+    assert choose_route(A, [A, B], 2, left_ms=100, downstream_ms=40, estimate=lambda r: est(r.model)) is A
+
+
+def test_choose_route_moves_a_chunk_off_a_runner_too_far_behind() -> None:
+    est = {"m_a": 90.0, "m_b": 20.0}
+    assert choose_route(A, [A, B], 2, 100, 40, lambda r: est[r.model]) is B
+    # B takes at most 2 rows in one batch: a chunk of 4 cannot move there
+    assert choose_route(A, [A, B], 4, 100, 40, lambda r: est[r.model]) is None
+    assert choose_route(A, [A, B], 2, 50, 40, lambda r: est[r.model]) is None
+
+
+def _add(path: str, model: str, n: int, done, release) -> None:
+    table = SharedBacklog(path)
+    table.add(model, n)
+    done.set()
+    release.wait(30)
+
+
+def test_instances_share_their_outstanding_items(tmp_path) -> None:
+    path = str(tmp_path / ".backlog-1")
+    mine = SharedBacklog(path)
+    mine.add("runner", 3)
+    ctx = multiprocessing.get_context("fork")
+    done, release = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_add, args=(path, "runner", 5, done, release))
+    other.start()
+    try:
+        assert done.wait(30)
+        assert mine.outstanding("runner") == 8
+        assert mine.outstanding("another") == 0
+        mine.add("runner", -3)
+        assert mine.outstanding("runner") == 5
+    finally:
+        release.set()
+        other.join(30)
+    mine._live_at = 0.0  # look for gone owners now rather than within LIVE_CHECK_S
+    assert mine.outstanding("runner") == 0, "the row of an instance that is gone still counts"
+    again = SharedBacklog(path)  # the gone instance's row is free again
+    assert again.row != mine.row
+
+
+def test_close_gives_the_row_back(tmp_path) -> None:
+    path = str(tmp_path / ".backlog-1")
+    first = SharedBacklog(path)
+    first.add("runner", 2)
+    first.close()
+    second = SharedBacklog(path)
+    assert second.row == first.row and second.outstanding("runner") == 0
+
+
+def test_slots_are_reused_once_a_runner_has_nothing_outstanding(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(backlog_mod, "SLOTS", 2)
+    table = SharedBacklog(str(tmp_path / ".backlog-1"))
+    table.add("r1", 1)
+    table.add("r2", 1)
+    table.add("r3", 1)          # no free slot: not shared, and nothing breaks
+    assert table.outstanding("r3") == 0
+    table.add("r1", -1)
+    table.add("r3", -1)         # the answer to what was not counted: not counted either
+    table.add("r3", 4)          # r1's slot, empty now
+    assert (table.outstanding("r1"), table.outstanding("r2"), table.outstanding("r3")) == (0, 1, 4)
+
+
+def test_remove_stale_keeps_live_servers_tables(tmp_path) -> None:
+    live = tmp_path / f".backlog-{os.getpid()}"
+    gone = tmp_path / ".backlog-999999999"
+    mine = tmp_path / ".backlog-7"
+    for p in (live, gone, mine):
+        p.write_bytes(b"")
+    remove_stale(str(tmp_path / ".backlog-*"), keep=str(mine))
+    assert live.exists() and mine.exists() and not gone.exists()
