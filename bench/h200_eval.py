@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -165,6 +166,7 @@ def main() -> None:
                     help="instead of running: one app's results.json files from several calls (a device call "
                          "may be too short for every system) merged into --out's results.{json,md} and plot")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `timeout` stops the servers started, too
     out = Path(args.out)
     if args.merge:
         write_report(merge(args.merge), out)

@@ -46,6 +46,9 @@ def _load(app_path: str, profiles_path: str, gpu_name: str | None):
 @click.group()
 def cli() -> None:
     """JigsawServe: plan and serve compound inference on GPU slices."""
+    # SIGTERM (`timeout`, a job scheduler) unwinds like Ctrl-C, so that the servers and MPS daemons a
+    # command started are stopped on the way out rather than left running
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @cli.command()
