@@ -247,3 +247,16 @@ def test_gpu_shape_unknown_size() -> None:
     with pytest.raises(InputError) as info:
         gpu_type("a100-80gb").shape(5)
     assert "5 slices" in str(info.value) and "[1, 2, 3, 4, 7]" in str(info.value)
+
+
+@pytest.mark.parametrize("app", ["social", "traffic", "ar"])
+def test_shipped_h200_profile_plans_every_h200_app(app: str) -> None:
+    """examples/h200/profiles.csv covers every variant of the H200 apps (the AR app's TTS included),
+    and each app has a plan on one H200 at a modest demand."""
+    from orchestrator.appspec import load_app
+    from orchestrator.planner import PlanOptions, make_plan
+    spec = load_app(ROOT / "examples" / "h200" / f"{app}.yaml")
+    profiles = load_profiles(ROOT / "examples" / "h200" / "profiles.csv")
+    check_coverage(spec, profiles, gpu_type("h200-141gb"))
+    plan = make_plan(spec, profiles, gpu_type("h200-141gb"), 50.0, PlanOptions(gpus=1))
+    assert {e.task for e in plan.entries} == {t.name for t in spec.tasks}
