@@ -1,6 +1,7 @@
 """Overload against a real tritonserver: a runner offered three times what it can serve. The stages
 must shed the excess early (drops) and keep what they admit within the SLO, instead of queueing
-everything behind the runner until every answer is late."""
+everything behind the runner until every answer is late; also when the runner is slower than its
+profile says (the stages then learn its pace from its answers)."""
 from __future__ import annotations
 
 import threading
@@ -25,10 +26,11 @@ OFFERED_RPS = 150.0
 SECONDS = 4.0
 
 
-def _plan():
+def _plan(actual_ms: float):
+    """One task, one runner of one instance profiled at SERVICE_MS per request; it takes ``actual_ms``."""
     app = parse_app({"name": "slow", "latency_slo_ms": SLO_MS, "accuracy_slo": 0.5, "tensor_width": 16,
                      "tasks": {"work": {"variants": {"w": {"accuracy": 1.0, "runtime": {
-                         "kind": "numpy_mlp", "depth": 1, "delay_ms": SERVICE_MS}}}}}},
+                         "kind": "numpy_mlp", "depth": 1, "delay_ms": actual_ms}}}}}},
                     origin="test_overload")
     profiles = Profiles((ProfilePoint("w", "cpu", 1, 1, 1, SERVICE_MS, 1000 / SERVICE_MS),))
     return make_plan(app, profiles, gpu_type("cpu"), 40.0, PlanOptions(gpus=1))
@@ -62,11 +64,11 @@ def _offer(url: str) -> tuple[list[float], list[str]]:
     return latencies, errors
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=[1.0, 1.6], ids=["as-profiled", "slower-than-profiled"])
+def server(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("overload")
     repo = tmp / "repo"
-    write_repository(build_configs(_plan(), Inventory(gpus=(), source="test: cpu")), repo)
+    write_repository(build_configs(_plan(request.param * SERVICE_MS), Inventory(gpus=(), source="test: cpu")), repo)
     h, g, m = free_ports(3)
     with TritonServer(repo, prepare_backend_dir(tmp / "backends"), http_port=h, grpc_port=g, metrics_port=m,
                       log_path=tmp / "server.log", env=server_env()) as srv:
@@ -81,6 +83,7 @@ def test_overload_sheds_early_and_serves_the_rest_in_time(server) -> None:
     print(f"{total} requests: {len(latencies)} answered ({len(late)} late), {len(errors)} failed; "
           f"p50 {np.percentile(latencies, 50):.0f} ms" if latencies else "none answered")
     assert all("jigsaw: request dropped" in e or "Request timeout expired" in e for e in errors), errors[:3]
-    # the runner serves about a third of the offer: the rest is shed, and what is answered is in time
-    assert len(latencies) >= 0.2 * total, f"only {len(latencies)} of {total} answered"
+    # the runner serves a third of the offer (a fifth when slower): the rest is shed, and what is
+    # answered is in time
+    assert len(latencies) >= 0.15 * total, f"only {len(latencies)} of {total} answered"
     assert len(late) <= 0.05 * total, f"{len(late)} of {total} answered after the {SLO_MS:g} ms SLO"

@@ -8,7 +8,7 @@ import pytest
 
 from triton_backend import backlog as backlog_mod
 from triton_backend.backlog import SharedBacklog, remove_stale
-from triton_backend.scheduling import Route, backlog_ms, choose_route
+from triton_backend.scheduling import Pace, Route, backlog_ms, choose_route
 
 A = Route("m_a", "a", 0.5, 4, 10.0, 400.0)
 B = Route("m_b", "b", 0.5, 2, 20.0, 100.0)
@@ -92,3 +92,31 @@ def test_remove_stale_keeps_live_servers_tables(tmp_path) -> None:
         p.write_bytes(b"")
     remove_stale(str(tmp_path / ".backlog-*"), keep=str(mine))
     assert live.exists() and mine.exists() and not gone.exists()
+
+
+def test_pace_is_observed_over_estimated_in_the_window() -> None:
+    pace = Pace(window_s=1.0, min_answers=3)
+    assert pace.factor(0.0, 0, 0, 0) == 1.0
+    assert pace.factor(0.5, 2, 300_000, 200_000) == 1.0       # too few answers to tell
+    assert pace.factor(0.7, 4, 600_000, 400_000) == pytest.approx(1.5)
+    # a second later only the answers since 0.7 s count: 4 more, as estimated
+    assert pace.factor(1.8, 8, 1_000_000, 800_000) == pytest.approx(1.0)
+    assert pace.factor(5.0, 8, 1_000_000, 800_000) == 1.0     # nothing came: back to 1
+
+
+def test_pace_never_below_one_and_restarts_when_totals_shrink() -> None:
+    pace = Pace(window_s=1.0, min_answers=1)
+    pace.factor(0.0, 0, 0, 0)
+    assert pace.factor(0.5, 5, 100_000, 500_000) == 1.0       # faster than estimated: still 1
+    assert pace.factor(0.6, 2, 400_000, 100_000) == 1.0       # a row given back: start again
+
+
+def test_answers_are_summed_over_instances(tmp_path) -> None:
+    path = str(tmp_path / ".backlog-1")
+    a, b = SharedBacklog(path), SharedBacklog(path)
+    for table, est, obs in ((a, 10.0, 15.0), (b, 20.0, 30.0)):
+        table.add("runner", 1)
+        table.add("runner", -1)
+        table.answered("runner", est, obs)
+    assert a.answers("runner") == (2, 45_000, 30_000)
+    assert a.answers("other") == (0, 0, 0)

@@ -32,8 +32,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_backend.backlog import SharedBacklog, remove_stale
-from triton_backend.scheduling import (DropDecision, FanOut, Route, WeightedRoundRobin, backlog_ms, choose_route,
-                                       drop_decision)
+from triton_backend.scheduling import (DropDecision, FanOut, Pace, Route, WeightedRoundRobin, backlog_ms,
+                                       choose_route, drop_decision)
 from triton_backend.variants import build
 
 _FAMILIES: dict[str, Any] = {}
@@ -133,6 +133,7 @@ class _Task:
                  backlog: SharedBacklog) -> None:
         self.task = cfg["task"]
         self.backlog = backlog
+        self.paces: dict[str, Pace] = {}  # runner model -> how much slower than estimated it answers
         self.parents: list[str] = cfg["parents"]
         self.width = width
         self.fanouts = {child: FanOut(o.get("factors", {}), float(o.get("factor", 1.0)))
@@ -192,7 +193,7 @@ class _Task:
             if isinstance(chunks, str):
                 self.counters.add(self.m_drops, 1)
                 return chunks
-            results = await asyncio.gather(*(self._dispatch(route, rows[a:b]) for route, a, b in chunks))
+            results = await asyncio.gather(*(self._dispatch(route, rows[a:b], ms) for route, a, b, ms in chunks))
         finally:
             self._release()
         for result in results:
@@ -205,14 +206,17 @@ class _Task:
             return np.concatenate(results) if results else np.zeros((0, self.width), dtype=np.float32)
         return {child: self._fan_out(fan, chunks, results) for child, fan in self.fanouts.items()}
 
-    def _plan_chunks(self, routing: _Routing, n: int, deadline: int) -> list[tuple[Route, int, int]] | str:
-        """The chunks of ``n`` rows with their routes, or why the request is dropped: no runner of the
-        plan can answer a chunk in time."""
+    def _plan_chunks(self, routing: _Routing, n: int, deadline: int) -> list[tuple[Route, int, int, float]] | str:
+        """The chunks of ``n`` rows with their routes and the backlog estimate each was sent on, or why
+        the request is dropped: no runner of the plan can answer a chunk in time."""
         left_ms = (deadline - time.time_ns()) / 1e6
         ahead = {r.model: self.backlog.outstanding(r.model) for r in routing.routes}
+        now_s = time.monotonic()
+        pace = {r.model: self.paces.setdefault(r.model, Pace()).factor(now_s, *self.backlog.answers(r.model))
+                for r in routing.routes}
 
         def estimate(r: Route) -> float:
-            return backlog_ms(r.latency_ms, ahead[r.model], r.throughput_rps)
+            return backlog_ms(r.latency_ms, ahead[r.model], r.throughput_rps) * pace[r.model]
 
         chunks, start = [], 0
         while start < n:
@@ -223,28 +227,32 @@ class _Task:
                 return (f"jigsaw: request dropped at stage {self.task}: {left_ms:.1f} ms left before its deadline, "
                         f"its runners would answer in {min(map(estimate, routing.routes)):.1f} ms at the soonest "
                         f"(their backlog) and the rest of the path needs {routing.downstream_ms:.1f} ms")
-            chunks.append((route, start, min(n, start + route.batch)))
-            ahead[route.model] += chunks[-1][2] - start
-            start = chunks[-1][2]
-        for route, a, b in chunks:
+            end = min(n, start + route.batch)
+            chunks.append((route, start, end, backlog_ms(route.latency_ms, ahead[route.model], route.throughput_rps)))
+            ahead[route.model] += end - start
+            start = end
+        for route, a, b, _ in chunks:
             self.count_items(route.variant, b - a)
         return chunks
 
-    async def _dispatch(self, route: Route, rows: np.ndarray) -> np.ndarray | str:
+    async def _dispatch(self, route: Route, rows: np.ndarray, estimated_ms: float) -> np.ndarray | str:
         request = pb_utils.InferenceRequest(model_name=route.model, requested_output_names=["OUTPUT"],
                                             inputs=[pb_utils.Tensor("INPUT", rows)])
         self.backlog.add(route.model, len(rows))
+        sent = time.monotonic()
         try:
             response = await request.async_exec()
         finally:
             self.backlog.add(route.model, -len(rows))
+        self.backlog.answered(route.model, estimated_ms, (time.monotonic() - sent) * 1000)
         if response.has_error():
             return f"jigsaw: stage {self.task}: variant {route.variant} ({route.model}) failed: {response.error().message()}"
         return pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy()
 
-    def _fan_out(self, fan: FanOut, chunks: list[tuple[Route, int, int]], results: list[np.ndarray]) -> np.ndarray:
+    def _fan_out(self, fan: FanOut, chunks: list[tuple[Route, int, int, float]],
+                 results: list[np.ndarray]) -> np.ndarray:
         pieces = []
-        for (route, _, _), out in zip(chunks, results):
+        for (route, _, _, _), out in zip(chunks, results):
             k = fan.count(route.variant, len(out))
             if k:
                 pieces.append(out[np.arange(k) % len(out)])
