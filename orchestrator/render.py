@@ -34,7 +34,7 @@ from .inventory import Inventory
 from .plan import Entry, Plan, parse_label
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository_templates"
-GRAPH_INSTANCES = 32
+GRAPH_INSTANCES = 32  # x MAX_REQUESTS: requests in the graph at once (docs/runtime.md, task stages)
 MAX_REQUESTS = 2  # requests the graph model takes in one execute (dynamic batching)
 MANIFEST = "jigsaw.json"
 ROUTING = "routing.json"  # in the graph model's directory

@@ -49,15 +49,15 @@ def test_instances_share_their_outstanding_items(tmp_path) -> None:
     other.start()
     try:
         assert done.wait(30)
-        assert mine.outstanding("runner") == 8
-        assert mine.outstanding("another") == 0
+        assert mine.totals("runner")[0] == 8
+        assert mine.totals("another")[0] == 0
         mine.add("runner", -3)
-        assert mine.outstanding("runner") == 5
+        assert mine.totals("runner")[0] == 5
     finally:
         release.set()
         other.join(30)
     mine._live_at = 0.0  # look for gone owners now rather than within LIVE_CHECK_S
-    assert mine.outstanding("runner") == 0, "the row of an instance that is gone still counts"
+    assert mine.totals("runner")[0] == 0, "the row of an instance that is gone still counts"
     again = SharedBacklog(path)  # the gone instance's row is free again
     assert again.row != mine.row
 
@@ -68,7 +68,7 @@ def test_close_gives_the_row_back(tmp_path) -> None:
     first.add("runner", 2)
     first.close()
     second = SharedBacklog(path)
-    assert second.row == first.row and second.outstanding("runner") == 0
+    assert second.row == first.row and second.totals("runner")[0] == 0
 
 
 def test_slots_are_reused_once_a_runner_has_nothing_outstanding(tmp_path, monkeypatch) -> None:
@@ -77,11 +77,11 @@ def test_slots_are_reused_once_a_runner_has_nothing_outstanding(tmp_path, monkey
     table.add("r1", 1)
     table.add("r2", 1)
     table.add("r3", 1)          # no free slot: not shared, and nothing breaks
-    assert table.outstanding("r3") == 0
+    assert table.totals("r3")[0] == 0
     table.add("r1", -1)
     table.add("r3", -1)         # the answer to what was not counted: not counted either
     table.add("r3", 4)          # r1's slot, empty now
-    assert (table.outstanding("r1"), table.outstanding("r2"), table.outstanding("r3")) == (0, 1, 4)
+    assert tuple(table.totals(r)[0] for r in ("r1", "r2", "r3")) == (0, 1, 4)
 
 
 def test_remove_stale_keeps_live_servers_tables(tmp_path) -> None:
@@ -118,5 +118,5 @@ def test_answers_are_summed_over_instances(tmp_path) -> None:
         table.add("runner", 1)
         table.add("runner", -1)
         table.answered("runner", est, obs)
-    assert a.answers("runner") == (2, 45_000, 30_000)
-    assert a.answers("other") == (0, 0, 0)
+    assert a.totals("runner") == (0, 2, 45_000, 30_000)
+    assert a.totals("other") == (0, 0, 0, 0)

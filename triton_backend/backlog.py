@@ -105,23 +105,17 @@ class SharedBacklog:
             self._observed[self.row, slot] += int(observed_ms * 1000)
             self._estimated[self.row, slot] += int(estimated_ms * 1000)
 
-    def _mask(self, model: str) -> np.ndarray:
+    def totals(self, model: str) -> tuple[int, int, int, int]:
+        """Over every live instance: the items outstanding at ``model``, and over its answers so far
+        how many, and the sums of their observed and of their estimated latencies (us)."""
         now = time.monotonic()
         if now - self._live_at > LIVE_CHECK_S:
             owners = self._table[:, 0]
             self._live = np.array([o != 0 and _alive(int(o)) for o in owners])
             self._live_at = now
-        return (self._keys == _key(model)) & self._live[:, None]
-
-    def outstanding(self, model: str) -> int:
-        """Items outstanding at ``model`` from every live instance."""
-        return max(0, int(self._items[self._mask(model)].sum()))
-
-    def answers(self, model: str) -> tuple[int, int, int]:
-        """Over the answers from ``model`` to every live instance so far: how many, and the sums of
-        their observed and of their estimated latencies (us)."""
-        mask = self._mask(model)
-        return int(self._answers[mask].sum()), int(self._observed[mask].sum()), int(self._estimated[mask].sum())
+        mask = (self._keys == _key(model)) & self._live[:, None]
+        return (max(0, int(self._items[mask].sum())), int(self._answers[mask].sum()),
+                int(self._observed[mask].sum()), int(self._estimated[mask].sum()))
 
     def close(self) -> None:
         """Give this instance's row back."""

@@ -210,10 +210,10 @@ class _Task:
         """The chunks of ``n`` rows with their routes and the backlog estimate each was sent on, or why
         the request is dropped: no runner of the plan can answer a chunk in time."""
         left_ms = (deadline - time.time_ns()) / 1e6
-        ahead = {r.model: self.backlog.outstanding(r.model) for r in routing.routes}
+        totals = {r.model: self.backlog.totals(r.model) for r in routing.routes}
+        ahead = {model: t[0] for model, t in totals.items()}
         now_s = time.monotonic()
-        pace = {r.model: self.paces.setdefault(r.model, Pace()).factor(now_s, *self.backlog.answers(r.model))
-                for r in routing.routes}
+        pace = {model: self.paces.setdefault(model, Pace()).factor(now_s, *t[1:]) for model, t in totals.items()}
 
         def estimate(r: Route) -> float:
             return backlog_ms(r.latency_ms, ahead[r.model], r.throughput_rps) * pace[r.model]

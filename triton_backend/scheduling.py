@@ -83,7 +83,7 @@ class Pace:
     tried again). A runner slower than its profile (a neighbour's load, an apply's captures, a wrong
     profile) drains its backlog more slowly than planned; the estimates follow it before the
     controller's replan does. Fed with running totals over all graph instances
-    (``SharedBacklog.answers``)."""
+    (``SharedBacklog.totals``)."""
 
     def __init__(self, window_s: float = 1.0, min_answers: int = 3) -> None:
         self.window_s, self.min_answers = window_s, min_answers
