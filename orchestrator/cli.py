@@ -232,14 +232,19 @@ def apply(plan_path: str, repo_path: str, url: str, control_key: str | None, inv
 @cli.command()
 @click.argument("run_path", metavar="RUN", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="print the summary JSON as the last line")
-def report(run_path: str, as_json: bool) -> None:
-    """Report on the run in RUN/: write summary.json and PNG plots there and print a short summary."""
-    from tools.report import SUMMARY_FILE, format_summary, plot, summarize
+@click.option("--bins", "bin_s", type=float, default=None, metavar="SECONDS",
+              help="also print the requests by outcome per SECONDS of the replay, with the plan changes")
+def report(run_path: str, as_json: bool, bin_s: float | None) -> None:
+    """Report on the run in RUN/: write summary.json and PNG plots there and print a short summary.
+    An archived run may keep its files gzipped (requests.csv.gz)."""
+    from tools.report import SUMMARY_FILE, format_bins, format_summary, outcomes_per_bin, plot, summarize
 
     summary = summarize(run_path)
     pngs = plot(run_path)
     click.echo(format_summary(summary))
     click.echo(f"wrote {SUMMARY_FILE}, {', '.join(p.name for p in pngs)} in {run_path}")
+    if bin_s is not None:
+        click.echo(format_bins(outcomes_per_bin(run_path, bin_s)))
     if as_json:
         click.echo(json.dumps(summary))
 

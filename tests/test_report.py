@@ -14,7 +14,7 @@ from orchestrator.errors import InputError
 from orchestrator.gpus import gpu_type
 from orchestrator.planner import PlanOptions, make_plan
 from orchestrator.profiles import load_profiles
-from tools.report import REQUEST_COLUMNS, figures, load_run, plot, summarize
+from tools.report import REQUEST_COLUMNS, figures, load_run, outcomes_per_bin, plot, summarize
 
 PNGS = ["demand.png", "violations.png", "slices.png", "placement.png"]
 # (scheduled_s, latency_ms, outcome): 6 ok, 1 late, 2 dropped, 1 error
@@ -221,3 +221,20 @@ def test_cli_report(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_report_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path)]) == 1
     assert "requests.csv: missing" in capsys.readouterr().err
+
+
+def test_outcomes_per_bin_and_archived_requests(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import gzip
+    rows = outcomes_per_bin(run_dir, 4.0)
+    assert [(r["start_s"], r["requests"], r["ok"], r["late"], r["dropped"], r["error"]) for r in rows] == [
+        (0.0, 4, 4, 0, 0, 0), (4.0, 4, 2, 1, 1, 0), (8.0, 2, 0, 0, 1, 1)]
+    assert [r["plans"] for r in rows] == [[], [], ["forecast above capacity"]]
+    # an archived run keeps requests.csv gzipped: the same report
+    csv_path = run_dir / "requests.csv"
+    (run_dir / "requests.csv.gz").write_bytes(gzip.compress(csv_path.read_bytes()))
+    csv_path.unlink()
+    assert main(["report", str(run_dir), "--bins", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "forecast above capacity" in out and "2 dropped" in out
+    with pytest.raises(InputError, match="--bins"):
+        outcomes_per_bin(run_dir, 0)

@@ -7,6 +7,7 @@ Times are seconds from the run start; the run ends at the last event or request 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import math
@@ -129,7 +130,11 @@ def _parse_all(rows: list[tuple[int, T]], parse: Callable[[int, T], Any], trunca
 
 
 def _read_text(path: Path) -> str:
+    """The file's text; an archived run may keep it as ``<file>.gz`` instead."""
+    archived = path.with_name(path.name + ".gz")
     try:
+        if not path.exists() and archived.exists():
+            return gzip.decompress(archived.read_bytes()).decode()
         return path.read_text()
     except FileNotFoundError:
         raise InputError(f"{path}: missing (a run directory holds {REQUESTS_FILE} and {EVENTS_FILE})") from None
@@ -334,6 +339,33 @@ def _windows(req: Requests, span_s: float) -> dict[str, list[float]]:
     bad = np.bincount(index, weights=(req.outcome != "ok").astype(float), minlength=WINDOWS)
     return {"edges_s": [round(float(e), 3) for e in edges], "requests": [int(c) for c in counts],
             "violations_pct": [round(100 * float(b / c), 2) if c else 0.0 for b, c in zip(bad, counts)]}
+
+
+def outcomes_per_bin(run_dir: str | Path, bin_s: float) -> list[dict[str, Any]]:
+    """Per ``bin_s`` of the replay (by scheduled time): the requests by outcome, and the plan changes
+    that took effect in the bin (their reasons)."""
+    if not bin_s > 0:
+        raise InputError(f"--bins: expected a positive number of seconds, got {bin_s}")
+    run = load_run(run_dir)
+    req = run.requests
+    span = max(float(req.scheduled_s.max(initial=0.0)), max((p.t for p in run.plans), default=0.0))
+    n = int(span // bin_s) + 1
+    index = np.minimum((req.scheduled_s // bin_s).astype(int), n - 1)
+    counts = {o: np.bincount(index[req.outcome == o], minlength=n) for o in OUTCOMES}
+    rows = [{"start_s": round(i * bin_s, 3), "requests": int(sum(c[i] for c in counts.values())),
+             **{o: int(counts[o][i]) for o in OUTCOMES}, "plans": []} for i in range(n)]
+    for p in run.plans[1:]:
+        rows[min(int(p.t // bin_s), n - 1)]["plans"].append(p.reason)
+    return rows
+
+
+def format_bins(rows: list[dict[str, Any]]) -> str:
+    """``outcomes_per_bin`` as a text table, one bin a line."""
+    lines = [f"{'from s':>8} {'requests':>8} " + " ".join(f"{o:>7}" for o in OUTCOMES) + "  plan changes"]
+    for r in rows:
+        lines.append(f"{r['start_s']:>8g} {r['requests']:>8} " + " ".join(f"{r[o]:>7}" for o in OUTCOMES)
+                     + ("  " + "; ".join(r["plans"]) if r["plans"] else ""))
+    return "\n".join(lines)
 
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:
