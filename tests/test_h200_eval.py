@@ -1,4 +1,4 @@
-"""bench/h200_eval.py --merge: per-call results of one app combined in the systems' order."""
+"""bench/h200_eval.py --merge: per-call results of one app combined in the systems' order; bench/runner_loads.py."""
 import importlib.util
 import json
 from pathlib import Path
@@ -32,3 +32,17 @@ def test_merge_refuses_runs_on_different_days(tmp_path: Path) -> None:
     b.write_text(json.dumps([_entry("st", duration_s=100.0)]))
     with pytest.raises(SystemExit, match="st differs from ast in duration_s"):
         h200_eval.merge([str(a), str(b)])
+
+
+def test_runner_loads_per_architecture() -> None:
+    spec = importlib.util.spec_from_file_location("runner_loads", ROOT / "bench" / "runner_loads.py")
+    runner_loads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner_loads)
+    lines = ['I1129 model.py:1] "jigsaw runner app__t__vits__1g1p1b seg0_0: ready 10.0 s after its stub started '
+             '(build and capture 9.5 s)"',
+             "jigsaw runner app__t__vits__1g2p1b seg0_1: ready 6.0 s after its stub started (build and capture 5.5 s)",
+             "jigsaw runner app__u__resnet50__3g1p8b seg0_0: ready 4.0 s after its stub started (build and capture 3.0 s)",
+             "unrelated line"]
+    per_arch, share = runner_loads.summarize(lines)
+    assert per_arch == {"vits": [(10.0, 9.5), (6.0, 5.5)], "resnet50": [(4.0, 3.0)]}
+    assert share == pytest.approx(18.0 / 20.0)

@@ -1,0 +1,44 @@
+"""Where a runner's load time goes, from the runners' own log lines ("jigsaw runner <model> <instance>:
+ready X s after its stub started (build and capture Y s)", tritonserver's log at info level).
+
+    python3 bench/runner_loads.py bench/results/h200-eval/day-200s-shed/*/*-runner-loads.txt
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from collections import defaultdict
+from pathlib import Path
+
+LINE = re.compile(r"jigsaw runner (\S+) \S+: ready ([\d.]+) s after its stub started \(build and capture ([\d.]+) s\)")
+
+
+def summarize(lines: list[str]) -> tuple[dict[str, list[tuple[float, float]]], float]:
+    """Per architecture (the model name's third field) the (ready, build) seconds of each instance,
+    and the share of all ready time that went into building and capturing."""
+    per_arch: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for line in lines:
+        m = LINE.search(line)
+        if m:
+            per_arch[m.group(1).split("__")[2]].append((float(m.group(2)), float(m.group(3))))
+    ready = sum(r for v in per_arch.values() for r, _ in v)
+    build = sum(b for v in per_arch.values() for _, b in v)
+    return dict(per_arch), build / ready if ready else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("logs", nargs="+", help="server logs, or files of their 'jigsaw runner' lines")
+    args = ap.parse_args()
+    lines = [line for path in args.logs for line in Path(path).read_text().splitlines()]
+    per_arch, share = summarize(lines)
+    for arch, v in sorted(per_arch.items(), key=lambda kv: -max(r for r, _ in kv[1])):
+        print(f"{arch}: {len(v)} instances, ready {min(r for r, _ in v):.1f}-{max(r for r, _ in v):.1f} s "
+              f"after the stub started, {sum(b for _, b in v) / sum(r for r, _ in v):.0%} of it build and capture")
+    rest = [r - b for v in per_arch.values() for r, b in v]
+    print(f"all {len(rest)} instances: {share:.0%} of the time to ready is build and capture; the rest (the stub's "
+          f"start and imports) {min(rest):.1f}-{max(rest):.1f} s")
+
+
+if __name__ == "__main__":
+    main()
