@@ -163,7 +163,8 @@ def test_empty_run(tmp_path: Path) -> None:
     assert s["windows"] is None
     assert s["latency_ms"]["p99"] is None and s["slices"]["mean"] is None
     assert s["accuracy"]["source"] is None and "no plan" in s["accuracy"]["note"]
-    assert s["plan_changes"] == {"count": 0, "changes": []} and s["initial_plan"] is None
+    assert s["plan_changes"] == {"count": 0, "changes": [], "applies": {"mean_s": None, "max_s": None}}
+    assert s["initial_plan"] is None
     assert all(p.stat().st_size > 0 for p in plot(run))
 
 
@@ -238,3 +239,13 @@ def test_outcomes_per_bin_and_archived_requests(run_dir: Path, capsys: pytest.Ca
     assert "forecast above capacity" in out and "2 dropped" in out
     with pytest.raises(InputError, match="--bins"):
         outcomes_per_bin(run_dir, 0)
+
+
+def test_apply_times_are_summarized(tmp_path: Path, plans: dict) -> None:
+    evs = events(plans)
+    evs[1]["apply_s"] = 12.5
+    evs.append({"kind": "plan", "t": 30.0, "plan": plans["low"], "demand_rps": 100, "capacity_rps": 130.0,
+                "reason": "forecast down", "apply_s": 7.5})
+    s = summarize(write_run(tmp_path / "run", REQUESTS, evs, INFO))
+    assert [c["apply_s"] for c in s["plan_changes"]["changes"]] == [12.5, 7.5]
+    assert s["plan_changes"]["applies"] == {"mean_s": 10.0, "max_s": 12.5}

@@ -63,6 +63,7 @@ class PlanEvent:
     demand_rps: float
     capacity_rps: float | None
     reason: str
+    apply_s: float | None = None  # how long moving the server to this plan took (None: the initial plan)
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,8 @@ def _plan_event(path: Path, line: int, t: float, doc: dict[str, Any]) -> PlanEve
     if not isinstance(reason, str):
         raise InputError(f"{where}: reason: expected a string, got {reason!r}")
     return PlanEvent(line, t, plan, _number(doc.get("demand_rps"), f"{where}: demand_rps"),
-                     _number(doc.get("capacity_rps"), f"{where}: capacity_rps", nullable=True), reason)
+                     _number(doc.get("capacity_rps"), f"{where}: capacity_rps", nullable=True), reason,
+                     _number(doc.get("apply_s"), f"{where}: apply_s", nullable=True))
 
 
 def _metrics_event(path: Path, line: int, t: float, doc: dict[str, Any]) -> MetricsEvent:
@@ -321,7 +323,13 @@ def _accuracy(run: Run) -> dict[str, Any]:
 
 def _plan_info(p: PlanEvent) -> dict[str, Any]:
     return {"t": p.t, "reason": p.reason, "demand_rps": p.demand_rps, "capacity_rps": p.capacity_rps,
-            "slices": p.plan.slices, "gpus": p.plan.gpus}
+            "slices": p.plan.slices, "gpus": p.plan.gpus, "apply_s": p.apply_s}
+
+
+def _applies(plans: list[PlanEvent]) -> dict[str, float | None]:
+    """How long the plan changes took to apply: mean and longest (s), None when none says."""
+    times = [p.apply_s for p in plans[1:] if p.apply_s is not None]
+    return {"mean_s": sum(times) / len(times) if times else None, "max_s": max(times, default=None)}
 
 
 def _percentile(values: np.ndarray, q: float) -> float | None:
@@ -390,7 +398,8 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                    "max": max(slices, default=None),
                    "timeline": [[p.t, p.plan.slices] for p in run.plans]},
         "initial_plan": _plan_info(run.plans[0]) if run.plans else None,
-        "plan_changes": {"count": max(len(run.plans) - 1, 0), "changes": [_plan_info(p) for p in run.plans[1:]]},
+        "plan_changes": {"count": max(len(run.plans) - 1, 0), "changes": [_plan_info(p) for p in run.plans[1:]],
+                         "applies": _applies(run.plans)},
         "warnings": run.warnings,
     }
     (run.path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
