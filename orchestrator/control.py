@@ -32,6 +32,7 @@ from tritonclient.utils import InferenceServerException
 from .errors import InputError
 from .render import MANIFEST, Rendered, routing_path, write_repository, write_routing
 from .server import CONTROL_HEADER, GRPC_CONTROL_HEADER, LOAD_THREADS
+from triton_backend.backlog import PREFIX as BACKLOG_PREFIX
 
 MIN_DRAIN_S = 5.0
 
@@ -212,5 +213,8 @@ def _rollback(client: grpcclient.InferenceServerClient, headers: dict[str, str] 
                 client.unload_model(name, headers=headers)
             except InferenceServerException:
                 pass  # it never loaded
+    for table in repo.glob(f"*/{BACKLOG_PREFIX}*"):  # the live graph instances' shared table, not its copy
+        if (backup / table.parent.name).is_dir():
+            table.replace(backup / table.parent.name / table.name)
     shutil.rmtree(repo)
     shutil.move(str(backup), str(repo))

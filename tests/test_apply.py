@@ -191,6 +191,7 @@ def test_failed_apply_rolls_back(server) -> None:
     for task in bad.app_spec["tasks"].values():
         for v in task["variants"].values():
             v["runtime"] = {"kind": "no_such_kind"}
+    tables = {p: p.stat().st_ino for p in Path(server.repo).glob("cpudemo/.backlog-*")}
     with Load(server.grpc_url, threads=2) as load:
         with pytest.raises(RuntimeError, match="rolled back"):
             apply(build_configs(bad, CPU), server.repo, client, control_headers(KEY, True))
@@ -198,6 +199,8 @@ def test_failed_apply_rolls_back(server) -> None:
     assert load.errors == [] and load.ok > 0
     assert _runners(client) == before
     assert not Path(str(server.repo) + ".previous").exists()
+    # the graph instances' shared backlog table is the live file, not the backup's stale copy of it
+    assert len(tables) == 1 and {p: p.stat().st_ino for p in tables} == tables
 
 
 def test_apply_needs_the_control_key(server) -> None:

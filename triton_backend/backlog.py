@@ -20,6 +20,7 @@ import zlib
 
 import numpy as np
 
+PREFIX = ".backlog-"  # + the server's pid: the table's file name in the graph model's directory
 ROWS = 256           # graph instances at once (both copies of the graph model during a reload included)
 SLOTS = 32           # runner models one instance has sent to
 FIELDS = 5           # per slot: key, items outstanding, answers, observed us, estimated us

@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from triton_backend.backlog import PREFIX as BACKLOG_PREFIX
 from triton_backend.backlog import SharedBacklog, remove_stale
 from triton_backend.scheduling import (DropDecision, FanOut, Pace, Route, WeightedRoundRobin, backlog_ms,
                                        choose_route, drop_decision)
 from triton_backend.variants import build
 
 _FAMILIES: dict[str, Any] = {}
-BACKLOG_PREFIX = ".backlog-"  # + the server's pid: the shared backlog table in the graph model's directory
 
 
 def _counter(name: str, description: str) -> Any:
