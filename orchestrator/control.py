@@ -29,10 +29,11 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
+from triton_backend.backlog import PREFIX as BACKLOG_PREFIX
+
 from .errors import InputError
 from .render import MANIFEST, Rendered, routing_path, write_repository, write_routing
 from .server import CONTROL_HEADER, GRPC_CONTROL_HEADER, LOAD_THREADS
-from triton_backend.backlog import PREFIX as BACKLOG_PREFIX
 
 MIN_DRAIN_S = 5.0
 
@@ -130,7 +131,7 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
     backup = repo.with_name(repo.name + ".previous")
     if backup.exists():
         shutil.rmtree(backup)
-    shutil.copytree(repo, backup)
+    shutil.copytree(repo, backup, ignore=shutil.ignore_patterns(f"{BACKLOG_PREFIX}*"))  # live: kept on rollback
     for name, cfg in rendered.configs.items():  # new model directories must exist before loading
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
@@ -213,7 +214,7 @@ def _rollback(client: grpcclient.InferenceServerClient, headers: dict[str, str] 
                 client.unload_model(name, headers=headers)
             except InferenceServerException:
                 pass  # it never loaded
-    for table in repo.glob(f"*/{BACKLOG_PREFIX}*"):  # the live graph instances' shared table, not its copy
+    for table in repo.glob(f"*/{BACKLOG_PREFIX}*"):  # the graph instances' live table (the backup leaves it out)
         if (backup / table.parent.name).is_dir():
             table.replace(backup / table.parent.name / table.name)
     shutil.rmtree(repo)

@@ -215,20 +215,23 @@ class _Task:
         now_s = time.monotonic()
         pace = {model: self.paces.setdefault(model, Pace()).factor(now_s, *t[1:]) for model, t in totals.items()}
 
-        def estimate(r: Route) -> float:
-            return backlog_ms(r.latency_ms, ahead[r.model], r.throughput_rps) * pace[r.model]
+        def queued_ms(r: Route) -> float:  # at the planned throughput
+            return backlog_ms(r.latency_ms, ahead[r.model], r.throughput_rps)
+
+        def estimate(r: Route) -> float:  # at the pace the runner has kept lately
+            return queued_ms(r) * pace[r.model]
 
         chunks, start = [], 0
         while start < n:
             picked = routing.router.pick()
-            end = min(n, start + picked.batch)
-            route = choose_route(picked, routing.routes, end - start, left_ms, routing.downstream_ms, estimate)
+            rows = min(n - start, picked.batch)
+            route = choose_route(picked, routing.routes, rows, left_ms, routing.downstream_ms, estimate)
             if route is None:
                 return (f"jigsaw: request dropped at stage {self.task}: {left_ms:.1f} ms left before its deadline, "
                         f"its runners would answer in {min(map(estimate, routing.routes)):.1f} ms at the soonest "
                         f"(their backlog) and the rest of the path needs {routing.downstream_ms:.1f} ms")
             end = min(n, start + route.batch)
-            chunks.append((route, start, end, backlog_ms(route.latency_ms, ahead[route.model], route.throughput_rps)))
+            chunks.append((route, start, end, queued_ms(route)))
             ahead[route.model] += end - start
             start = end
         for route, a, b, _ in chunks:
