@@ -1,5 +1,6 @@
 """Where a runner's load time goes, from the runners' own log lines ("jigsaw runner <model> <instance>:
-ready X s after its stub started (build and capture Y s)", tritonserver's log at info level).
+ready X s after its stub started (build and capture Y s; context a, build b, b1 c, b2 d, ...)",
+tritonserver's log at info level; older lines lack the part after the semicolon).
 
     python3 bench/runner_loads.py bench/results/h200-eval/day-200s-shed/*/*-runner-loads.txt
 """
@@ -10,7 +11,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-LINE = re.compile(r"jigsaw runner (\S+) \S+: ready ([\d.]+) s after its stub started \(build and capture ([\d.]+) s\)")
+LINE = re.compile(r"jigsaw runner (\S+) \S+: ready ([\d.]+) s after its stub started \(build and capture ([\d.]+) s"
+                  r"(?:; ([^)]*))?\)")
+PART = re.compile(r"(\w+) ([\d.]+)")
 
 
 def summarize(lines: list[str]) -> tuple[dict[str, list[tuple[float, float]]], float]:
@@ -26,6 +29,20 @@ def summarize(lines: list[str]) -> tuple[dict[str, list[tuple[float, float]]], f
     return dict(per_arch), build / ready if ready else 0.0
 
 
+def breakdown(lines: list[str]) -> dict[str, dict[str, float]]:
+    """Per architecture, the mean seconds of each part of the build, from lines that carry them: the
+    CUDA context, the model's build, and the captures of all its batch sizes together."""
+    per_arch: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for line in lines:
+        m = LINE.search(line)
+        if m and m.group(4):
+            parts = {k: float(v) for k, v in PART.findall(m.group(4))}
+            per_arch[m.group(1).split("__")[2]].append({
+                "context": parts.get("context", 0.0), "build": parts.get("build", 0.0),
+                "capture": sum(v for k, v in parts.items() if k.startswith("b") and k[1:].isdigit())})
+    return {arch: {k: sum(d[k] for d in v) / len(v) for k in v[0]} for arch, v in per_arch.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("logs", nargs="+", help="server logs, or files of their 'jigsaw runner' lines")
@@ -38,6 +55,8 @@ def main() -> None:
     rest = [r - b for v in per_arch.values() for r, b in v]
     print(f"all {len(rest)} instances: {share:.0%} of the time to ready is build and capture; the rest (the stub's "
           f"start and imports) {min(rest):.1f}-{max(rest):.1f} s")
+    for arch, means in sorted(breakdown(lines).items()):
+        print(f"{arch}: mean " + ", ".join(f"{k} {v:.2f} s" for k, v in means.items()))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ with ``decide``:
 - down only when the forecast stays below ``down_ratio`` of it, the plan has served at least
   ``down_cooldown`` intervals, and the new plan's demand is at most ``down_ratio_target`` of the
   current one (hysteresis: no flapping on noise, no near-identical replans);
+- between steps, every ``surge_poll_s``, up at once when the arrivals since the last step already
+  exceed the demand the plan was made for (``surge``): on a steep ramp the next step would come too late;
 - the new plan is made for forecast x (1 + ``headroom``) and moved onto the server with
   ``control.apply`` (no failed requests; a failed load rolls back and the old plan keeps serving);
 - the forecast looks as far ahead as a plan made now must last: until the one after it can be in
@@ -17,9 +19,11 @@ with ``decide``:
   intervals would otherwise always trail the demand.
 
 Profile refinement: a runner whose measured mean batch time exceeds its profiled p95 at the same
-batch by more than ``refine_drift`` gets that variant's profile rows for its segment scaled by the
-measured ratio, and the app is replanned. Only slowdowns are folded in: a profile's latency also
-budgets Triton's per-call overhead, which a runner's compute time does not show.
+batch (the batch that ran: rows requested plus the rows a runner padded its batches with up to a
+size it captured, ``jigsaw_runner_padding_rows_total``) by more than ``refine_drift`` gets that
+variant's profile rows for its segment scaled by the measured ratio, and the app is replanned. Only
+slowdowns are folded in: a profile's latency also budgets Triton's per-call overhead, which a
+runner's compute time does not show.
 
 Every decision is appended to ``events.jsonl`` (tools/report.py reads it).
 """
@@ -34,6 +38,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from triton_backend.variants import PADDING_METRIC
 
 from .appspec import AppSpec
 from .errors import InfeasibleError
@@ -56,6 +62,7 @@ class Policy:
     refine_drift: float = 0.25
     refine_min_batches: int = 20
     fallback: tuple[float, ...] = (0.85, 0.7, 0.55)   # of the demand, tried when it cannot be planned
+    surge_poll_s: float = 2.0    # between steps, check this often whether arrivals already exceed the plan (0: never)
 
 
 def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, policy: Policy) -> float | None:
@@ -114,6 +121,8 @@ class Controller:
         self.refine_pending = False
         self.interval_s: float | None = None  # set by run()
         self.apply_s = 0.0                    # how long the last apply took
+        self.observed = 0                     # rates the forecaster has seen
+        self.surge_failed = False             # a surge found no larger plan: not again until the next step
 
     # -- planning ---------------------------------------------------------------------------------
 
@@ -174,7 +183,7 @@ class Controller:
         for e in self.plan.entries:
             name = runner_name(self.app.name, e)
             d = {m: increase(prev.total(m, model=name), now.total(m, model=name))
-                 for m in ("nv_inference_exec_count_total", "nv_inference_count_total",
+                 for m in ("nv_inference_exec_count_total", "nv_inference_count_total", PADDING_METRIC,
                            "nv_inference_request_success_total", "nv_inference_compute_infer_duration_us_total")}
             batches, requests = d["nv_inference_exec_count_total"], d["nv_inference_request_success_total"]
             if batches < self.policy.refine_min_batches or requests <= 0:
@@ -184,7 +193,8 @@ class Controller:
             measured = d["nv_inference_compute_infer_duration_us_total"] / requests / 1000
             profile = self.app.task(e.task).variant(e.variant).profile
             points = [p for p in self.profiles.for_variant(profile, self.gpu.name) if (p.mig, p.mps) == (e.mig, e.mps)]
-            expected = expected_ms(points, d["nv_inference_count_total"] / batches)
+            # at the batch size that ran: a runner pads a batch to the next size it captured
+            expected = expected_ms(points, (d["nv_inference_count_total"] + d[PADDING_METRIC]) / batches)
             if expected and measured > expected * (1 + self.policy.refine_drift):
                 ratio = measured / expected
                 self.profiles = scaled(self.profiles, profile, self.gpu.name, e.mig, e.mps, ratio)
@@ -204,11 +214,12 @@ class Controller:
         """Measure the last interval, forecast the next, and replan if the policy says so."""
         assert self.plan is not None
         now = self.record_metrics()
-        prev, self.last = self.last, now
+        prev, self.last, self.surge_failed = self.last, now, False
         if prev is None:
             return
         rate = increase(requests_total(prev, self.app.name), requests_total(now, self.app.name)) / (now.t - prev.t)
         self.forecaster.observe(rate)
+        self.observed += 1
         steps = self.horizon()
         forecast = max(self.forecaster.forecast(1), self.forecaster.forecast(steps))
         self.intervals_in_plan += 1
@@ -221,6 +232,30 @@ class Controller:
         elif target is not None:
             direction = "up" if target > self.plan.demand_rps else "down"
             self._replan(target, f"forecast {forecast:.1f} req/s, {direction} from {self.plan.demand_rps:.1f}")
+
+    def surge(self) -> bool:
+        """Between steps: when the arrivals since the last step already exceed the demand the plan was
+        made for, replan up at once rather than at the next step, for the larger of that rate and the
+        forecast, plus headroom. The forecaster is not fed (it sees one rate per interval). Whether it
+        replanned; after a surge that found no larger plan (the GPUs are full), none until the next step."""
+        assert self.plan is not None
+        if self.last is None or self.surge_failed:
+            return False
+        now = scrape(self.metrics_url, time.time())
+        since = now.t - self.last.t
+        if since < self.policy.surge_poll_s / 2:
+            return False
+        rate = increase(requests_total(self.last, self.app.name), requests_total(now, self.app.name)) / since
+        if rate <= self.plan.demand_rps:
+            return False
+        forecast = max(rate, self.forecaster.forecast(self.horizon())) if self.observed else rate
+        planned = self.plan.demand_rps
+        self.events.write("surge", demand_rps=round(rate, 3), forecast_rps=round(forecast, 3), planned_rps=planned,
+                          since_step_s=round(since, 3))
+        self._replan(forecast * (1 + self.policy.headroom),
+                     f"surge: {rate:.1f} req/s since the last step, over the {planned:.1f} planned")
+        self.surge_failed = self.plan.demand_rps == planned
+        return not self.surge_failed
 
     def horizon(self) -> int:
         """Intervals ahead a plan made now must cover: 1 + the last apply's duration in intervals."""
@@ -239,4 +274,9 @@ class Controller:
                 self.events.write("error", reason=f"{type(exc).__name__}: {exc}")
                 self.progress(f"controller step failed: {type(exc).__name__}: {exc}")
             next_t = max(next_t + interval_s, time.monotonic() + interval_s / 2)  # after a long apply: no burst of steps
-            stop.wait(max(0.0, next_t - time.monotonic()))
+            poll = self.policy.surge_poll_s or interval_s
+            while not stop.wait(max(0.0, min(poll, next_t - time.monotonic()))) and time.monotonic() < next_t:
+                try:
+                    self.surge()
+                except Exception as exc:  # as a step's: logged, not fatal
+                    self.events.write("error", reason=f"surge check: {type(exc).__name__}: {exc}")

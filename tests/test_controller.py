@@ -15,6 +15,7 @@ from conftest import ROOT
 from orchestrator import controller as ctl
 from orchestrator.appspec import load_app
 from orchestrator.controller import Controller, EventLog, Policy, decide, expected_ms, scaled
+from orchestrator.errors import InfeasibleError
 from orchestrator.forecast import HoltQuantile, MovingAverage
 from orchestrator.gpus import gpu_type
 from orchestrator.inventory import Inventory
@@ -225,17 +226,20 @@ class Fixture:
         assert url == "http://fake/metrics"
         return self.scrapes.pop(0)
 
-    def push(self, rps: float, runner_batches: dict[str, tuple[int, float, float]] | None = None) -> None:
+    def push(self, rps: float, runner_batches: dict[str, tuple[int, float, float]] | None = None,
+             padding: dict[str, float] | None = None) -> None:
         """Queue the next scrape, ``INTERVAL_S`` after the last: ``rps`` arrivals at the app model and, per
         runner, (executions, mean batch, batch time in ms) during the interval. As Triton does, the
-        compute time is counted once per request of a batch (here one item per request)."""
+        compute time is counted once per request of a batch (here one item per request). ``padding``:
+        rows per batch a runner padded its batches with, as the jigsaw runners export it."""
         t = self.pushed * INTERVAL_S
         self.pushed += 1
         self.arrived += rps * INTERVAL_S
         samples = {("nv_inference_request_success_total", (("model", self.app.name), ("version", "1"))): self.arrived}
         for name, (execs, batch, ms) in (runner_batches or {}).items():
-            c = self.runners.setdefault(name, dict.fromkeys(("exec", "items", "requests", "us"), 0.0))
+            c = self.runners.setdefault(name, dict.fromkeys(("exec", "items", "requests", "us", "pad"), 0.0))
             c["exec"] += execs
+            c["pad"] += execs * (padding or {}).get(name, 0.0)
             c["items"] += execs * batch
             c["requests"] += execs * batch
             c["us"] += execs * batch * ms * 1000
@@ -243,7 +247,8 @@ class Fixture:
             samples.update({("nv_inference_exec_count_total", key): c["exec"],
                             ("nv_inference_count_total", key): c["items"],
                             ("nv_inference_request_success_total", key): c["requests"],
-                            ("nv_inference_compute_infer_duration_us_total", key): c["us"]})
+                            ("nv_inference_compute_infer_duration_us_total", key): c["us"],
+                            ("jigsaw_runner_padding_rows_total", (("model", name),)): c["pad"]})
         self.scrapes.append(Scrape(t, samples))
 
     def events(self, kind: str) -> list[dict]:
@@ -324,6 +329,83 @@ def test_step_refines_a_runner_twice_as_slow_as_its_profile(tmp_path: Path, monk
     assert len(plans) == 2 and len(f.applied) == 1
     assert plans[1]["reason"].startswith(f"profile refined: {det_profile} 1g x1 x2.00")
     assert plans[1]["demand_rps"] == pytest.approx(22.0)
+
+
+def test_step_judges_a_padded_runner_at_the_batch_it_ran(tmp_path: Path, monkeypatch) -> None:
+    """A runner that pads its batches of 2 rows to 16 (it captured 1 and 16 only) and takes the profile's
+    time for 16 is as profiled, not slow; one slower than that is refined against the batch of 16."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.1, refine_drift=0.25, refine_min_batches=20))
+    first = f.c.initial(22.0)
+    det = next(e for e in first.entries if e.task == "det")
+    points = f.c.profiles.for_variant(f.app.task("det").variant(det.variant).profile, "cpu")
+    at2, at16 = expected_ms(points, 2.0), expected_ms(points, 16.0)
+    assert at16 > at2 * 1.25  # precondition: judged at 2 rows, the padded batch would look slow
+    f.push(20)
+    f.push(20, {f.runner("det"): (50, 2.0, at16)}, padding={f.runner("det"): 14.0})
+    f.push(20, {f.runner("det"): (50, 2.0, 2 * at16)}, padding={f.runner("det"): 14.0})
+    f.c.step()
+    f.c.step()
+    assert not f.events("refine") and len(f.applied) == 0
+    f.c.step()
+    refines = f.events("refine")
+    assert len(refines) == 1 and refines[0]["profiled_ms"] == pytest.approx(at16, abs=1e-3)
+    assert refines[0]["ratio"] == pytest.approx(2.0, rel=1e-3)
+
+
+def test_surge_replans_up_between_steps_once_arrivals_exceed_the_plan(tmp_path: Path, monkeypatch) -> None:
+    """Arrivals since the last step under the plan's demand: nothing. Over it: a plan at once for that rate
+    (or the forecast, if larger) plus headroom; the forecaster is not fed, the next step goes on as before."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.1))
+    f.c.initial(22.0)
+    f.push(20)
+    f.push(20)
+    f.c.step()
+    f.c.step()              # the forecaster has seen 20 req/s
+    f.push(20)
+    assert f.c.surge() is False and f.applied == []
+    f.push(60)              # 20 then 60 req/s since the last step: 40 > 22
+    assert f.c.surge() is True and len(f.applied) == 1
+    surge = f.events("surge")
+    assert len(surge) == 1 and surge[0]["demand_rps"] == pytest.approx(40.0)
+    assert surge[0]["planned_rps"] == pytest.approx(22.0) and surge[0]["since_step_s"] == pytest.approx(20.0)
+    plan = f.events("plan")[-1]
+    assert plan["demand_rps"] == pytest.approx(40.0 * 1.1) and plan["reason"].startswith("surge: 40.0 req/s")
+    assert f.c.plan.demand_rps == pytest.approx(44.0) and f.c.intervals_in_plan == 0 and f.c.observed == 1
+    f.push(40)              # since the step: (20 + 60 + 40) / 3 = 40, not over the 44 planned now
+    assert f.c.surge() is False
+    f.push(60)
+    f.c.step()              # the step's interval spans the surge checks: (20 + 60 + 40 + 60) / 4 = 45
+    assert [e["demand_rps"] for e in f.events("interval")][-1] == pytest.approx(45.0)
+    assert f.c.observed == 2
+
+
+def test_surge_before_any_forecast_plans_for_the_rate(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5))
+    f.c.initial(10.0)
+    assert f.c.surge() is False  # no step yet: nothing to measure from
+    f.push(5)
+    f.c.step()
+    f.push(30)
+    assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
+
+
+def test_a_surge_that_finds_no_plan_is_not_retried_before_the_next_step(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, fallback=()))
+    f.c.initial(10.0)
+
+    def full(demand: float):  # as when the GPUs are full
+        raise InfeasibleError(f"no plan for {demand:.1f} req/s", binding="slices")
+
+    monkeypatch.setattr(f.c, "_make", full)
+    f.push(5)
+    f.c.step()
+    f.push(100)
+    assert f.c.surge() is False and len(f.events("infeasible")) == 1
+    assert f.c.surge() is False and len(f.events("infeasible")) == 1 and len(f.scrapes) == 0  # not even scraped
+    f.push(5)
+    f.c.step()   # (50 + 1000) / 20 = 52.5 req/s: the step tries too (one more infeasible)
+    f.push(100)
+    assert f.c.surge() is False and len(f.events("infeasible")) == 3  # and the surge checks again
 
 
 def test_horizon_covers_the_last_apply_in_intervals(tmp_path: Path, monkeypatch) -> None:

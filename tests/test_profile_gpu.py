@@ -4,9 +4,12 @@ zoo tests need torch and transformers, which CI does not install, and are skippe
 from __future__ import annotations
 
 import csv
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from orchestrator.appspec import load_app
@@ -28,6 +31,7 @@ def probe(tmp_path_factory):
     with TritonServer(tmp / "repo", prepare_backend_dir(tmp / "backends"), load=(), http_port=http,
                       grpc_port=grpc, metrics_port=metrics, log_path=tmp / "server.log") as server:
         p = Probe(server.grpc_url, tmp / "repo", width=8)
+        p.metrics_url = server.metrics_url  # for the runners' own metrics
         yield p
         p.close()
 
@@ -44,6 +48,22 @@ def test_probe_times_a_runner_served_by_triton(probe):
         assert t.throughput_rps == pytest.approx(2 * 4 / t.mean_ms * 1000, rel=0.3)
     finally:
         probe.unload("slow")
+
+
+def test_a_runner_exports_the_rows_it_padded_its_batches_with(probe):
+    """A runner that runs batch sizes 1 and 4 only pads 3 rows to 4: Triton's metrics page shows the
+    padding (what the controller adds to the requested rows to judge a batch's time)."""
+    probe.load("padded", {"kind": "numpy_mlp", "pad_to": [1, 4]}, [1, 4], [{}], kind="KIND_CPU")
+    try:
+        probe.measure("padded", batch=3, concurrency=1, warmup=0, min_reps=5, seconds=0.0)
+        time.sleep(0.15)  # increments are sent at most every 0.1 s, when a batch runs
+        probe.measure("padded", batch=1, concurrency=1, warmup=0, min_reps=1, seconds=0.0)
+        text = urllib.request.urlopen(probe.metrics_url, timeout=10).read().decode()
+        padded = [x.value for fam in text_string_to_metric_families(text) for x in fam.samples
+                  if x.name == "jigsaw_runner_padding_rows_total" and x.labels == {"model": "padded"}]
+        assert padded == [5.0], padded
+    finally:
+        probe.unload("padded")
 
 
 def test_probe_reports_a_runner_that_does_not_load(probe):

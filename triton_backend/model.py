@@ -35,7 +35,7 @@ from triton_backend.backlog import PREFIX as BACKLOG_PREFIX
 from triton_backend.backlog import SharedBacklog, remove_stale
 from triton_backend.scheduling import (DropDecision, FanOut, Pace, Route, WeightedRoundRobin, backlog_ms,
                                        choose_route, drop_decision)
-from triton_backend.variants import build
+from triton_backend.variants import PADDING_METRIC, build
 
 _FAMILIES: dict[str, Any] = {}
 
@@ -369,18 +369,33 @@ class _Runner:
         self.run = build(cfg["runtime"], int(cfg["width"]), int(cfg.get("max_batch", 1)), cfg.get("sizes"))
         built = time.monotonic() - started
         # where an apply's time goes: the stub's start and imports, then the build (and capture)
+        parts = getattr(self.run, "load_times", {})
+        detail = "; " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) if parts else ""
         pb_utils.Logger.log_info(f"jigsaw runner {model_name} {instance_name}: ready {_process_age_s():.1f} s "
-                                 f"after its stub started (build and capture {built:.1f} s)")
+                                 f"after its stub started (build and capture {built:.1f} s{detail})")
+        # batches run padded to a captured size: the controller compares their time with the profile at
+        # the size that ran (nv_inference_count counts the requested rows only)
+        self.m_padding = _counter(PADDING_METRIC, "rows a jigsaw runner added to fill its batches up to a "
+                                  "captured batch size").Metric(labels={"model": model_name})
+        self.padded, self.sent_padded, self.sent_at = 0, 0, time.monotonic()
 
     def execute(self, requests: list) -> list:
         inputs = [pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy() for r in requests]
         outputs = self.run(np.concatenate(inputs))
+        self.padded = getattr(self.run, "padded_rows", 0)
+        if self.padded > self.sent_padded and time.monotonic() - self.sent_at >= _Counters.FLUSH_S:
+            self.flush()  # an increment is an IPC round trip: at most one per FLUSH_S
         responses, start = [], 0
         for rows in inputs:
             part = outputs[start:start + len(rows)]
             start += len(rows)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", part)]))
         return responses
+
+    def flush(self) -> None:
+        if self.padded > self.sent_padded:
+            self.m_padding.increment(self.padded - self.sent_padded)
+        self.sent_padded, self.sent_at = self.padded, time.monotonic()
 
 
 class TritonPythonModel:
@@ -409,3 +424,5 @@ class TritonPythonModel:
         if self.is_async:
             self.impl.counters.flush()
             self.impl.backlog.close()
+        else:
+            self.impl.flush()

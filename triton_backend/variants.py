@@ -7,25 +7,38 @@ from typing import Any, Callable
 import numpy as np
 
 Runner = Callable[[np.ndarray], np.ndarray]
+# the runners' metric of the rows they padded their batches with (orchestrator.controller reads it)
+PADDING_METRIC = "jigsaw_runner_padding_rows_total"
 
 
-def numpy_mlp(width: int, in_width: int, depth: int = 2, hidden: int = 64, seed: int = 0,
-              delay_ms: float = 0.0, delay_per_item_ms: float = 0.0) -> Runner:
+class NumpyMlp:
     """A CPU stand-in model: ``depth`` dense tanh layers of ``hidden`` units, ``in_width`` -> ``width``.
     ``delay_ms`` (+ ``delay_per_item_ms`` per row) emulates device time without using a CPU core,
-    so that a 2-core test machine can host many instances with realistic service times."""
-    rng = np.random.default_rng(seed)
-    dims = [in_width] + [hidden] * max(depth - 1, 0) + [width]
-    weights = [(rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32) for a, b in zip(dims[:-1], dims[1:])]
+    so that a 2-core test machine can host many instances with realistic service times. ``pad_to``:
+    batch sizes it runs at, as a GPU runner that captured only those (a batch is timed at the next
+    size up and ``padded_rows`` counts the rows added)."""
 
-    def run(x: np.ndarray) -> np.ndarray:
-        if delay_ms or delay_per_item_ms:
-            time.sleep((delay_ms + delay_per_item_ms * len(x)) / 1000)
-        for w in weights:
+    def __init__(self, width: int, in_width: int, depth: int = 2, hidden: int = 64, seed: int = 0,
+                 delay_ms: float = 0.0, delay_per_item_ms: float = 0.0, pad_to: list[int] | None = None) -> None:
+        rng = np.random.default_rng(seed)
+        dims = [in_width] + [hidden] * max(depth - 1, 0) + [width]
+        self.weights = [(rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+                        for a, b in zip(dims[:-1], dims[1:])]
+        self.delay_ms, self.delay_per_item_ms = delay_ms, delay_per_item_ms
+        self.pad_to = sorted(pad_to or [])
+        self.padded_rows = 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        rows = len(x)
+        if self.pad_to:
+            most = self.pad_to[-1]  # chunks of the largest size, the last one padded (as zoo.GraphRunner)
+            rows = sum(next(b for b in self.pad_to if b >= min(most, len(x) - i)) for i in range(0, len(x), most))
+            self.padded_rows += rows - len(x)
+        if self.delay_ms or self.delay_per_item_ms:
+            time.sleep((self.delay_ms + self.delay_per_item_ms * rows) / 1000)
+        for w in self.weights:
             x = np.tanh(x @ w)
         return x.astype(np.float32)
-
-    return run
 
 
 def torch_model(width: int, in_width: int, arch: str, max_batch: int = 1, dtype: str = "float16",
@@ -37,7 +50,7 @@ def torch_model(width: int, in_width: int, arch: str, max_batch: int = 1, dtype:
     return GraphRunner(arch, width, max_batch, dtype=dtype, seed=seed, sizes=sizes)
 
 
-KINDS: dict[str, Callable[..., Runner]] = {"numpy_mlp": numpy_mlp, "torch": torch_model}
+KINDS: dict[str, Callable[..., Runner]] = {"numpy_mlp": NumpyMlp, "torch": torch_model}
 
 
 def build(runtime: dict[str, Any], width: int, max_batch: int = 1, sizes: list[int] | None = None) -> Runner:

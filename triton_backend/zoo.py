@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -265,8 +266,15 @@ ARCHS: dict[str, Callable[[], Arch]] = {
 }
 
 
+# a capture of the max batch slower than this (seconds) means a costly architecture: the sizes in between
+# are skipped. Measured on the H200 (bench/load_parts.py, runner logs): 1.5-4.2 s per size for
+# EfficientNets, where cuDNN builds its plans per shape in each new process; 0.04-0.6 s for the other
+# architectures measured
+CHEAP_CAPTURE_S = 1.0
+
+
 def batch_sizes(max_batch: int) -> list[int]:
-    """The batch sizes captured for a runner of ``max_batch``: powers of two below it, and it."""
+    """The batch sizes a serving runner of ``max_batch`` may capture: 1, the powers of two below it, and it."""
     sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < max_batch]
     return sizes + [max_batch]
 
@@ -281,6 +289,14 @@ class GraphRunner:
         self.width, self.max_batch = width, max_batch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = getattr(torch, dtype) if self.device.type == "cuda" else torch.float32
+        # where a load's time goes (seconds): the CUDA context, the build, each batch size's capture
+        self.load_times: dict[str, float] = {}
+        started = time.monotonic()
+        if self.device.type == "cuda":
+            torch.cuda.init()
+            torch.empty(1, device=self.device)  # the context is created here, under the process's MPS share
+        self.load_times["context"] = time.monotonic() - started
+        started = time.monotonic()
         self.spec = ARCHS[arch]()
         torch.manual_seed(seed)
         with torch.device(self.device):
@@ -289,7 +305,7 @@ class GraphRunner:
         if self.spec.family in ("classification", "detection"):
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.sizes = sorted(sizes) if sizes else batch_sizes(max_batch)
+        planned = sorted(sizes) if sizes else batch_sizes(max_batch)
         self.graphs: dict[int, tuple[Any, dict[str, torch.Tensor], torch.Tensor]] = {}
         self._kept: list[list[torch.Tensor]] = []  # pinned host buffers the graphs copy from
         # host staging buffers (pinned on CUDA, so copies are asynchronous) and a blocking-sync event:
@@ -298,9 +314,20 @@ class GraphRunner:
         self._shift = torch.zeros(self.max_batch, pin_memory=pinned)
         self._result = torch.zeros(self.max_batch, self.width, pin_memory=pinned)
         self._done = torch.cuda.Event(blocking=True) if pinned else None
+        self.load_times["build"] = time.monotonic() - started
+        # batch 1 and the max first; without ``sizes`` given, the sizes in between only where a capture is
+        # cheap (``CHEAP_CAPTURE_S``): a batch between two captured sizes runs padded to the larger one,
+        # never slower than the full batch the plan budgets, while each size costs load time on every apply
+        order = [planned[0], *planned[1:][-1:], *planned[1:-1]]
         with torch.inference_mode():
-            for b in self.sizes:
+            for b in order:
+                if not sizes and b not in (1, max_batch) and self.load_times[f"b{max_batch}"] > CHEAP_CAPTURE_S:
+                    break
+                started = time.monotonic()
                 self.graphs[b] = self._capture(b)
+                self.load_times[f"b{b}"] = time.monotonic() - started
+        self.sizes = sorted(self.graphs)
+        self.padded_rows = 0  # rows added to fill batches up to a captured size (what the runner exports)
 
     def _capture(self, batch: int) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor]:
         inputs = self.spec.inputs(batch, self.device, self.dtype)
@@ -336,6 +363,7 @@ class GraphRunner:
     def _chunk(self, rows: np.ndarray) -> np.ndarray:
         n = len(rows)
         batch = next(b for b in self.sizes if b >= n)
+        self.padded_rows += batch - n
         _, inputs, _ = self.graphs[batch]
         with torch.inference_mode():
             shift = self._shift[:n]
