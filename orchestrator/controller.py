@@ -239,7 +239,7 @@ class Controller:
         forecast, plus headroom. The forecaster is not fed (it sees one rate per interval). Whether it
         replanned; after a surge that found no larger plan (the GPUs are full), none until the next step."""
         assert self.plan is not None
-        if self.last is None or self.surge_failed:
+        if self.last is None or self.surge_failed or not self.policy.surge_poll_s:
             return False
         now = scrape(self.metrics_url, time.time())
         since = now.t - self.last.t

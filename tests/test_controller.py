@@ -379,6 +379,15 @@ def test_surge_replans_up_between_steps_once_arrivals_exceed_the_plan(tmp_path: 
     assert f.c.observed == 2
 
 
+def test_no_surge_checks_when_they_are_off(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_poll_s=0.0))
+    f.c.initial(10.0)
+    f.push(5)
+    f.c.step()
+    f.push(30)
+    assert f.c.surge() is False and len(f.scrapes) == 1 and f.applied == []
+
+
 def test_surge_before_any_forecast_plans_for_the_rate(tmp_path: Path, monkeypatch) -> None:
     f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5))
     f.c.initial(10.0)

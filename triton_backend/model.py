@@ -377,13 +377,12 @@ class _Runner:
         # the size that ran (nv_inference_count counts the requested rows only)
         self.m_padding = _counter(PADDING_METRIC, "rows a jigsaw runner added to fill its batches up to a "
                                   "captured batch size").Metric(labels={"model": model_name})
-        self.padded, self.sent_padded, self.sent_at = 0, 0, time.monotonic()
+        self.sent_padded, self.sent_at = 0, time.monotonic()
 
     def execute(self, requests: list) -> list:
         inputs = [pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy() for r in requests]
         outputs = self.run(np.concatenate(inputs))
-        self.padded = getattr(self.run, "padded_rows", 0)
-        if self.padded > self.sent_padded and time.monotonic() - self.sent_at >= _Counters.FLUSH_S:
+        if time.monotonic() - self.sent_at >= _Counters.FLUSH_S:
             self.flush()  # an increment is an IPC round trip: at most one per FLUSH_S
         responses, start = [], 0
         for rows in inputs:
@@ -393,9 +392,11 @@ class _Runner:
         return responses
 
     def flush(self) -> None:
-        if self.padded > self.sent_padded:
-            self.m_padding.increment(self.padded - self.sent_padded)
-        self.sent_padded, self.sent_at = self.padded, time.monotonic()
+        padded = getattr(self.run, "padded_rows", 0)
+        if padded > self.sent_padded:
+            self.m_padding.increment(padded - self.sent_padded)
+            self.sent_padded = padded
+        self.sent_at = time.monotonic()
 
 
 class TritonPythonModel:

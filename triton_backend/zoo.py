@@ -318,10 +318,10 @@ class GraphRunner:
         # batch 1 and the max first; without ``sizes`` given, the sizes in between only where a capture is
         # cheap (``CHEAP_CAPTURE_S``): a batch between two captured sizes runs padded to the larger one,
         # never slower than the full batch the plan budgets, while each size costs load time on every apply
-        order = [planned[0], *planned[1:][-1:], *planned[1:-1]]
+        ends, between = sorted({planned[0], planned[-1]}), planned[1:-1]
         with torch.inference_mode():
-            for b in order:
-                if not sizes and b not in (1, max_batch) and self.load_times[f"b{max_batch}"] > CHEAP_CAPTURE_S:
+            for b in ends + between:
+                if not sizes and b in between and self.load_times[f"b{planned[-1]}"] > CHEAP_CAPTURE_S:
                     break
                 started = time.monotonic()
                 self.graphs[b] = self._capture(b)
