@@ -1,5 +1,5 @@
 """Where a runner's load time goes, from the runners' own log lines ("jigsaw runner <model> <instance>:
-ready X s after its stub started (build and capture Y s; context a, build b, b1 c, b2 d, ...)",
+ready X s after its stub started (build and capture Y s; context a, imports i, build b, b1 c, b2 d, ...)",
 tritonserver's log at info level; older lines lack the part after the semicolon).
 
     python3 bench/runner_loads.py bench/results/h200-eval/day-200s-shed/*/*-runner-loads.txt
@@ -31,16 +31,19 @@ def summarize(lines: list[str]) -> tuple[dict[str, list[tuple[float, float]]], f
 
 def breakdown(lines: list[str]) -> dict[str, dict[str, float]]:
     """Per architecture, the mean seconds of each part of the build, from lines that carry them: the
-    CUDA context, the model's build, and the captures of all its batch sizes together."""
+    CUDA context, the imports of its library (where the lines have that part), the model's build, and
+    the captures of all its batch sizes together."""
     per_arch: dict[str, list[dict[str, float]]] = defaultdict(list)
     for line in lines:
         m = LINE.search(line)
         if m and m.group(4):
             parts = {k: float(v) for k, v in PART.findall(m.group(4))}
             per_arch[m.group(1).split("__")[2]].append({
-                "context": parts.get("context", 0.0), "build": parts.get("build", 0.0),
+                **{k: parts[k] for k in ("context", "imports", "build") if k in parts},
                 "capture": sum(v for k, v in parts.items() if k.startswith("b") and k[1:].isdigit())})
-    return {arch: {k: sum(d[k] for d in v) / len(v) for k in v[0]} for arch, v in per_arch.items()}
+    keys = ("context", "imports", "build", "capture")
+    return {arch: {k: sum(d[k] for d in v if k in d) / n for k in keys if (n := sum(k in d for d in v))}
+            for arch, v in per_arch.items()}
 
 
 def main() -> None:

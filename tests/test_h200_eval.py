@@ -40,11 +40,13 @@ def test_runner_loads_per_architecture() -> None:
     spec.loader.exec_module(runner_loads)
     lines = ['I1129 model.py:1] "jigsaw runner app__t__vits__1g1p1b seg0_0: ready 10.0 s after its stub started '
              '(build and capture 9.5 s)"',
-             "jigsaw runner app__t__vits__1g2p1b seg0_1: ready 6.0 s after its stub started (build and capture 5.5 s)",
+             "jigsaw runner app__t__vits__1g2p1b seg0_1: ready 6.0 s after its stub started (build and capture 5.5 s; "
+             "context 0.50, imports 3.00, build 1.00, b1 1.00)",
              "jigsaw runner app__u__resnet50__3g1p8b seg0_0: ready 4.0 s after its stub started (build and capture 3.0 s; "
              "context 0.50, build 1.00, b1 0.25, b2 0.25, b8 1.00)",
              "unrelated line"]
     per_arch, share = runner_loads.summarize(lines)
     assert per_arch == {"vits": [(10.0, 9.5), (6.0, 5.5)], "resnet50": [(4.0, 3.0)]}
     assert share == pytest.approx(18.0 / 20.0)
-    assert runner_loads.breakdown(lines) == {"resnet50": {"context": 0.5, "build": 1.0, "capture": 1.5}}
+    assert runner_loads.breakdown(lines) == {"resnet50": {"context": 0.5, "build": 1.0, "capture": 1.5},
+                                             "vits": {"context": 0.5, "imports": 3.0, "build": 1.0, "capture": 1.0}}

@@ -160,9 +160,10 @@ def hide_unusable(packages: dict[str, tuple[str, ...]] = NUMPY_BUILT) -> list[st
 
 
 def _git(vision: dict[str, int]) -> Arch:
+    hide_unusable()
+    from transformers.models.git.modeling_git import GitConfig, GitForCausalLM
+
     def build() -> torch.nn.Module:
-        hide_unusable()
-        from transformers.models.git.modeling_git import GitConfig, GitForCausalLM
         return GitForCausalLM(GitConfig(vision_config=vision, hidden_size=768, num_hidden_layers=6,
                                         num_attention_heads=12, intermediate_size=3072))
 
@@ -204,9 +205,10 @@ def _vits(tokens: int = SPEECH_TOKENS, frames_per_token: int = FRAMES_PER_TOKEN)
     (6-layer text encoder, 4 coupling flows, HiFi-GAN V1 decoder; transformers' 38-symbol vocabulary). The
     forward replaces ``VitsModel``'s (predicted durations, then a mask and alignment of data-dependent length):
     the text encoder's prior, expanded by fixed durations, sampled with fixed noise, flow reversed, decoded."""
+    hide_unusable()
+    from transformers import VitsConfig, VitsModel
+
     def build() -> torch.nn.Module:
-        hide_unusable()
-        from transformers import VitsConfig, VitsModel
         return VitsModel(VitsConfig())
 
     def forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -227,10 +229,11 @@ def _fastspeech2(tokens: int = SPEECH_TOKENS, frames_per_token: int = FRAMES_PER
     ``FastSpeech2ConformerWithHifiGan`` defaults build it). The forward replaces the model's (its length
     regulator sizes the output by the predicted durations): encoder, pitch and energy embeddings, expansion by
     fixed durations, decoder, postnet, vocoder."""
+    hide_unusable()
+    from transformers import FastSpeech2ConformerWithHifiGan, FastSpeech2ConformerWithHifiGanConfig
+
     def build() -> torch.nn.Module:
-        hide_unusable()
-        import transformers
-        return transformers.FastSpeech2ConformerWithHifiGan(transformers.FastSpeech2ConformerWithHifiGanConfig())
+        return FastSpeech2ConformerWithHifiGan(FastSpeech2ConformerWithHifiGanConfig())
 
     def forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         fs2 = model.model
@@ -289,7 +292,7 @@ class GraphRunner:
         self.width, self.max_batch = width, max_batch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = getattr(torch, dtype) if self.device.type == "cuda" else torch.float32
-        # where a load's time goes (seconds): the CUDA context, the build, each batch size's capture
+        # where a load's time goes (seconds): the CUDA context, the imports, the build, each batch size's capture
         self.load_times: dict[str, float] = {}
         started = time.monotonic()
         if self.device.type == "cuda":
@@ -297,7 +300,9 @@ class GraphRunner:
             torch.empty(1, device=self.device)  # the context is created here, under the process's MPS share
         self.load_times["context"] = time.monotonic() - started
         started = time.monotonic()
-        self.spec = ARCHS[arch]()
+        self.spec = ARCHS[arch]()  # imports the architecture's library (torchvision, transformers)
+        self.load_times["imports"] = time.monotonic() - started
+        started = time.monotonic()
         torch.manual_seed(seed)
         with torch.device(self.device):
             model = self.spec.build()
