@@ -317,3 +317,18 @@ def test_watch_bad_inputs_exit_1(capsys, tmp_path: Path) -> None:
                    ROOT / "examples" / "a100" / "profiles.csv", "--demand", 100, "--out", other)[0] == 0
     rc, _, err = run_cli(capsys, "watch", app, "--profiles", profiles, "--plan", other, "--repo", tmp_path)
     assert rc == 1 and "is a plan for app 'tagging', not 'cpudemo'" in err
+
+
+def test_surge_poll_option_sets_the_controller_policy(capsys, monkeypatch) -> None:
+    """`jigsaw experiment --surge-poll 0` turns the surge checks off; without it the Policy default holds."""
+    from orchestrator import cli
+    from orchestrator.controller import Policy
+    seen: list = []
+    monkeypatch.setattr(cli, "_run_experiment", lambda *a, **kw: seen.append(kw["surge_poll"]) or {})
+    monkeypatch.setattr(cli, "_print_report", lambda *a: None)
+    for extra in ([], ["--surge-poll", "0"]):
+        rc, _, err = run_cli(capsys, "experiment", ROOT / "examples/cpu/app.yaml", "--profiles",
+                             ROOT / "examples/cpu/profiles.csv", "--peak", "10", "--out", "unused", *extra)
+        assert rc == 0, err
+    assert seen == [None, 0.0]
+    assert cli._policy(0.5, None) == Policy(headroom=0.5) and cli._policy(0.5, 0.0).surge_poll_s == 0.0
