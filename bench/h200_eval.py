@@ -68,7 +68,8 @@ def plot(results: list[dict], out: Path) -> None:
 
 
 def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
-    """Every system of ``args.systems`` on one app; results.{json,md} and comparison.png in ``out``."""
+    """Every system of ``args.systems`` on one app; results.{json,md}, comparison.png and per system the
+    runners' load-time lines of the server log (``<system>-runner-loads.txt``) in ``out``."""
     app = load_app(app_path)
     profiles = load_profiles(args.profiles)
     gpu = gpu_type(default_gpu(profiles))
@@ -105,6 +106,10 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
         except InfeasibleError as exc:
             entry["infeasible"] = str(exc)  # starts with the binding constraint
             log(f"{label}: cannot be planned: {exc}")
+        server_log = run_dir / "server.log"
+        if server_log.is_file():  # where the applies' time went (bench/runner_loads.py reads these lines)
+            loads = [line for line in server_log.read_text(errors="replace").splitlines() if "jigsaw runner " in line]
+            (out / f"{key}-runner-loads.txt").write_text("".join(line + "\n" for line in loads))
         results.append(entry)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_report(results, out)
