@@ -45,6 +45,7 @@ class ApplyReport:
     unloaded: list[str] = field(default_factory=list)
     rerouted: list[str] = field(default_factory=list)  # graph models that took the new routing in place, unreloaded
     draining: threading.Thread | None = None  # unloads the old runners after the drain (background apply)
+    retiring: list[str] = field(default_factory=list)  # what ``draining`` unloads
 
 
 class _LoadFailed(Exception):
@@ -172,6 +173,7 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
             report.unloaded.append(name)
 
     if gone and background:
+        report.retiring = gone
         report.draining = threading.Thread(target=retire, name="jigsaw-drain", daemon=True)
         report.draining.start()
     elif gone:
@@ -181,25 +183,30 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
 
 class Applier:
     """``apply`` for a controller: returns once the new plan serves (the old runners drain and unload
-    in the background), and waits for the previous drain before starting the next apply, so that an
-    unload never races a later load."""
+    in the background). The next apply starts at once, unless its plan has a runner that an earlier
+    drain is still to unload: then it waits for those drains first, so that an unload never races a
+    load (on a ramp, a replan soon after the last one does not wait out its drain)."""
 
     def __init__(self, repo: Path, client: grpcclient.InferenceServerClient, headers: dict[str, str] | None = None,
                  progress: Callable[[str], None] = lambda _: None) -> None:
         self.repo, self.client, self.headers, self.progress = repo, client, headers, progress
-        self._draining: threading.Thread | None = None
+        self._draining: list[ApplyReport] = []  # applies whose old runners are still to be unloaded
 
     def __call__(self, rendered: Rendered) -> ApplyReport:
-        self.wait()
+        self.wait(set(rendered.configs))
         report = apply(rendered, self.repo, self.client, self.headers, self.progress, background=True)
-        self._draining = report.draining
+        if report.draining is not None:
+            self._draining.append(report)
         return report
 
-    def wait(self) -> None:
-        """Until the last apply's old runners are unloaded."""
-        if self._draining is not None:
-            self._draining.join()
-            self._draining = None
+    def wait(self, names: set[str] | None = None) -> None:
+        """Until the drains that unload any of ``names`` (default: all) are done."""
+        for report in list(self._draining):
+            assert report.draining is not None
+            if names is None or names & set(report.retiring):
+                report.draining.join()
+            if not report.draining.is_alive():
+                self._draining.remove(report)
 
 
 def _rollback(client: grpcclient.InferenceServerClient, headers: dict[str, str] | None,

@@ -291,7 +291,7 @@ def test_graph_config_is_the_same_for_every_plan_of_an_app() -> None:
     assert {r["model"] for t in high.routing["tasks"].values() for r in t["routes"]} == set(high.configs) - {"cpudemo"}
 
 
-def test_applier_returns_before_the_drain_and_waits_for_it_next_time(server) -> None:
+def test_applier_returns_before_the_drain_and_waits_for_it_only_to_load_what_it_unloads(server) -> None:
     client = grpcclient.InferenceServerClient(server.grpc_url)
     apply(build_configs(_plan(200), CPU), server.repo, client, control_headers(KEY, True), drain_s=0.5)
     applier = Applier(server.repo, client, control_headers(KEY, True))
@@ -301,9 +301,13 @@ def test_applier_returns_before_the_drain_and_waits_for_it_next_time(server) -> 
     new = {n for n in first.configs if n.count("__") == 3}
     gone = before - new
     assert gone, "the two plans must differ in their runners"
-    assert report.draining is not None and report.draining.is_alive()
+    assert report.draining is not None and report.draining.is_alive() and set(report.retiring) == gone
     assert all(client.is_model_ready(n) for n in new | gone) and report.unloaded == []  # old ones still up
-    applier(build_configs(_plan(60), CPU))                                # waits for that drain first
+    again = applier(first)                     # nothing it loads is being unloaded: no wait for the drain
+    assert report.draining.is_alive() and again.loaded == [] and again.draining is None
+    back = build_configs(_plan(200), CPU)      # loads runners that drain unloads: waits for it first
+    applier(back)
     assert not report.draining.is_alive() and set(report.unloaded) == gone
-    assert not any(client.is_model_ready(n) for n in gone - set(build_configs(_plan(60), CPU).configs))
+    assert all(client.is_model_ready(n) for n in back.configs)
     applier.wait()
+    assert not any(client.is_model_ready(n) for n in new - set(back.configs))
