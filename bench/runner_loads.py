@@ -16,14 +16,17 @@ LINE = re.compile(r"jigsaw runner (\S+) \S+: ready ([\d.]+) s after its stub sta
 PART = re.compile(r"(\w+) ([\d.]+)")
 
 
+def _matches(lines: list[str]) -> list[tuple[str, re.Match]]:
+    """The runners' load lines among ``lines``, each with its architecture (the model name's third field)."""
+    return [(m.group(1).split("__")[2], m) for m in map(LINE.search, lines) if m]
+
+
 def summarize(lines: list[str]) -> tuple[dict[str, list[tuple[float, float]]], float]:
-    """Per architecture (the model name's third field) the (ready, build) seconds of each instance,
-    and the share of all ready time that went into building and capturing."""
+    """Per architecture the (ready, build) seconds of each instance, and the share of all ready time
+    that went into building and capturing."""
     per_arch: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for line in lines:
-        m = LINE.search(line)
-        if m:
-            per_arch[m.group(1).split("__")[2]].append((float(m.group(2)), float(m.group(3))))
+    for arch, m in _matches(lines):
+        per_arch[arch].append((float(m.group(2)), float(m.group(3))))
     ready = sum(r for v in per_arch.values() for r, _ in v)
     build = sum(b for v in per_arch.values() for _, b in v)
     return dict(per_arch), build / ready if ready else 0.0
@@ -34,11 +37,10 @@ def breakdown(lines: list[str]) -> dict[str, dict[str, float]]:
     CUDA context, the imports of its library (where the lines have that part), the model's build, and
     the captures of all its batch sizes together."""
     per_arch: dict[str, list[dict[str, float]]] = defaultdict(list)
-    for line in lines:
-        m = LINE.search(line)
-        if m and m.group(4):
+    for arch, m in _matches(lines):
+        if m.group(4):
             parts = {k: float(v) for k, v in PART.findall(m.group(4))}
-            per_arch[m.group(1).split("__")[2]].append({
+            per_arch[arch].append({
                 **{k: parts[k] for k in ("context", "imports", "build") if k in parts},
                 "capture": sum(v for k, v in parts.items() if k.startswith("b") and k[1:].isdigit())})
     keys = ("context", "imports", "build", "capture")

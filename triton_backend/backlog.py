@@ -7,8 +7,9 @@ requests, and together they queued far more than the runner could serve before t
 in tests/test_overload.py with such a per-instance count, during development). So they share one
 table, a memory-mapped file beside the routing file: one row per instance (claimed under a file
 lock, written by that instance only), one slot per runner model in it: key, items outstanding, and
-over the answers so far their count and the sums of their observed and estimated latencies (us). A reader sums a runner's slots over the rows of live
-instances; an instance that died without clearing its row is skipped once its pid is gone.
+over the answers so far their count and the sums of their observed and estimated latencies (us). A
+reader sums a runner's slots over the rows of live instances; an instance that died without
+clearing its row is skipped once its pid is gone.
 """
 from __future__ import annotations
 

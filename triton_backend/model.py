@@ -213,7 +213,8 @@ class _Task:
         totals = {r.model: self.backlog.totals(r.model) for r in routing.routes}
         ahead = {model: t[0] for model, t in totals.items()}
         now_s = time.monotonic()
-        pace = {model: self.paces.setdefault(model, Pace()).factor(now_s, *t[1:]) for model, t in totals.items()}
+        self.paces = {model: self.paces.get(model) or Pace() for model in totals}  # this routing's runners only
+        pace = {model: self.paces[model].factor(now_s, *t[1:]) for model, t in totals.items()}
 
         def queued_ms(r: Route) -> float:  # at the planned throughput
             return backlog_ms(r.latency_ms, ahead[r.model], r.throughput_rps)
