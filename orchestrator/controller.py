@@ -9,8 +9,11 @@ with ``decide``:
 - down only when the forecast stays below ``down_ratio`` of it, the plan has served at least
   ``down_cooldown`` intervals, and the new plan's demand is at most ``down_ratio_target`` of the
   current one (hysteresis: no flapping on noise, no near-identical replans);
-- between steps, every ``surge_poll_s``, up at once when the arrivals since the last step already
-  exceed the demand the plan was made for (``surge``): on a steep ramp the next step would come too late;
+- between steps, every ``surge_poll_s``, up at once when the arrival rate projected to when a plan
+  made now would be in place (the rate over the last ``surge_window_s``, plus its rise since the window
+  before times half a window, the last apply's duration and one poll) exceeds the demand the plan was made for
+  (``surge``): on a steep ramp the next step would come too late, and a plan for today's rate would be
+  outrun by the time it is applied;
 - the new plan is made for forecast x (1 + ``headroom``) and moved onto the server with
   ``control.apply`` (no failed requests; a failed load rolls back and the old plan keeps serving);
 - the forecast looks as far ahead as a plan made now must last: until the one after it can be in
@@ -33,6 +36,7 @@ import json
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -52,6 +56,12 @@ from .planner import PlanOptions, make_plan
 from .profiles import ProfilePoint, Profiles
 from .render import build_configs, runner_name, write_repository
 
+STAGE_COUNTERS = {"requests": "jigsaw_stage_requests_total", "drops": "jigsaw_stage_drops_total",
+                  "misses": "jigsaw_stage_deadline_misses_total"}
+RUNNER_COUNTERS = {"batches": "nv_inference_exec_count_total", "rows": "nv_inference_count_total",
+                   "padding": PADDING_METRIC, "compute_us": "nv_inference_compute_infer_duration_us_total",
+                   "queue_us": "nv_inference_queue_duration_us_total"}
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -62,7 +72,8 @@ class Policy:
     refine_drift: float = 0.25
     refine_min_batches: int = 20
     fallback: tuple[float, ...] = (0.85, 0.7, 0.55)   # of the demand, tried when it cannot be planned
-    surge_poll_s: float = 2.0    # between steps, check this often whether arrivals already exceed the plan (0: never)
+    surge_poll_s: float = 2.0    # between steps, check this often whether arrivals will outrun the plan (0: never)
+    surge_window_s: float = 6.0  # the surge checks' rate is over this long, its rise against the window before
 
 
 def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, policy: Policy) -> float | None:
@@ -123,6 +134,7 @@ class Controller:
         self.apply_s = 0.0                    # how long the last apply took
         self.observed = 0                     # rates the forecaster has seen
         self.surge_failed = False             # a surge found no larger plan: not again until the next step
+        self.arrivals: deque[tuple[float, float]] = deque()   # (time, requests so far) of every scrape
 
     # -- planning ---------------------------------------------------------------------------------
 
@@ -204,16 +216,26 @@ class Controller:
         return refined
 
     def record_metrics(self) -> Scrape:
-        """Scrape the server and log the variants the stages have routed to so far."""
+        """Scrape the server and log, as counted so far: the variants the stages routed to, each stage's
+        requests, drops and deadline misses, and each of the plan's runners' batches, rows, padding rows,
+        compute and queue time (what a run's record needs to tell where capacity went)."""
         now = scrape(self.metrics_url, time.time())
-        items = now.by_label("jigsaw_stage_variant_items_total", "task", "variant", app=self.app.name)
-        self.events.write("metrics", variant_items={f"{t}/{v}": n for (t, v), n in items.items()})
+        app = self.app.name
+        items = now.by_label("jigsaw_stage_variant_items_total", "task", "variant", app=app)
+        stages = {key: {t: n for (t,), n in now.by_label(metric, "task", app=app).items()}
+                  for key, metric in STAGE_COUNTERS.items()}
+        names = sorted({runner_name(app, e) for e in self.plan.entries}) if self.plan else []
+        runners = {name: {key: now.total(metric, model=name) for key, metric in RUNNER_COUNTERS.items()}
+                   for name in names}
+        self.events.write("metrics", variant_items={f"{t}/{v}": n for (t, v), n in items.items()},
+                          stages=stages, runners=runners)
         return now
 
     def step(self) -> None:
         """Measure the last interval, forecast the next, and replan if the policy says so."""
         assert self.plan is not None
         now = self.record_metrics()
+        self._arrived(now)
         prev, self.last, self.surge_failed = self.last, now, False
         if prev is None:
             return
@@ -233,27 +255,56 @@ class Controller:
             direction = "up" if target > self.plan.demand_rps else "down"
             self._replan(target, f"forecast {forecast:.1f} req/s, {direction} from {self.plan.demand_rps:.1f}")
 
+    def _arrived(self, now: Scrape) -> None:
+        """Keep the app's arrival count of a scrape for the surge checks (two windows back and one before)."""
+        total = requests_total(now, self.app.name)
+        if self.arrivals and total < self.arrivals[-1][1]:   # the counter restarted: history is void
+            self.arrivals.clear()
+        self.arrivals.append((now.t, total))
+        while len(self.arrivals) > 2 and self.arrivals[1][0] <= now.t - 2 * self.policy.surge_window_s:
+            self.arrivals.popleft()
+
+    def arrival_trend(self) -> tuple[float, float]:
+        """(rate, rise): the arrival rate over the last ``surge_window_s`` (less when fewer seconds were
+        seen), and how fast it rose, in req/s per s, against the window before (0 until two windows were
+        seen). Counts between scrapes are interpolated linearly."""
+        ts, counts = zip(*self.arrivals)
+        end, w = ts[-1], min(self.policy.surge_window_s, ts[-1] - ts[0])
+        if w <= 0:
+            return 0.0, 0.0
+        c1, c2 = np.interp([end - w, end - 2 * w], ts, counts)
+        rate = (counts[-1] - c1) / w
+        if end - ts[0] < 2 * w:
+            return float(rate), 0.0
+        before = (c1 - c2) / w
+        return float(rate), float((rate - before) / w)
+
     def surge(self) -> bool:
-        """Between steps: when the arrivals since the last step already exceed the demand the plan was
-        made for, replan up at once rather than at the next step, for the larger of that rate and the
-        forecast, plus headroom. The forecaster is not fed (it sees one rate per interval). Whether it
-        replanned; after a surge that found no larger plan (the GPUs are full), none until the next step."""
+        """Between steps: project the arrival rate to when a plan made now would be in place (the rate over
+        the last window, plus its rise times half a window, the last apply's duration and one poll); when
+        that exceeds the demand the plan was made for, replan up at once rather than at the next step, for
+        the larger of the projection and the forecast, plus headroom. The forecaster is not fed (it sees
+        one rate per interval). Whether it replanned; after a surge that found no larger plan (the GPUs are
+        full), none until the next step."""
         assert self.plan is not None
         if self.last is None or self.surge_failed or not self.policy.surge_poll_s:
             return False
         now = scrape(self.metrics_url, time.time())
-        since = now.t - self.last.t
-        if since < self.policy.surge_poll_s / 2:
+        if now.t - self.arrivals[-1][0] < self.policy.surge_poll_s / 2:
             return False
-        rate = increase(requests_total(self.last, self.app.name), requests_total(now, self.app.name)) / since
-        if rate <= self.plan.demand_rps:
+        self._arrived(now)
+        rate, rise = self.arrival_trend()
+        lead = self.policy.surge_window_s / 2 + self.apply_s + self.policy.surge_poll_s  # the rate is half a window old
+        projected = rate + max(rise, 0.0) * lead
+        if projected <= self.plan.demand_rps:
             return False
-        forecast = max(rate, self.forecaster.forecast(self.horizon())) if self.observed else rate
+        forecast = max(projected, self.forecaster.forecast(self.horizon())) if self.observed else projected
         planned = self.plan.demand_rps
-        self.events.write("surge", demand_rps=round(rate, 3), forecast_rps=round(forecast, 3), planned_rps=planned,
-                          since_step_s=round(since, 3))
+        self.events.write("surge", demand_rps=round(rate, 3), rise_rps_per_s=round(rise, 3), lead_s=round(lead, 2),
+                          projected_rps=round(projected, 3), forecast_rps=round(forecast, 3), planned_rps=planned)
+        rising = f", rising {rise:.1f}/s: {projected:.1f} in {lead:.0f} s" if rise > 0 else ""
         self._replan(forecast * (1 + self.policy.headroom),
-                     f"surge: {rate:.1f} req/s since the last step, over the {planned:.1f} planned")
+                     f"surge: {rate:.1f} req/s now{rising}, over the {planned:.1f} planned")
         self.surge_failed = self.plan.demand_rps == planned
         return not self.surge_failed
 

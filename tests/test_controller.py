@@ -340,6 +340,7 @@ def test_step_judges_a_padded_runner_at_the_batch_it_ran(tmp_path: Path, monkeyp
     points = f.c.profiles.for_variant(f.app.task("det").variant(det.variant).profile, "cpu")
     at2, at16 = expected_ms(points, 2.0), expected_ms(points, 16.0)
     assert at16 > at2 * 1.25  # precondition: judged at 2 rows, the padded batch would look slow
+    runner = f.runner("det")
     f.push(20)
     f.push(20, {f.runner("det"): (50, 2.0, at16)}, padding={f.runner("det"): 14.0})
     f.push(20, {f.runner("det"): (50, 2.0, 2 * at16)}, padding={f.runner("det"): 14.0})
@@ -350,12 +351,17 @@ def test_step_judges_a_padded_runner_at_the_batch_it_ran(tmp_path: Path, monkeyp
     refines = f.events("refine")
     assert len(refines) == 1 and refines[0]["profiled_ms"] == pytest.approx(at16, abs=1e-3)
     assert refines[0]["ratio"] == pytest.approx(2.0, rel=1e-3)
+    # every step's metrics event keeps the runners' counters so far, for a run's record
+    logged = f.events("metrics")[-1]["runners"][runner]
+    assert logged["batches"] == 100 and logged["rows"] == 200 and logged["padding"] == 1400
+    assert logged["compute_us"] == pytest.approx(100 * 2 * (at16 + 2 * at16) / 2 * 1000)
 
 
-def test_surge_replans_up_between_steps_once_arrivals_exceed_the_plan(tmp_path: Path, monkeypatch) -> None:
-    """Arrivals since the last step under the plan's demand: nothing. Over it: a plan at once for that rate
-    (or the forecast, if larger) plus headroom; the forecaster is not fed, the next step goes on as before."""
-    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.1))
+def test_surge_replans_up_when_the_projected_rate_outruns_the_plan(tmp_path: Path, monkeypatch) -> None:
+    """The rate over the last window, plus its rise against the window before times (half a window + the
+    last apply + one poll): under the plan's demand, nothing; over it, a plan at once for that projection
+    (or the forecast, if larger) plus headroom. The forecaster is not fed; the next step goes on as before."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.1, surge_window_s=10.0))
     f.c.initial(22.0)
     f.push(20)
     f.push(20)
@@ -363,20 +369,42 @@ def test_surge_replans_up_between_steps_once_arrivals_exceed_the_plan(tmp_path: 
     f.c.step()              # the forecaster has seen 20 req/s
     f.push(20)
     assert f.c.surge() is False and f.applied == []
-    f.push(60)              # 20 then 60 req/s since the last step: 40 > 22
+    assert f.c.arrival_trend() == (pytest.approx(20.0), pytest.approx(0.0))
+    f.push(40)              # 40 req/s over the last 10 s, 20 over the 10 s before: rising 2 req/s per s
     assert f.c.surge() is True and len(f.applied) == 1
     surge = f.events("surge")
     assert len(surge) == 1 and surge[0]["demand_rps"] == pytest.approx(40.0)
-    assert surge[0]["planned_rps"] == pytest.approx(22.0) and surge[0]["since_step_s"] == pytest.approx(20.0)
+    assert surge[0]["rise_rps_per_s"] == pytest.approx(2.0) and surge[0]["lead_s"] == pytest.approx(7.0)  # 5 + 0 + 2
+    assert surge[0]["projected_rps"] == pytest.approx(54.0) and surge[0]["planned_rps"] == pytest.approx(22.0)
     plan = f.events("plan")[-1]
-    assert plan["demand_rps"] == pytest.approx(40.0 * 1.1) and plan["reason"].startswith("surge: 40.0 req/s")
-    assert f.c.plan.demand_rps == pytest.approx(44.0) and f.c.intervals_in_plan == 0 and f.c.observed == 1
-    f.push(40)              # since the step: (20 + 60 + 40) / 3 = 40, not over the 44 planned now
+    assert plan["demand_rps"] == pytest.approx(54.0 * 1.1)
+    assert plan["reason"].startswith("surge: 40.0 req/s now, rising 2.0/s: 54.0 in 7 s, over the 22.0 planned")
+    assert f.c.intervals_in_plan == 0 and f.c.observed == 1
+    f.push(40)              # steady: no rise, 40 < 59.4
     assert f.c.surge() is False
     f.push(60)
-    f.c.step()              # the step's interval spans the surge checks: (20 + 60 + 40 + 60) / 4 = 45
-    assert [e["demand_rps"] for e in f.events("interval")][-1] == pytest.approx(45.0)
+    f.c.step()              # the step's interval spans the surge checks: (20 + 40 + 40 + 60) / 4 = 40
+    assert [e["demand_rps"] for e in f.events("interval")][-1] == pytest.approx(40.0)
     assert f.c.observed == 2
+
+
+def test_surge_sees_a_late_rise_that_the_mean_since_the_step_hides(tmp_path: Path, monkeypatch) -> None:
+    """20, 20, then 60 req/s after a step: 33 req/s since the step is under the 44 planned, but the last
+    window's 60 is not."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.0, surge_window_s=10.0))
+    f.c.initial(44.0)
+    f.push(20)
+    f.c.step()
+    f.push(20)
+    assert f.c.surge() is False
+    f.push(20)
+    assert f.c.surge() is False
+    f.push(60)
+    assert f.c.surge() is True
+    assert f.events("surge")[-1]["projected_rps"] == pytest.approx(60.0 + 4.0 * 7.0)
+    f.push(30)              # falling: rise -3 req/s per s
+    assert f.c.surge() is False and len(f.events("surge")) == 1
+    assert f.c.arrival_trend() == (pytest.approx(30.0), pytest.approx(-3.0))
 
 
 def test_no_surge_checks_when_they_are_off(tmp_path: Path, monkeypatch) -> None:

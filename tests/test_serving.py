@@ -9,6 +9,7 @@ each other's traffic. The tests that load the server hard come last.
 """
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -25,6 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from orchestrator.appspec import AppSpec, load_app
+from orchestrator.controller import Controller, EventLog
+from orchestrator.forecast import MovingAverage
 from orchestrator.gpus import gpu_type
 from orchestrator.inventory import Inventory
 from orchestrator.placement import place
@@ -289,6 +292,27 @@ def test_weighted_routing_follows_plan_shares(served: Served) -> None:
     # Triton's own count agrees: each 1-item request is one request to exactly one det runner
     runs = {v: runner_requests(after)[v] - runner_requests(before)[v] for v in SHARES}
     assert runs == items, (runs, items)
+
+
+def test_controller_metrics_event_keeps_stage_and_runner_counters(served: Served, tmp_path: Path) -> None:
+    """The controller's per-step metrics event, scraped from this server: each stage's requests and drops
+    and each of the plan's runners' batches and rows, as Triton and the stages count them."""
+    _grpc_infer(served, 1)
+    before = _poll(served, lambda m: _value(m, "jigsaw_stage_requests_total", task="det") > 0)
+    events = tmp_path / "events.jsonl"
+    c = Controller(served.app, load_profiles(CPU / "profiles.csv"), gpu_type("cpu"), PlanOptions(),
+                   Inventory(gpus=(), source="test"), tmp_path / "repo", served.server.metrics_url,
+                   MovingAverage(window=1), EventLog(events, origin=0.0))
+    c.plan = served.plan
+    c.record_metrics()
+    logged = json.loads(events.read_text().splitlines()[-1])
+    for task in ("det", "cls", "cap"):
+        assert logged["stages"]["requests"][task] == _value(before, "jigsaw_stage_requests_total", task=task)
+        assert logged["stages"]["drops"][task] == _value(before, "jigsaw_stage_drops_total", task=task)
+    assert set(logged["runners"]) == {runner_name(served.app.name, e) for e in served.plan.entries}
+    for model in served.runners.values():
+        assert logged["runners"][model]["rows"] == _value(before, "nv_inference_count", model=model) > 0
+        assert logged["runners"][model]["batches"] == _value(before, "nv_inference_exec_count", model=model)
 
 
 # ---------------------------------------------------------------------------------------------
