@@ -9,7 +9,9 @@ others; the comparison with the measured H200 runs only for traffic A+S+T), with
 
 - metrics: ``orchestrator.controller.scrape`` is patched (as tests/test_controller.py does) to return
   the cumulative arrivals at the app model, the exact integral of the trace's piecewise-constant
-  rate up to the simulated time (deterministic, no Poisson noise, every arrival counted once);
+  rate up to the simulated time (deterministic, no Poisson noise, every arrival counted once), or with
+  ``--poisson-seed`` the count of the arrivals the load generator would send (``tools.trace.arrivals``,
+  a Poisson process with that seed: the noise the controller's surge checks see on the GPU);
 - apply: ``apply_plan`` returns at once, but the simulated apply takes ``apply_s``: the new plan
   takes effect ``apply_s`` after the decision (the old one serves until then), the controller's
   loop is blocked meanwhile and resumes as ``Controller.run`` schedules it
@@ -56,7 +58,7 @@ from orchestrator.inventory import Inventory, from_file  # noqa: E402
 from orchestrator.metrics import Scrape  # noqa: E402
 from orchestrator.planner import PlanOptions  # noqa: E402
 from orchestrator.profiles import Profiles, default_gpu, load_profiles  # noqa: E402
-from tools.trace import Trace, compress, scale_to_peak, synthetic_diurnal  # noqa: E402
+from tools.trace import Trace, arrivals, compress, scale_to_peak, synthetic_diurnal  # noqa: E402
 
 H200 = ROOT / "bench" / "results" / "h200-eval"
 DAYS = (100.0, 200.0, 600.0, 1800.0, 3600.0, 86400.0)   # the day replayed in these seconds (86400: real time)
@@ -71,18 +73,23 @@ class Setup:
     opts: PlanOptions
     inventory: Inventory
     policy: Policy
+    arrivals_seed: int | None = None   # count Poisson arrivals (tools.trace.arrivals) instead of the integral
 
 
 class FakeServer:
     """Arrivals of a trace up to the simulated time ``now``, served as a metrics scrape."""
 
-    def __init__(self, trace: Trace, app: str) -> None:
+    def __init__(self, trace: Trace, app: str, seed: int | None = None) -> None:
         self.trace, self.now = trace, 0.0
         self.cum = np.concatenate([[0.0], np.cumsum(trace.rates * trace.interval_s)])
+        self.times = None if seed is None else arrivals(trace, seed)
         self.key = ("nv_inference_request_success_total", (("model", app), ("version", "1")))
 
     def arrived(self, t: float) -> float:
-        """Requests arrived in [0, t): the exact integral of the piecewise-constant rate."""
+        """Requests arrived in [0, t): the exact integral of the piecewise-constant rate, or the Poisson
+        arrivals counted."""
+        if self.times is not None:
+            return float(np.searchsorted(self.times, t))
         t = min(max(t, 0.0), self.trace.duration_s)
         k = min(int(t // self.trace.interval_s), len(self.trace.rates) - 1)
         return float(self.cum[k] + self.trace.rates[k] * (t - k * self.trace.interval_s))
@@ -96,7 +103,7 @@ def simulate(setup: Setup, trace: Trace, interval_s: float, apply_s: float,
              horizon_apply_s: float | None = None) -> dict[str, Any]:
     """One closed-loop run; ``horizon_apply_s`` overrides the apply time the controller is told
     (0: the controller before ``horizon()``, always one interval ahead)."""
-    server = FakeServer(trace, setup.app.name)
+    server = FakeServer(trace, setup.app.name, setup.arrivals_seed)
     applied: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="jigsaw-ramp-") as tmp, mock.patch.object(ctl, "scrape", server.scrape):
         events_path = Path(tmp) / "events.jsonl"
@@ -263,12 +270,18 @@ def main() -> None:
     ap.add_argument("--features", default="ast", help="system: ast (JigsawServe), at, st, as")
     ap.add_argument("--surge-poll", type=float, default=Policy().surge_poll_s,
                     help="the controller's surge checks between steps, every this many seconds (0: none)")
+    ap.add_argument("--surge-rise-z", type=float, default=Policy().surge_rise_z,
+                    help="the surge checks take a rise within this many standard deviations of Poisson noise for none")
+    ap.add_argument("--poisson-seed", type=int, default=None,
+                    help="the controller counts Poisson arrivals with this seed (as the load generator sends them)")
     args = ap.parse_args()
     profiles = load_profiles(ROOT / args.profiles)
     gpu = gpu_type(default_gpu(profiles))
     features = Features.parse(args.features)
     setup = Setup(load_app(ROOT / args.app), profiles, gpu, PlanOptions(features=features, gpus=1),
-                  from_file(ROOT / args.inventory), Policy(headroom=0.5, surge_poll_s=args.surge_poll))
+                  from_file(ROOT / args.inventory),
+                  Policy(headroom=0.5, surge_poll_s=args.surge_poll, surge_rise_z=args.surge_rise_z),
+                  arrivals_seed=args.poisson_seed)
     day = scale_to_peak(synthetic_diurnal(), args.peak)
     coarse = {float(d): float(i) for d, i in (x.split(":") for x in args.coarse.split(",") if x)}
     runs = []

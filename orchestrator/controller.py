@@ -74,6 +74,7 @@ class Policy:
     fallback: tuple[float, ...] = (0.85, 0.7, 0.55)   # of the demand, tried when it cannot be planned
     surge_poll_s: float = 2.0    # between steps, check this often whether arrivals will outrun the plan (0: never)
     surge_window_s: float = 6.0  # the surge checks' rate is over this long, its rise against the window before
+    surge_rise_z: float = 1.0    # a rise within this many standard deviations of Poisson noise counts as none
 
 
 def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, policy: Policy) -> float | None:
@@ -266,18 +267,19 @@ class Controller:
 
     def arrival_trend(self) -> tuple[float, float]:
         """(rate, rise): the arrival rate over the last ``surge_window_s`` (less when fewer seconds were
-        seen), and how fast it rose, in req/s per s, against the window before (0 until two windows were
-        seen). Counts between scrapes are interpolated linearly."""
+        seen), and how fast it rose, in req/s per s, against the window before: 0 until two windows were
+        seen, for a fall, and when the later window's count exceeds the earlier's by no more than
+        ``surge_rise_z`` standard deviations of Poisson noise (sqrt of their sum), so that noise at a
+        steady rate, projected over an apply, does not look like a ramp. Counts between scrapes are interpolated linearly."""
         ts, counts = zip(*self.arrivals)
         end, w = ts[-1], min(self.policy.surge_window_s, ts[-1] - ts[0])
         if w <= 0:
             return 0.0, 0.0
         c1, c2 = np.interp([end - w, end - 2 * w], ts, counts)
-        rate = (counts[-1] - c1) / w
-        if end - ts[0] < 2 * w:
-            return float(rate), 0.0
-        before = (c1 - c2) / w
-        return float(rate), float((rate - before) / w)
+        now, before = counts[-1] - c1, c1 - c2
+        if end - ts[0] < 2 * w or now - before <= self.policy.surge_rise_z * math.sqrt(now + before):
+            return float(now / w), 0.0
+        return float(now / w), float((now - before) / w / w)
 
     def surge(self) -> bool:
         """Between steps: project the arrival rate to when a plan made now would be in place (the rate over
@@ -295,7 +297,7 @@ class Controller:
         self._arrived(now)
         rate, rise = self.arrival_trend()
         lead = self.policy.surge_window_s / 2 + self.apply_s + self.policy.surge_poll_s  # the rate is half a window old
-        projected = rate + max(rise, 0.0) * lead
+        projected = rate + rise * lead
         if projected <= self.plan.demand_rps:
             return False
         forecast = max(projected, self.forecaster.forecast(self.horizon())) if self.observed else projected

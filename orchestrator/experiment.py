@@ -3,8 +3,8 @@
     app spec + profiles -> initial plan -> rendered repository -> tritonserver (+ MPS daemon) ->
     load generator (trace) || controller (metrics -> forecast -> replan -> apply) -> RUN/ -> report
 
-RUN/ holds requests.csv, events.jsonl, run.json, repo/ (the served repository), server.log, and the
-report (summary.json, PNGs) that tools/report.py makes from them.
+RUN/ holds requests.csv, events.jsonl, run.json, host.csv (host CPU and GPU utilization, per second),
+repo/ (the served repository), server.log, and the report (summary.json, PNGs) that tools/report.py makes from them.
 """
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
     import tritonclient.grpc as grpcclient
 
     from tools import report
+    from tools.hostload import FILE as HOST_FILE
+    from tools.hostload import HostSampler
     from tools.loadgen import run_load
     from tools.trace import arrivals
 
@@ -104,6 +106,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         stop = threading.Event()
         start_at = time.time() + SETTLE_S  # the load and the controller's clock start together
         events.origin = start_at
+        stack.enter_context(HostSampler(out / HOST_FILE, start_at))
         thread = threading.Thread(target=controller.run, args=(exp.interval_s, stop), daemon=True)
         stack.callback(thread.join)
         stack.callback(stop.set)

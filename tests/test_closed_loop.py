@@ -71,5 +71,8 @@ def test_demand_step_replans_and_applies_without_failed_requests(tmp_path: Path)
 
     assert (out / "summary.json").is_file()
     assert json.loads((out / "summary.json").read_text()) == summary
+    # the host's CPU was sampled every second of the run (no GPU columns on a CPU-only machine)
+    host = list(csv.DictReader((out / "host.csv").open()))
+    assert len(host) >= exp.trace.duration_s - 2 and all(0.0 <= float(r["cpu_busy_pct"]) <= 100.0 for r in host)
     assert summary["plan_changes"]["count"] >= 1
     assert summary["requests"]["total"] == len(rows), summary["requests"]

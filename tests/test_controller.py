@@ -402,9 +402,23 @@ def test_surge_sees_a_late_rise_that_the_mean_since_the_step_hides(tmp_path: Pat
     f.push(60)
     assert f.c.surge() is True
     assert f.events("surge")[-1]["projected_rps"] == pytest.approx(60.0 + 4.0 * 7.0)
-    f.push(30)              # falling: rise -3 req/s per s
+    f.push(30)              # falling: no rise
     assert f.c.surge() is False and len(f.events("surge")) == 1
-    assert f.c.arrival_trend() == (pytest.approx(30.0), pytest.approx(-3.0))
+    assert f.c.arrival_trend() == (pytest.approx(30.0), 0.0)
+
+
+def test_surge_takes_a_rise_within_poisson_noise_for_none(tmp_path: Path, monkeypatch) -> None:
+    """Over 10 s windows, with z = 2: 110 arrivals against 100, and 120 against 110, are within 2 standard
+    deviations (2 x sqrt(210) = 29, 2 x sqrt(230) = 30): no rise; 160 against 120 (over 2 x sqrt(280) = 33)
+    is one."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0, surge_rise_z=2.0))
+    f.c.initial(100.0)
+    f.push(10)
+    f.c.step()
+    for rps, rise in ((10, 0.0), (11, 0.0), (12, 0.0), (16, 0.4)):
+        f.push(rps)
+        assert f.c.surge() is False
+        assert f.c.arrival_trend() == (pytest.approx(rps), pytest.approx(rise))
 
 
 def test_no_surge_checks_when_they_are_off(tmp_path: Path, monkeypatch) -> None:

@@ -241,6 +241,38 @@ def test_outcomes_per_bin_and_archived_requests(run_dir: Path, capsys: pytest.Ca
         outcomes_per_bin(run_dir, 0)
 
 
+def test_outcomes_per_bin_with_host_samples(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run with host.csv (tools/hostload.py): each bin also has the mean host CPU busy % and GPU
+    utilization % of the samples in it; a bin without samples has none; a bad cell names its line."""
+    (run_dir / "host.csv").write_text("t_s,cpu_busy_pct,gpu0_util_pct,gpu0_mem_mib,gpu1_util_pct,gpu1_mem_mib\n"
+                                      "1.0,20.0,10,500,30,500\n3.0,40.0,30,500,50,500\n5.0,,90,500,70,500\n")
+    rows = outcomes_per_bin(run_dir, 4.0)
+    assert [(r["cpu_pct"], r["gpu_pct"]) for r in rows] == [(30.0, 30.0), (None, 80.0), (None, None)]
+    assert main(["report", str(run_dir), "--bins", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "  cpu %   gpu %" in out and "   30.0    30.0" in out
+    (run_dir / "host.csv").write_text("t_s,cpu_busy_pct\n1.0,busy\n")
+    with pytest.raises(InputError, match="host.csv line 2: cpu_busy_pct"):
+        outcomes_per_bin(run_dir, 4.0)
+
+
+def test_host_sampler_writes_cpu_busy_share(tmp_path: Path) -> None:
+    """The sampler's rows: time from the origin, the host's CPU busy % (Linux /proc/stat)."""
+    import time
+
+    from tools.hostload import HostSampler, cpu_times
+    assert cpu_times(tmp_path / "missing") is None
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 100 0 50 800 50 0 0 0 0 0\n")
+    assert cpu_times(stat) == (150, 1000)
+    with HostSampler(tmp_path / "host.csv", time.time(), period_s=0.05) as sampler:
+        time.sleep(0.3)
+    lines = (tmp_path / "host.csv").read_text().splitlines()
+    assert lines[0].startswith("t_s,cpu_busy_pct") and len(lines) - 1 == sampler.rows >= 3
+    t, cpu = zip(*((float(x) for x in line.split(",")[:2]) for line in lines[1:]))
+    assert list(t) == sorted(t) and 0.0 < t[0] < 0.3 and all(0.0 <= c <= 100.0 for c in cpu)
+
+
 def test_apply_times_are_summarized(tmp_path: Path, plans: dict) -> None:
     evs = events(plans)
     evs[1]["apply_s"] = 12.5

@@ -25,6 +25,7 @@ from orchestrator.checker import metrics
 from orchestrator.errors import InputError
 from orchestrator.gpus import gpu_type
 from orchestrator.plan import Plan, parse_label
+from tools.hostload import FILE as HOST_FILE
 from tools.trace import number
 
 REQUESTS_FILE, EVENTS_FILE, RUN_FILE, SUMMARY_FILE = "requests.csv", "events.jsonl", "run.json", "summary.json"
@@ -349,9 +350,40 @@ def _windows(req: Requests, span_s: float) -> dict[str, list[float]]:
             "violations_pct": [round(100 * float(b / c), 2) if c else 0.0 for b, c in zip(bad, counts)]}
 
 
+def load_host(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``host.csv`` (tools/hostload.py): sample times, the host's CPU busy % (NaN where not measured) and
+    the GPUs' mean utilization % (NaN without GPU columns)."""
+    reader = csv.reader(io.StringIO(_read_text(path)))
+    header = next(reader, None)
+    if not header or header[:2] != ["t_s", "cpu_busy_pct"]:
+        raise InputError(f"{path} line 1: expected a header starting t_s,cpu_busy_pct, got {header}")
+    gpu_cols = [i for i, name in enumerate(header) if name.endswith("_util_pct") and name.startswith("gpu")]
+    t, cpu, gpu = [], [], []
+    for row in reader:
+        where = f"{path} line {reader.line_num}"
+        if len(row) != len(header):
+            raise InputError(f"{where}: expected {len(header)} fields, got {len(row)}")
+        t.append(_cell(row[0], f"{where}: t_s", True))
+        cpu.append(_cell(row[1], f"{where}: cpu_busy_pct", False))
+        utils = [_cell(row[i], f"{where}: {header[i]}", False) for i in gpu_cols]
+        gpu.append(float(np.mean(utils)) if utils else math.nan)
+    return np.array(t), np.array(cpu), np.array(gpu)
+
+
+def _bin_means(t: np.ndarray, values: np.ndarray, bin_s: float, n: int) -> list[float | None]:
+    """Mean of ``values`` per bin of the sample times ``t`` (None where a bin has no measured value)."""
+    index = np.minimum((np.maximum(t, 0.0) // bin_s).astype(int), n - 1)
+    out: list[float | None] = []
+    for i in range(n):
+        v = values[(index == i) & ~np.isnan(values)]
+        out.append(round(float(v.mean()), 1) if v.size else None)
+    return out
+
+
 def outcomes_per_bin(run_dir: str | Path, bin_s: float) -> list[dict[str, Any]]:
-    """Per ``bin_s`` of the replay (by scheduled time): the requests by outcome, and the plan changes
-    that took effect in the bin (their reasons)."""
+    """Per ``bin_s`` of the replay (by scheduled time): the requests by outcome, the plan changes that
+    took effect in the bin (their reasons) and, where the run sampled them (``host.csv``), the mean host
+    CPU busy % and GPU utilization % (``cpu_pct``, ``gpu_pct``)."""
     if not bin_s > 0:
         raise InputError(f"--bins: expected a positive number of seconds, got {bin_s}")
     run = load_run(run_dir)
@@ -364,14 +396,23 @@ def outcomes_per_bin(run_dir: str | Path, bin_s: float) -> list[dict[str, Any]]:
              **{o: int(counts[o][i]) for o in OUTCOMES}, "plans": []} for i in range(n)]
     for p in run.plans[1:]:
         rows[min(int(p.t // bin_s), n - 1)]["plans"].append(p.reason)
+    host = Path(run_dir) / HOST_FILE
+    if host.exists() or host.with_name(HOST_FILE + ".gz").exists():
+        t, cpu, gpu = load_host(host)
+        for key, values in (("cpu_pct", cpu), ("gpu_pct", gpu)):
+            for row, mean in zip(rows, _bin_means(t, values, bin_s, n)):
+                row[key] = mean
     return rows
 
 
 def format_bins(rows: list[dict[str, Any]]) -> str:
     """``outcomes_per_bin`` as a text table, one bin a line."""
-    lines = [f"{'from s':>8} {'requests':>8} " + " ".join(f"{o:>7}" for o in OUTCOMES) + "  plan changes"]
+    host = [k for k in ("cpu_pct", "gpu_pct") if rows and k in rows[0]]
+    lines = [f"{'from s':>8} {'requests':>8} " + " ".join(f"{o:>7}" for o in OUTCOMES)
+             + "".join(f" {k.replace('_pct', ' %'):>7}" for k in host) + "  plan changes"]
     for r in rows:
         lines.append(f"{r['start_s']:>8g} {r['requests']:>8} " + " ".join(f"{r[o]:>7}" for o in OUTCOMES)
+                     + "".join(f" {'-' if r[k] is None else r[k]:>7}" for k in host)
                      + ("  " + "; ".join(r["plans"]) if r["plans"] else ""))
     return "\n".join(lines)
 
