@@ -271,7 +271,8 @@ def main() -> None:
     ap.add_argument("--surge-poll", type=float, default=Policy().surge_poll_s,
                     help="the controller's surge checks between steps, every this many seconds (0: none)")
     ap.add_argument("--surge-rise-z", type=float, default=Policy().surge_rise_z,
-                    help="the surge checks take a rise within this many standard deviations of Poisson noise for none")
+                    help="the surge checks take a rise within this many standard deviations of Poisson noise "
+                         "for none")
     ap.add_argument("--poisson-seed", type=int, default=None,
                     help="the controller counts Poisson arrivals with this seed (as the load generator sends them)")
     args = ap.parse_args()

@@ -270,7 +270,8 @@ class Controller:
         seen), and how fast it rose, in req/s per s, against the window before: 0 until two windows were
         seen, for a fall, and when the later window's count exceeds the earlier's by no more than
         ``surge_rise_z`` standard deviations of Poisson noise (sqrt of their sum), so that noise at a
-        steady rate, projected over an apply, does not look like a ramp. Counts between scrapes are interpolated linearly."""
+        steady rate, projected over an apply, does not look like a ramp. Counts between scrapes are
+        interpolated linearly."""
         ts, counts = zip(*self.arrivals)
         end, w = ts[-1], min(self.policy.surge_window_s, ts[-1] - ts[0])
         if w <= 0:

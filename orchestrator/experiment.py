@@ -4,7 +4,8 @@
     load generator (trace) || controller (metrics -> forecast -> replan -> apply) -> RUN/ -> report
 
 RUN/ holds requests.csv, events.jsonl, run.json, host.csv (host CPU and GPU utilization, per second),
-repo/ (the served repository), server.log, and the report (summary.json, PNGs) that tools/report.py makes from them.
+repo/ (the served repository), server.log, and the report (summary.json, PNGs) that tools/report.py
+makes from them.
 """
 from __future__ import annotations
 
