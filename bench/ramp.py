@@ -4,7 +4,7 @@ Checks the claim that the H200 diurnal runs' SLO violations come from the compre
 outrunning 20-31 s applies and would vanish at realistic replay speeds. Per run, the shipped
 synthetic day (``tools.trace.synthetic_diurnal``, scaled to ``--peak``) is replayed in D seconds
 against ``orchestrator.controller.Controller`` (by default the traffic app, A+S+T, 1 GPU, HoltQuantile,
-Policy(headroom=0.5), as ``bench/h200_eval.py`` runs it; ``--app``, ``--features``, ``--peak`` for the
+Policy(headroom=0.5), as ``bench/h200_eval.py`` runs it; ``--app``, ``--features``, ``--peak``, ``--headroom`` for the
 others; the comparison with the measured H200 runs only for traffic A+S+T), with the server replaced:
 
 - metrics: ``orchestrator.controller.scrape`` is patched (as tests/test_controller.py does) to return
@@ -273,6 +273,7 @@ def main() -> None:
     ap.add_argument("--surge-rise-z", type=float, default=Policy().surge_rise_z,
                     help="the surge checks take a rise within this many standard deviations of Poisson noise "
                          "for none")
+    ap.add_argument("--headroom", type=float, default=0.5, help="plan for forecast x (1 + headroom), as h200_eval.py")
     ap.add_argument("--poisson-seed", type=int, default=None,
                     help="the controller counts Poisson arrivals with this seed (as the load generator sends them)")
     args = ap.parse_args()
@@ -281,7 +282,7 @@ def main() -> None:
     features = Features.parse(args.features)
     setup = Setup(load_app(ROOT / args.app), profiles, gpu, PlanOptions(features=features, gpus=1),
                   from_file(ROOT / args.inventory),
-                  Policy(headroom=0.5, surge_poll_s=args.surge_poll, surge_rise_z=args.surge_rise_z),
+                  Policy(headroom=args.headroom, surge_poll_s=args.surge_poll, surge_rise_z=args.surge_rise_z),
                   arrivals_seed=args.poisson_seed)
     day = scale_to_peak(synthetic_diurnal(), args.peak)
     coarse = {float(d): float(i) for d, i in (x.split(":") for x in args.coarse.split(",") if x)}
