@@ -1,7 +1,10 @@
 """Where a GPU runner's load goes, per architecture: in a fresh process each, the CUDA context, the build,
 and per batch size the first eager forward (a shape's one-time work: kernel loading, cuDNN plans), the
-second, the capture and a replay (ms, mean of 50); with cuDNN on, off, and off for depthwise
-convolutions only (wrapped in a module that turns cuDNN off); and a second runner in the same process (what stays warm in a process). Needs torch and a GPU; the full GPU, no MPS share.
+second, the capture and a replay (ms, mean of 50), and the CPU time the process spent in the first
+forward and in the capture (all its threads: what a load takes from the serving processes); with
+cuDNN on, off, and off for depthwise convolutions only (wrapped in a module that turns cuDNN off); and
+a second runner in the same process (what stays warm in a process). Needs torch and a GPU; the full
+GPU, no MPS share.
 
     python3 bench/load_parts.py --arch efficientnet_b0 resnet152 --sizes 1 2 4 8
 """
@@ -59,13 +62,16 @@ for r in range(repeat):
         for b in sizes:
             x = spec.inputs(b, torch.device("cuda"), torch.float16)
             for step in ("first", "second"):
-                t = time.monotonic(); spec.forward(model, x); torch.cuda.synchronize()
+                t, c = time.monotonic(), time.process_time(); spec.forward(model, x); torch.cuda.synchronize()
                 row[f"b{b} {step}"] = time.monotonic() - t
+                if step == "first":
+                    row[f"b{b} first cpu"] = time.process_time() - c
             g = torch.cuda.CUDAGraph()
-            t = time.monotonic()
+            t, c = time.monotonic(), time.process_time()
             with torch.cuda.graph(g):
                 spec.forward(model, x)
             torch.cuda.synchronize(); row[f"b{b} capture"] = time.monotonic() - t
+            row[f"b{b} capture cpu"] = time.process_time() - c
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             g.replay(); start.record()
             for _ in range(50):
