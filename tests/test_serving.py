@@ -297,8 +297,10 @@ def test_weighted_routing_follows_plan_shares(served: Served) -> None:
 def test_controller_metrics_event_keeps_stage_and_runner_counters(served: Served, tmp_path: Path) -> None:
     """The controller's per-step metrics event, scraped from this server: each stage's requests and drops
     and each of the plan's runners' batches and rows, as Triton and the stages count them."""
-    _grpc_infer(served, 1)
-    before = _poll(served, lambda m: _value(m, "jigsaw_stage_requests_total", task="det") > 0)
+    for _ in range(10):     # both det runners get some (shares 0.7 / 0.3, weighted round robin)
+        _grpc_infer(served, 1)
+    scraped = _poll(served, lambda m: all(_value(m, "nv_inference_count", model=model) > 0
+                                          for model in served.runners.values()))
     events = tmp_path / "events.jsonl"
     c = Controller(served.app, load_profiles(CPU / "profiles.csv"), gpu_type("cpu"), PlanOptions(),
                    Inventory(gpus=(), source="test"), tmp_path / "repo", served.server.metrics_url,
@@ -307,12 +309,12 @@ def test_controller_metrics_event_keeps_stage_and_runner_counters(served: Served
     c.record_metrics()
     logged = json.loads(events.read_text().splitlines()[-1])
     for task in ("det", "cls", "cap"):
-        assert logged["stages"]["requests"][task] == _value(before, "jigsaw_stage_requests_total", task=task)
-        assert logged["stages"]["drops"][task] == _value(before, "jigsaw_stage_drops_total", task=task)
+        assert logged["stages"]["requests"][task] == _value(scraped, "jigsaw_stage_requests_total", task=task)
+        assert logged["stages"]["drops"][task] == _value(scraped, "jigsaw_stage_drops_total", task=task)
     assert set(logged["runners"]) == {runner_name(served.app.name, e) for e in served.plan.entries}
     for model in served.runners.values():
-        assert logged["runners"][model]["rows"] == _value(before, "nv_inference_count", model=model) > 0
-        assert logged["runners"][model]["batches"] == _value(before, "nv_inference_exec_count", model=model)
+        assert logged["runners"][model]["rows"] == _value(scraped, "nv_inference_count", model=model) > 0
+        assert logged["runners"][model]["batches"] == _value(scraped, "nv_inference_exec_count", model=model)
 
 
 # ---------------------------------------------------------------------------------------------
