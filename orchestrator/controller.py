@@ -59,7 +59,8 @@ from .render import build_configs, runner_name, write_repository
 STAGE_COUNTERS = {"requests": "jigsaw_stage_requests_total", "drops": "jigsaw_stage_drops_total",
                   "misses": "jigsaw_stage_deadline_misses_total"}
 RUNNER_COUNTERS = {"batches": "nv_inference_exec_count_total", "rows": "nv_inference_count_total",
-                   "padding": PADDING_METRIC, "compute_us": "nv_inference_compute_infer_duration_us_total",
+                   "requests": "nv_inference_request_success_total", "padding": PADDING_METRIC,
+                   "compute_us": "nv_inference_compute_infer_duration_us_total",
                    "queue_us": "nv_inference_queue_duration_us_total"}
 
 
@@ -114,6 +115,18 @@ def expected_ms(points: list[ProfilePoint], batch: float) -> float | None:
     if not pts:
         return None
     return float(np.interp(batch, [b for b, _ in pts], [lat for _, lat in pts]))
+
+
+def batch_times_ms(d: dict[str, float], points: list[ProfilePoint]) -> tuple[float, float | None] | None:
+    """A runner's mean batch time over an interval and its profiled p95 at the batch that ran (ms), from
+    the increases ``d`` of its ``RUNNER_COUNTERS``; None when it answered nothing. The batch that ran is
+    the rows requested plus the rows the runner padded its batches with up to a size it captured; Triton
+    adds a batch's compute time to its counter once per request in the batch (the dynamic batcher merges
+    the stages' requests), so the mean batch time is that counter over the requests."""
+    if d["batches"] <= 0 or d["requests"] <= 0:
+        return None
+    measured = d["compute_us"] / d["requests"] / 1000
+    return measured, expected_ms(points, (d["rows"] + d["padding"]) / d["batches"])
 
 
 class Controller:
@@ -195,19 +208,14 @@ class Controller:
         refined = []
         for e in self.plan.entries:
             name = runner_name(self.app.name, e)
-            d = {m: increase(prev.total(m, model=name), now.total(m, model=name))
-                 for m in ("nv_inference_exec_count_total", "nv_inference_count_total", PADDING_METRIC,
-                           "nv_inference_request_success_total", "nv_inference_compute_infer_duration_us_total")}
-            batches, requests = d["nv_inference_exec_count_total"], d["nv_inference_request_success_total"]
-            if batches < self.policy.refine_min_batches or requests <= 0:
-                continue
-            # Triton adds a batch's compute time to this counter once per request in the batch (the
-            # dynamic batcher merges the stages' requests), so the mean batch time is per request
-            measured = d["nv_inference_compute_infer_duration_us_total"] / requests / 1000
+            d = {key: increase(prev.total(metric, model=name), now.total(metric, model=name))
+                 for key, metric in RUNNER_COUNTERS.items()}
             profile = self.app.task(e.task).variant(e.variant).profile
             points = [p for p in self.profiles.for_variant(profile, self.gpu.name) if (p.mig, p.mps) == (e.mig, e.mps)]
-            # at the batch size that ran: a runner pads a batch to the next size it captured
-            expected = expected_ms(points, (d["nv_inference_count_total"] + d[PADDING_METRIC]) / batches)
+            times = batch_times_ms(d, points) if d["batches"] >= self.policy.refine_min_batches else None
+            if times is None:
+                continue
+            measured, expected = times
             if expected and measured > expected * (1 + self.policy.refine_drift):
                 ratio = measured / expected
                 self.profiles = scaled(self.profiles, profile, self.gpu.name, e.mig, e.mps, ratio)

@@ -353,7 +353,7 @@ def test_step_judges_a_padded_runner_at_the_batch_it_ran(tmp_path: Path, monkeyp
     assert refines[0]["ratio"] == pytest.approx(2.0, rel=1e-3)
     # every step's metrics event keeps the runners' counters so far, for a run's record
     logged = f.events("metrics")[-1]["runners"][runner]
-    assert logged["batches"] == 100 and logged["rows"] == 200 and logged["padding"] == 1400
+    assert logged["batches"] == 100 and logged["rows"] == logged["requests"] == 200 and logged["padding"] == 1400
     assert logged["compute_us"] == pytest.approx(100 * 2 * (at16 + 2 * at16) / 2 * 1000)
 
 

@@ -315,6 +315,7 @@ def test_controller_metrics_event_keeps_stage_and_runner_counters(served: Served
     for model in served.runners.values():
         assert logged["runners"][model]["rows"] == _value(scraped, "nv_inference_count", model=model) > 0
         assert logged["runners"][model]["batches"] == _value(scraped, "nv_inference_exec_count", model=model)
+        assert logged["runners"][model]["requests"] == _value(scraped, "nv_inference_request_success", model=model)
 
 
 # ---------------------------------------------------------------------------------------------
