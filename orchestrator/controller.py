@@ -226,8 +226,8 @@ class Controller:
 
     def record_metrics(self) -> Scrape:
         """Scrape the server and log, as counted so far: the variants the stages routed to, each stage's
-        requests, drops and deadline misses, and each of the plan's runners' batches, rows, padding rows,
-        compute and queue time (what a run's record needs to tell where capacity went)."""
+        requests, drops and deadline misses, and each of the plan's runners' ``RUNNER_COUNTERS`` (what a
+        run's record needs to tell where capacity went; ``bench/refine_check.py`` reads them)."""
         now = scrape(self.metrics_url, time.time())
         app = self.app.name
         items = now.by_label("jigsaw_stage_variant_items_total", "task", "variant", app=app)
