@@ -40,10 +40,7 @@ def judged(run: Path, app_path: Path, profiles_path: Path, min_batches: int) -> 
             if entry is None or before is None:  # a runner the step before did not count
                 continue
             d = {k: increase(before.get(k, 0.0), now.get(k, 0.0)) for k in RUNNER_COUNTERS}
-            profile = app.task(entry.task).variant(entry.variant).profile
-            points = [p for p in profiles.for_variant(profile, plan.gpu_type)
-                      if (p.mig, p.mps) == (entry.mig, entry.mps)]
-            times = batch_times_ms(d, points) if d["batches"] >= min_batches else None
+            times = batch_times_ms(app, profiles, plan.gpu_type, entry, d) if d["batches"] >= min_batches else None
             if times is None or not times[1]:
                 continue
             rows.append({"t": e["t"], "runner": name, "batches": d["batches"],

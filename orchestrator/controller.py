@@ -51,7 +51,7 @@ from .forecast import Forecaster
 from .gpus import GpuType
 from .inventory import Inventory
 from .metrics import Scrape, increase, requests_total, scrape
-from .plan import Plan
+from .plan import Entry, Plan
 from .planner import PlanOptions, make_plan
 from .profiles import ProfilePoint, Profiles
 from .render import build_configs, runner_name, write_repository
@@ -117,14 +117,18 @@ def expected_ms(points: list[ProfilePoint], batch: float) -> float | None:
     return float(np.interp(batch, [b for b, _ in pts], [lat for _, lat in pts]))
 
 
-def batch_times_ms(d: dict[str, float], points: list[ProfilePoint]) -> tuple[float, float | None] | None:
-    """A runner's mean batch time over an interval and its profiled p95 at the batch that ran (ms), from
-    the increases ``d`` of its ``RUNNER_COUNTERS``; None when it answered nothing. The batch that ran is
-    the rows requested plus the rows the runner padded its batches with up to a size it captured; Triton
-    adds a batch's compute time to its counter once per request in the batch (the dynamic batcher merges
-    the stages' requests), so the mean batch time is that counter over the requests."""
+def batch_times_ms(app: AppSpec, profiles: Profiles, gpu: str, e: Entry,
+                   d: dict[str, float]) -> tuple[float, float | None] | None:
+    """Runner ``e``'s mean batch time over an interval and its profiled p95 on its segment at the batch
+    that ran (ms), from the increases ``d`` of its ``RUNNER_COUNTERS``; None when it answered nothing.
+    The batch that ran is the rows requested plus the rows the runner padded its batches with up to a
+    size it captured; Triton adds a batch's compute time to its counter once per request in the batch
+    (the dynamic batcher merges the stages' requests), so the mean batch time is that counter over the
+    requests."""
     if d["batches"] <= 0 or d["requests"] <= 0:
         return None
+    profile = app.task(e.task).variant(e.variant).profile
+    points = [p for p in profiles.for_variant(profile, gpu) if (p.mig, p.mps) == (e.mig, e.mps)]
     measured = d["compute_us"] / d["requests"] / 1000
     return measured, expected_ms(points, (d["rows"] + d["padding"]) / d["batches"])
 
@@ -210,14 +214,12 @@ class Controller:
             name = runner_name(self.app.name, e)
             d = {key: increase(prev.total(metric, model=name), now.total(metric, model=name))
                  for key, metric in RUNNER_COUNTERS.items()}
-            profile = self.app.task(e.task).variant(e.variant).profile
-            points = [p for p in self.profiles.for_variant(profile, self.gpu.name) if (p.mig, p.mps) == (e.mig, e.mps)]
-            times = batch_times_ms(d, points) if d["batches"] >= self.policy.refine_min_batches else None
-            if times is None:
+            if d["batches"] < self.policy.refine_min_batches:
                 continue
-            measured, expected = times
+            measured, expected = batch_times_ms(self.app, self.profiles, self.gpu.name, e, d) or (0.0, None)
             if expected and measured > expected * (1 + self.policy.refine_drift):
                 ratio = measured / expected
+                profile = self.app.task(e.task).variant(e.variant).profile
                 self.profiles = scaled(self.profiles, profile, self.gpu.name, e.mig, e.mps, ratio)
                 self.events.write("refine", variant=profile, mig=e.mig, mps=e.mps, measured_ms=round(measured, 3),
                                   profiled_ms=round(expected, 3), ratio=round(ratio, 3))
