@@ -91,13 +91,14 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
         entry = {"system": key, "label": label, "app": app.name, "device": device, "gpus": args.gpus,
                  "peak_rps": peak, "capacity_ast_rps": cap.max_demand_rps, "slices_total": total,
                  "duration_s": args.duration, "interval_s": args.interval, "headroom": args.headroom,
-                 "surge_poll_s": args.surge_poll,
+                 "surge_poll_s": args.surge_poll, "admission_reserve": args.admission_reserve,
                  "run_dir": str(run_dir)}
         log(f"--- {app.name}: {label}")
         try:
             exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=inventory, trace=trace,
                              interval_s=args.interval, out=run_dir, system=label, ready_timeout_s=300.0,
-                             policy=Policy(headroom=args.headroom, surge_poll_s=args.surge_poll),
+                             policy=Policy(headroom=args.headroom, surge_poll_s=args.surge_poll,
+                                           admission_reserve=args.admission_reserve),
                              notes="bench/h200_eval.py; MIG emulated with MPS SM caps and memory limits")
             entry["summary"] = run(exp, progress=log)
             s = entry["summary"]
@@ -173,6 +174,9 @@ def main() -> None:
                     help="plan for forecast x (1 + headroom): keeps runners below ~1/(1+headroom) utilisation")
     ap.add_argument("--surge-poll", type=float, default=Policy().surge_poll_s,
                     help="the controller's surge checks between steps, every this many seconds (0: none)")
+    ap.add_argument("--admission-reserve", type=float, default=Policy().admission_reserve,
+                    help="the stages admit a request only when it would be answered this fraction of its "
+                         "budget before its deadline")
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
     ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",

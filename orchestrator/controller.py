@@ -54,7 +54,7 @@ from .metrics import Scrape, increase, requests_total, scrape
 from .plan import Entry, Plan
 from .planner import PlanOptions, make_plan
 from .profiles import ProfilePoint, Profiles
-from .render import build_configs, runner_name, write_repository
+from .render import ADMISSION_RESERVE, build_configs, runner_name, write_repository
 
 STAGE_COUNTERS = {"requests": "jigsaw_stage_requests_total", "drops": "jigsaw_stage_drops_total",
                   "misses": "jigsaw_stage_deadline_misses_total"}
@@ -76,6 +76,7 @@ class Policy:
     surge_poll_s: float = 2.0    # between steps, check this often whether arrivals will outrun the plan (0: never)
     surge_window_s: float = 6.0  # the surge checks' rate is over this long, its rise against the window before
     surge_rise_z: float = 1.0    # a rise within this many standard deviations of Poisson noise counts as none
+    admission_reserve: float = ADMISSION_RESERVE  # of a request's budget, held back by the stages' admission
 
 
 def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, policy: Policy) -> float | None:
@@ -162,7 +163,8 @@ class Controller:
     def initial(self, demand: float) -> Plan:
         """Plan for ``demand`` and write the repository the server will start from."""
         self.plan = self._make(demand)
-        write_repository(build_configs(self.plan, self.inventory), self.repo)
+        write_repository(build_configs(self.plan, self.inventory, admission_reserve=self.policy.admission_reserve),
+                         self.repo)
         self.events.write("plan", plan=self.plan.to_json(), demand_rps=demand, capacity_rps=demand, reason="initial")
         self.progress(f"initial plan for {demand:.1f} req/s: {self.plan.slices} slices, "
                       f"accuracy {self.plan.accuracy:.3f}")
@@ -192,7 +194,7 @@ class Controller:
         started = time.time()
         try:
             assert self.apply_plan is not None
-            self.apply_plan(build_configs(plan, self.inventory))
+            self.apply_plan(build_configs(plan, self.inventory, admission_reserve=self.policy.admission_reserve))
         except RuntimeError as exc:  # rolled back: the old plan keeps serving
             self.events.write("apply_failed", demand_rps=demand, reason=str(exc))
             self.progress(f"apply failed, old plan keeps serving: {exc}")

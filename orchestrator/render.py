@@ -36,6 +36,9 @@ from .plan import Entry, Plan, parse_label
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository_templates"
 GRAPH_INSTANCES = 32  # x MAX_REQUESTS: requests in the graph at once (docs/runtime.md, task stages)
 MAX_REQUESTS = 2  # requests the graph model takes in one execute (dynamic batching)
+# of a request's budget, held back by the stages' admission for the path they do not see: the
+# request's way into the graph instance and the answer's way back to the client (docs/runtime.md)
+ADMISSION_RESERVE = 0.05
 MANIFEST = "jigsaw.json"
 ROUTING = "routing.json"  # in the graph model's directory
 
@@ -123,8 +126,14 @@ def runner_config(name: str, width: int, batch: int, runtime: dict[str, Any], gr
         name=name, width=width, batch=batch, groups=groups, queue_delay_us=queue_delay_us, settings=settings))
 
 
-def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float = 0.25) -> Rendered:
-    """Render and validate every model config of ``plan`` (nothing is written)."""
+def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float = 0.25,
+                  admission_reserve: float = ADMISSION_RESERVE) -> Rendered:
+    """Render and validate every model config of ``plan`` (nothing is written); the stages admit a
+    request only when its runners would answer ``admission_reserve`` x its budget (the SLO, or its
+    tighter ``deadline_ms``) before its deadline."""
+    if not 0 <= admission_reserve < 1:
+        raise InputError(f"admission reserve {admission_reserve:g}: must be a fraction of a request's budget "
+                         "in [0, 1)")
     if not plan.app_spec:
         raise InputError("plan JSON: no app_spec (plans written by `jigsaw plan` carry it; re-plan)")
     app = parse_app(plan.app_spec, origin="plan app_spec")
@@ -161,7 +170,8 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
     # catches the rest)
     add("graph.pbtxt.j2", app.name, outputs=[f"{t['task']}_OUTPUT" for t in tasks if not t["children"]],
         instances=GRAPH_INSTANCES, max_requests=MAX_REQUESTS, queue_timeout_us=int(app.latency_slo_ms * 1000),
-        settings={"role": "graph", "app": app.name, "slo_ms": app.latency_slo_ms, "width": width, "tasks": tasks,
+        settings={"role": "graph", "app": app.name, "slo_ms": app.latency_slo_ms,
+                  "admission_reserve": admission_reserve, "width": width, "tasks": tasks,
                   "routing": ROUTING})
     manifest = {"app": app.name, "model": app.name, "latency_slo_ms": app.latency_slo_ms,
                 "gpu_type": plan.gpu_type, "uses_mps": uses_mps(bindings),

@@ -16,6 +16,7 @@ import tritonclient.grpc as grpcclient
 from conftest import ROOT
 from orchestrator.appspec import parse_app
 from orchestrator.control import Applier, apply, control_headers
+from orchestrator.errors import InputError
 from orchestrator.gpus import gpu_type
 from orchestrator.inventory import Inventory
 from orchestrator.planner import PlanOptions, make_plan
@@ -234,6 +235,14 @@ def test_runners_load_concurrently_then_the_graph(server) -> None:
     inp = grpcclient.InferInput("INPUT", [1, 1, 16], "FP32")
     inp.set_data_from_numpy(np.ones((1, 1, 16), dtype=np.float32))
     client.infer("cpudemo", [inp])
+
+
+def test_admission_reserve_is_rendered_and_checked() -> None:
+    settings = json.loads(build_configs(_plan(40), CPU, admission_reserve=0.1).configs["cpudemo"]
+                          .parameters["jigsaw"].string_value)
+    assert settings["admission_reserve"] == 0.1
+    with pytest.raises(InputError, match=r"admission reserve 1: must be a fraction of a request's budget"):
+        build_configs(_plan(40), CPU, admission_reserve=1.0)
 
 
 def test_failed_graph_load_restores_the_routing(server) -> None:

@@ -1,7 +1,8 @@
 """Overload against a real tritonserver: a runner offered three times what it can serve. The stages
 must shed the excess early (drops) and keep what they admit within the SLO, instead of queueing
 everything behind the runner until every answer is late; also when the runner is slower than its
-profile says (the stages then learn its pace from its answers)."""
+profile says (the stages then learn its pace from its answers). The SLO is the client's: the
+stages' admission reserve covers the way to the client and back."""
 from __future__ import annotations
 
 import threading

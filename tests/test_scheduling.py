@@ -8,7 +8,7 @@ import pytest
 
 from triton_backend import backlog as backlog_mod
 from triton_backend.backlog import SharedBacklog, remove_stale
-from triton_backend.scheduling import Pace, Route, backlog_ms, choose_route
+from triton_backend.scheduling import Pace, Route, backlog_ms, choose_route, drop_decision
 
 A = Route("m_a", "a", 0.5, 4, 10.0, 400.0)
 B = Route("m_b", "b", 0.5, 2, 20.0, 100.0)
@@ -17,6 +17,15 @@ B = Route("m_b", "b", 0.5, 2, 20.0, 100.0)
 def test_backlog_ms_serves_what_is_ahead_at_the_planned_throughput() -> None:
     assert backlog_ms(10.0, 0, 400.0) == 10.0
     assert backlog_ms(10.0, 40, 400.0) == pytest.approx(110.0)
+
+
+def test_drop_decision_holds_the_reserve_back() -> None:
+    # fastest path 10 + 20 ms, 5 ms held in reserve: 35 ms left is enough, 34 ms is not
+    assert not drop_decision(0, 35_000_000, 5.0, 10.0, 20.0, "det").drop
+    decision = drop_decision(0, 34_000_000, 5.0, 10.0, 20.0, "det")
+    assert decision.drop and decision.reason == (
+        "jigsaw: request dropped at stage det: 34.0 ms left before its deadline, the fastest remaining path "
+        "needs 30.0 ms and 5.0 ms are held in reserve")
 
 
 def test_choose_route_keeps_the_pick_that_makes_it() -> None:

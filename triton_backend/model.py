@@ -51,8 +51,9 @@ def _error(message: str) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
 
 
-def _stamp(request: Any, slo_ns: int) -> int | str:
-    """Absolute deadline (ns) of a request arriving now, or an error message for a bad parameter."""
+def _stamp(request: Any, slo_ns: int) -> tuple[int, int] | str:
+    """Absolute deadline (ns) of a request arriving now and its budget (ns), or an error message for a
+    bad parameter."""
     budget = slo_ns
     params = request.parameters()
     if params and params != "{}":
@@ -62,7 +63,7 @@ def _stamp(request: Any, slo_ns: int) -> int | str:
                 budget = min(budget, int(float(value) * 1e6))
             except (TypeError, ValueError):
                 return f"jigsaw: request parameter deadline_ms must be a number of milliseconds, got {value!r}"
-    return time.time_ns() + budget
+    return time.time_ns() + budget, budget
 
 
 class _Counters:
@@ -174,22 +175,23 @@ class _Task:
                 return
         self._busy -= 1
 
-    async def serve(self, rows: np.ndarray, deadline: int,
+    async def serve(self, rows: np.ndarray, deadline: int, reserve_ms: float,
                     routing: _Routing) -> dict[str, np.ndarray] | np.ndarray | str:
-        """Run ``rows`` through this task on ``routing``: the items for each child (or this sink's
-        output rows), or the error message of a drop or failure."""
+        """Run ``rows`` through this task on ``routing``, admitted only when its runners would answer
+        ``reserve_ms`` before the deadline: the items for each child (or this sink's output rows), or
+        the error message of a drop or failure."""
         self.counters.add(self.m_requests, 1)
         arrived = time.time_ns()
         await self._acquire(deadline)
         try:
             started = time.time_ns()
             self.counters.add(self.m_wait, max(0, (started - arrived) // 1000))
-            decision: DropDecision = drop_decision(started, deadline, routing.fastest_ms, routing.downstream_ms,
-                                                   self.task)
+            decision: DropDecision = drop_decision(started, deadline, reserve_ms, routing.fastest_ms,
+                                                   routing.downstream_ms, self.task)
             if decision.drop:
                 self.counters.add(self.m_drops, 1)
                 return decision.reason
-            chunks = self._plan_chunks(routing, len(rows), deadline)
+            chunks = self._plan_chunks(routing, len(rows), deadline, reserve_ms)
             if isinstance(chunks, str):
                 self.counters.add(self.m_drops, 1)
                 return chunks
@@ -206,9 +208,11 @@ class _Task:
             return np.concatenate(results) if results else np.zeros((0, self.width), dtype=np.float32)
         return {child: self._fan_out(fan, chunks, results) for child, fan in self.fanouts.items()}
 
-    def _plan_chunks(self, routing: _Routing, n: int, deadline: int) -> list[tuple[Route, int, int, float]] | str:
+    def _plan_chunks(self, routing: _Routing, n: int, deadline: int,
+                     reserve_ms: float) -> list[tuple[Route, int, int, float]] | str:
         """The chunks of ``n`` rows with their routes and the backlog estimate each was sent on, or why
-        the request is dropped: no runner of the plan can answer a chunk in time."""
+        the request is dropped: no runner of the plan can answer a chunk ``reserve_ms`` before the
+        deadline."""
         left_ms = (deadline - time.time_ns()) / 1e6
         totals = {r.model: self.backlog.totals(r.model) for r in routing.routes}
         ahead = {model: t[0] for model, t in totals.items()}
@@ -226,11 +230,12 @@ class _Task:
         while start < n:
             picked = routing.router.pick()
             rows = min(n - start, picked.batch)
-            route = choose_route(picked, routing.routes, rows, left_ms, routing.downstream_ms, estimate)
+            route = choose_route(picked, routing.routes, rows, left_ms - reserve_ms, routing.downstream_ms, estimate)
             if route is None:
                 return (f"jigsaw: request dropped at stage {self.task}: {left_ms:.1f} ms left before its deadline, "
                         f"its runners would answer in {min(map(estimate, routing.routes)):.1f} ms at the soonest "
-                        f"(their backlog) and the rest of the path needs {routing.downstream_ms:.1f} ms")
+                        f"(their backlog), the rest of the path needs {routing.downstream_ms:.1f} ms and "
+                        f"{reserve_ms:.1f} ms are held in reserve")
             end = min(n, start + route.batch)
             chunks.append((route, start, end, queued_ms(route)))
             ahead[route.model] += end - start
@@ -272,6 +277,7 @@ class _Graph:
         self.app = cfg["app"]
         self.width = int(cfg["width"])
         self.slo_ns = int(float(cfg["slo_ms"]) * 1e6)
+        self.reserve = float(cfg["admission_reserve"])  # of a request's budget, for the path the stages do not see
         self.counters = _Counters()
         index = instance_name.rpartition("_")[2]
         self.phase = int(index) if index.isdigit() else 0
@@ -323,10 +329,12 @@ class _Graph:
         return rows[0]
 
     async def _serve(self, request: Any) -> Any:
-        deadline = _stamp(request, self.slo_ns)
+        stamp = _stamp(request, self.slo_ns)
         rows = self._rows(request)
-        if isinstance(deadline, str) or isinstance(rows, str):
-            return _error(deadline if isinstance(deadline, str) else rows)
+        if isinstance(stamp, str) or isinstance(rows, str):
+            return _error(stamp if isinstance(stamp, str) else rows)
+        deadline, budget = stamp
+        reserve_ms = budget * self.reserve / 1e6
         routing = self.routing
         done: dict[str, asyncio.Future] = {}
 
@@ -339,7 +347,7 @@ class _Graph:
                 if failed is not None:
                     return failed
                 items = np.concatenate([g[task.task] for g in got]) if len(got) > 1 else got[0][task.task]
-            return await task.serve(items, deadline, routing[task.task])
+            return await task.serve(items, deadline, reserve_ms, routing[task.task])
 
         for task in self.tasks:
             done[task.task] = asyncio.ensure_future(run(task))

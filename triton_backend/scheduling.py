@@ -58,16 +58,17 @@ class DropDecision:
     reason: str = ""
 
 
-def drop_decision(now_ns: int, deadline_ns: int, own_fastest_ms: float, downstream_ms: float,
+def drop_decision(now_ns: int, deadline_ns: int, reserve_ms: float, own_fastest_ms: float, downstream_ms: float,
                   task: str) -> DropDecision:
     """Drop when even the fastest variant here and on every remaining task, with no batching delay,
-    cannot finish before the deadline."""
+    cannot finish ``reserve_ms`` before the deadline."""
     need_ns = int((own_fastest_ms + downstream_ms) * 1e6)
     left_ns = deadline_ns - now_ns
-    if left_ns >= need_ns:
+    if left_ns - reserve_ms * 1e6 >= need_ns:
         return DropDecision(False)
     return DropDecision(True, f"jigsaw: request dropped at stage {task}: {left_ns / 1e6:.1f} ms left before "
-                              f"its deadline, the fastest remaining path needs {need_ns / 1e6:.1f} ms")
+                              f"its deadline, the fastest remaining path needs {need_ns / 1e6:.1f} ms "
+                              f"and {reserve_ms:.1f} ms are held in reserve")
 
 
 def backlog_ms(profiled_ms: float, items_ahead: int, throughput_rps: float) -> float:
