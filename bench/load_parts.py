@@ -2,7 +2,8 @@
 and per batch size the first eager forward (a shape's one-time work: kernel loading, cuDNN plans), the
 second, the capture and a replay (ms, mean of 50), and the CPU time the process spent in the first
 forward and in the capture (all its threads: what a load takes from the serving processes); with
-cuDNN on, off, and off for depthwise convolutions only (wrapped in a module that turns cuDNN off); and
+cuDNN on, off, off for depthwise convolutions only (wrapped in a module that turns cuDNN off), and on
+through its older v7 API (``TORCH_CUDNN_V8_API_DISABLED=1``: heuristics instead of built plans); and
 a second runner in the same process (what stays warm in a process). Needs torch and a GPU; the full
 GPU, no MPS share.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,14 +84,15 @@ print(json.dumps(out))
 """
 
 
-SETTINGS = ("cudnn", "no-cudnn", "native-depthwise")
+SETTINGS = ("cudnn", "no-cudnn", "native-depthwise", "cudnn-v7")
 
 
 def measure(arch: str, sizes: list[int], setting: str, repeat: int = 2) -> list[dict[str, float]]:
     """One fresh process: ``repeat`` runners of ``arch`` built and captured one after the other, under
-    ``setting``: cuDNN on, off, or off for depthwise convolutions only."""
+    ``setting``: cuDNN on, off, off for depthwise convolutions only, or on through its v7 API."""
+    env = {**os.environ, **({"TORCH_CUDNN_V8_API_DISABLED": "1"} if setting == "cudnn-v7" else {})}
     done = subprocess.run([sys.executable, "-c", CHILD, arch, ",".join(map(str, sizes)), setting, str(repeat)],
-                          cwd=ROOT, capture_output=True, text=True, check=True)
+                          cwd=ROOT, capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

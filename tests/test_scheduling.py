@@ -1,6 +1,7 @@
 """The stages' pure scheduling pieces and the backlog table the graph instances share."""
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 
@@ -8,7 +9,7 @@ import pytest
 
 from triton_backend import backlog as backlog_mod
 from triton_backend.backlog import SharedBacklog, remove_stale
-from triton_backend.scheduling import Pace, Route, backlog_ms, choose_route, drop_decision
+from triton_backend.scheduling import Route, backlog_ms, choose_route, drop_decision, pace
 
 A = Route("m_a", "a", 0.5, 4, 10.0, 400.0)
 B = Route("m_b", "b", 0.5, 2, 20.0, 100.0)
@@ -103,29 +104,29 @@ def test_remove_stale_keeps_live_servers_tables(tmp_path) -> None:
     assert live.exists() and mine.exists() and not gone.exists()
 
 
-def test_pace_is_observed_over_estimated_in_the_window() -> None:
-    pace = Pace(window_s=1.0, min_answers=3)
-    assert pace.factor(0.0, 0, 0, 0) == 1.0
-    assert pace.factor(0.5, 2, 300_000, 200_000) == 1.0       # too few answers to tell
-    assert pace.factor(0.7, 4, 600_000, 400_000) == pytest.approx(1.5)
-    # a second later only the answers since 0.7 s count: 4 more, as estimated
-    assert pace.factor(1.8, 8, 1_000_000, 800_000) == pytest.approx(1.0)
-    assert pace.factor(5.0, 8, 1_000_000, 800_000) == 1.0     # nothing came: back to 1
+def test_pace_is_observed_over_estimated() -> None:
+    assert pace(0.0, 0.0, 0.0, math.inf) == 1.0
+    assert pace(1.5, 30.0, 20.0, 0.1) == 1.0                     # too few recent answers to tell
+    assert pace(4.0, 60.0, 40.0, 0.1) == pytest.approx(1.5)
+    assert pace(4.0, 30.0, 40.0, 0.1) == 1.0                     # faster than estimated: still 1
+    assert pace(4.0, 60.0, 40.0, 1.5) == 1.0                     # nothing came for a second: try it again
 
 
-def test_pace_never_below_one_and_restarts_when_totals_shrink() -> None:
-    pace = Pace(window_s=1.0, min_answers=1)
-    pace.factor(0.0, 0, 0, 0)
-    assert pace.factor(0.5, 5, 100_000, 500_000) == 1.0       # faster than estimated: still 1
-    assert pace.factor(0.6, 2, 400_000, 100_000) == 1.0       # a row given back: start again
-
-
-def test_answers_are_summed_over_instances(tmp_path) -> None:
+def test_answers_are_summed_over_instances_and_decay(tmp_path) -> None:
     path = str(tmp_path / ".backlog-1")
     a, b = SharedBacklog(path), SharedBacklog(path)
     for table, est, obs in ((a, 10.0, 15.0), (b, 20.0, 30.0)):
         table.add("runner", 1)
         table.add("runner", -1)
-        table.answered("runner", est, obs)
-    assert a.totals("runner") == (0, 2, 45_000, 30_000)
-    assert a.totals("other") == (0, 0, 0, 0)
+        table.answered("runner", est, obs, now=100.0)
+    assert a.totals("runner", now=100.0) == (0, 2.0, 45.0, 30.0, 0.0)
+    assert a.totals("other", now=100.0) == (0, 0.0, 0.0, 0.0, math.inf)
+    # a second later they weigh 1/e; a new answer of b's is added at full weight, its older one decayed
+    b.answered("runner", 10.0, 10.0, now=101.0)
+    later = a.totals("runner", now=101.0)
+    assert later.answers == pytest.approx(2 / math.e + 1) and later.idle_s == 0.0
+    assert later.observed_ms == pytest.approx(45 / math.e + 10) and later.estimated_ms == pytest.approx(30 / math.e + 10)
+    # a fresh instance reads the runner's recent pace at once: no history of its own needed
+    fresh = SharedBacklog(path)
+    assert fresh.totals("runner", now=101.5).idle_s == pytest.approx(0.5)
+    assert pace(*fresh.totals("runner", now=101.0)[1:], min_answers=1) == pytest.approx(later.observed_ms / later.estimated_ms)

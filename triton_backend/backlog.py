@@ -1,31 +1,47 @@
 """The items each runner has outstanding from all the graph model's instances together, and how its
-answers compared with their estimates.
+recent answers compared with their estimates.
 
 Each graph instance is a stub process of its own, and each sees only what it sent itself: admitting
 on that view, the instances all found an idle runner at the same moment, each admitted a batch of
 requests, and together they queued far more than the runner could serve before the deadline (seen
 in tests/test_overload.py with such a per-instance count, during development). So they share one
 table, a memory-mapped file beside the routing file: one row per instance (claimed under a file
-lock, written by that instance only), one slot per runner model in it: key, items outstanding, and
-over the answers so far their count and the sums of their observed and estimated latencies (us). A
-reader sums a runner's slots over the rows of live instances; an instance that died without
-clearing its row is skipped once its pid is gone.
+lock, written by that instance only), one slot per runner model in it: key, items outstanding, when
+it last answered, and over its answers their count and the sums of their observed and estimated
+latencies (ms), each answer weighted by exp(-age / ``DECAY_S``). A reader sums a runner's slots over
+the rows of live instances; an instance that died without clearing its row is skipped once its pid
+is gone. (The answers' sums were first kept per instance over a sliding window, which an instance
+could judge only once it had seen a window's answers itself: each of the 32 instances admitted on
+the profile alone for its first 0.1-0.2 s of traffic, and late answers followed, in
+tests/test_overload.py at the start and whenever a fresh instance took its first requests.)
 """
 from __future__ import annotations
 
 import fcntl
 import glob
+import math
 import os
 import time
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
 PREFIX = ".backlog-"  # + the server's pid: the table's file name in the graph model's directory
 ROWS = 256           # graph instances at once (both copies of the graph model during a reload included)
 SLOTS = 32           # runner models one instance has sent to
-FIELDS = 5           # per slot: key, items outstanding, answers, observed us, estimated us
+FIELDS = 6           # per slot: key, items outstanding, last answer (s), answers, observed ms, estimated ms
 LIVE_CHECK_S = 1.0   # how often a reader looks again for rows whose owner is gone
+DECAY_S = 1.0        # an answer's weight in the sums falls by e every this many seconds
+
+
+class Totals(NamedTuple):
+    """A runner's row sums over the live instances, the answers' decayed to now."""
+    items: int             # outstanding
+    answers: float         # recent answers (decayed count)
+    observed_ms: float     # their observed latencies, summed
+    estimated_ms: float    # their estimates when sent, summed
+    idle_s: float          # since its last answer (inf: none yet)
 
 
 def _key(model: str) -> int:
@@ -53,7 +69,8 @@ class SharedBacklog:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_size != ROWS * (1 + FIELDS * SLOTS) * 8:
                 os.ftruncate(fd, ROWS * (1 + FIELDS * SLOTS) * 8)
-            self._table = np.memmap(path, dtype=np.int64, mode="r+", shape=(ROWS, 1 + FIELDS * SLOTS))
+            # float64: keys, pids and counts are integers far below 2**53, so they stay exact
+            self._table = np.memmap(path, dtype=np.float64, mode="r+", shape=(ROWS, 1 + FIELDS * SLOTS))
             owners = self._table[:, 0]
             free = [r for r in range(ROWS) if owners[r] == 0 or not _alive(int(owners[r]))]
             if not free:
@@ -66,9 +83,10 @@ class SharedBacklog:
             os.close(fd)
         self._keys = self._table[:, 1::FIELDS]
         self._items = self._table[:, 2::FIELDS]
-        self._answers = self._table[:, 3::FIELDS]
-        self._observed = self._table[:, 4::FIELDS]
-        self._estimated = self._table[:, 5::FIELDS]
+        self._answered_at = self._table[:, 3::FIELDS]
+        self._answers = self._table[:, 4::FIELDS]
+        self._observed = self._table[:, 5::FIELDS]
+        self._estimated = self._table[:, 6::FIELDS]
         self._slot: dict[str, int] = {}
         self._live = np.ones(ROWS, dtype=bool)
         self._live_at = 0.0
@@ -99,25 +117,38 @@ class SharedBacklog:
         if slot is not None:  # else more runners than slots: not shared (and an answer to what was not counted)
             self._items[self.row, slot] += items
 
-    def answered(self, model: str, estimated_ms: float, observed_ms: float) -> None:
-        """An answer from ``model``: how long it took, and how long it was estimated to take."""
+    def answered(self, model: str, estimated_ms: float, observed_ms: float, now: float | None = None) -> None:
+        """An answer from ``model`` at ``now`` (``time.monotonic()``, one clock for every process):
+        how long it took, and how long it was estimated to take."""
         slot = self._slot.get(model)
-        if slot is not None:
-            self._answers[self.row, slot] += 1
-            self._observed[self.row, slot] += int(observed_ms * 1000)
-            self._estimated[self.row, slot] += int(estimated_ms * 1000)
+        if slot is None:
+            return
+        now = time.monotonic() if now is None else now
+        row = self.row
+        last = self._answered_at[row, slot]
+        keep = math.exp(-(now - last) / DECAY_S) if last > 0 else 0.0
+        self._answers[row, slot] = self._answers[row, slot] * keep + 1
+        self._observed[row, slot] = self._observed[row, slot] * keep + observed_ms
+        self._estimated[row, slot] = self._estimated[row, slot] * keep + estimated_ms
+        self._answered_at[row, slot] = now
 
-    def totals(self, model: str) -> tuple[int, int, int, int]:
-        """Over every live instance: the items outstanding at ``model``, and over its answers so far
-        how many, and the sums of their observed and of their estimated latencies (us)."""
-        now = time.monotonic()
-        if now - self._live_at > LIVE_CHECK_S:
+    def totals(self, model: str, now: float | None = None) -> Totals:
+        """``model``'s items outstanding and recent answers, over every live instance."""
+        clock = time.monotonic()
+        now = clock if now is None else now
+        if clock - self._live_at > LIVE_CHECK_S:
             owners = self._table[:, 0]
             self._live = np.array([o != 0 and _alive(int(o)) for o in owners])
-            self._live_at = now
+            self._live_at = clock
         mask = (self._keys == _key(model)) & self._live[:, None]
-        return (max(0, int(self._items[mask].sum())), int(self._answers[mask].sum()),
-                int(self._observed[mask].sum()), int(self._estimated[mask].sum()))
+        at = self._answered_at[mask]
+        answered = at > 0
+        weight = np.exp(-(now - at[answered]) / DECAY_S)
+        return Totals(items=max(0, int(self._items[mask].sum())),
+                      answers=float((self._answers[mask][answered] * weight).sum()),
+                      observed_ms=float((self._observed[mask][answered] * weight).sum()),
+                      estimated_ms=float((self._estimated[mask][answered] * weight).sum()),
+                      idle_s=float(now - at[answered].max()) if answered.any() else math.inf)
 
     def close(self) -> None:
         """Give this instance's row back."""

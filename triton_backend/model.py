@@ -33,8 +33,8 @@ import triton_python_backend_utils as pb_utils
 
 from triton_backend.backlog import PREFIX as BACKLOG_PREFIX
 from triton_backend.backlog import SharedBacklog, remove_stale
-from triton_backend.scheduling import (DropDecision, FanOut, Pace, Route, WeightedRoundRobin, backlog_ms,
-                                       choose_route, drop_decision)
+from triton_backend.scheduling import (DropDecision, FanOut, Route, WeightedRoundRobin, backlog_ms, choose_route,
+                                       drop_decision, pace)
 from triton_backend.variants import PADDING_METRIC, build
 
 _FAMILIES: dict[str, Any] = {}
@@ -134,7 +134,6 @@ class _Task:
                  backlog: SharedBacklog) -> None:
         self.task = cfg["task"]
         self.backlog = backlog
-        self.paces: dict[str, Pace] = {}  # runner model -> how much slower than estimated it answers
         self.parents: list[str] = cfg["parents"]
         self.width = width
         self.fanouts = {child: FanOut(o.get("factors", {}), float(o.get("factor", 1.0)))
@@ -215,16 +214,14 @@ class _Task:
         deadline."""
         left_ms = (deadline - time.time_ns()) / 1e6
         totals = {r.model: self.backlog.totals(r.model) for r in routing.routes}
-        ahead = {model: t[0] for model, t in totals.items()}
-        now_s = time.monotonic()
-        self.paces = {model: self.paces.get(model) or Pace() for model in totals}  # this routing's runners only
-        pace = {model: self.paces[model].factor(now_s, *t[1:]) for model, t in totals.items()}
+        ahead = {model: t.items for model, t in totals.items()}
+        slower = {model: pace(t.answers, t.observed_ms, t.estimated_ms, t.idle_s) for model, t in totals.items()}
 
         def queued_ms(r: Route) -> float:  # at the planned throughput
             return backlog_ms(r.latency_ms, ahead[r.model], r.throughput_rps)
 
         def estimate(r: Route) -> float:  # at the pace the runner has kept lately
-            return queued_ms(r) * pace[r.model]
+            return queued_ms(r) * slower[r.model]
 
         chunks, start = [], 0
         while start < n:

@@ -2,7 +2,6 @@
 decisions."""
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -77,31 +76,18 @@ def backlog_ms(profiled_ms: float, items_ahead: int, throughput_rps: float) -> f
     return profiled_ms + 1000.0 * items_ahead / throughput_rps
 
 
-class Pace:
-    """How much slower than estimated (``backlog_ms``) a runner has answered over the last
-    ``window_s``: the observed latencies of the answers in the window summed, over their estimates
-    summed; at least 1, and 1 when fewer than ``min_answers`` came (so that a runner shed entirely is
-    tried again). A runner slower than its profile (a neighbour's load, an apply's captures, a wrong
-    profile) drains its backlog more slowly than planned; the estimates follow it before the
-    controller's replan does. Fed with running totals over all graph instances
-    (``SharedBacklog.totals``)."""
-
-    def __init__(self, window_s: float = 1.0, min_answers: int = 3) -> None:
-        self.window_s, self.min_answers = window_s, min_answers
-        self._marks: deque[tuple[float, int, int, int]] = deque()  # (s, answers, observed us, estimated us)
-
-    def factor(self, now_s: float, answers: int, observed_us: int, estimated_us: int) -> float:
-        marks = self._marks
-        if marks and (answers < marks[-1][1] or observed_us < marks[-1][2] or estimated_us < marks[-1][3]):
-            marks.clear()  # an instance gave its row back: its answers left the totals
-        if not marks or now_s - marks[-1][0] >= self.window_s / 10:
-            marks.append((now_s, answers, observed_us, estimated_us))
-        while len(marks) > 1 and now_s - marks[1][0] >= self.window_s:
-            marks.popleft()
-        _, n0, obs0, est0 = marks[0]
-        if answers - n0 < self.min_answers or estimated_us <= est0:
-            return 1.0
-        return max(1.0, (observed_us - obs0) / (estimated_us - est0))
+def pace(answers: float, observed_ms: float, estimated_ms: float, idle_s: float, min_answers: float = 2.0,
+         idle_limit_s: float = 1.0) -> float:
+    """How much slower than estimated (``backlog_ms``) a runner has answered lately: its recent
+    answers' observed latencies summed over their estimates summed (``SharedBacklog.totals``: over all
+    graph instances, each answer weighted by its age), at least 1; and 1 when fewer than
+    ``min_answers`` recent answers came or none for ``idle_limit_s`` (so that a runner shed entirely
+    is tried again). A runner slower than its profile (a neighbour's load, an apply's captures, a
+    wrong profile) drains its backlog more slowly than planned; the estimates follow it before the
+    controller's replan does."""
+    if answers < min_answers or idle_s > idle_limit_s or estimated_ms <= 0:
+        return 1.0
+    return max(1.0, observed_ms / estimated_ms)
 
 
 def choose_route(picked: Route, routes: list[Route], rows: int, left_ms: float, downstream_ms: float,
