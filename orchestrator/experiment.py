@@ -28,7 +28,7 @@ from .planner import PlanOptions
 from .profiles import Profiles
 
 FORECASTERS = {"holt": HoltQuantile, "moving-average": MovingAverage}
-SETTLE_S = 1.0
+SETTLE_S = 3.0  # s: the load generator's process starts, and connects, before the replay's origin
 
 
 @dataclass
@@ -56,7 +56,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
     from tools import report
     from tools.hostload import FILE as HOST_FILE
     from tools.hostload import HostSampler
-    from tools.loadgen import run_load
+    from tools.loadgen import run_load_apart
     from tools.trace import arrivals
 
     from .control import Applier, control_headers
@@ -108,16 +108,22 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         start_at = time.time() + SETTLE_S  # the load and the controller's clock start together
         events.origin = start_at
         stack.enter_context(HostSampler(out / HOST_FILE, start_at))
-        thread = threading.Thread(target=controller.run, args=(exp.interval_s, stop), daemon=True)
+
+        def control() -> None:
+            time.sleep(max(0.0, start_at - time.time()))
+            controller.run(exp.interval_s, stop)
+
+        thread = threading.Thread(target=control, daemon=True)
         stack.callback(thread.join)
         stack.callback(stop.set)
-        time.sleep(max(0.0, start_at - time.time()))
         thread.start()
         progress(f"replaying {len(times)} requests over {trace.duration_s:.0f} s (controller every "
                  f"{exp.interval_s:g} s), peak {trace.peak_rps:.1f} req/s")
-        result = run_load(server.grpc_url, exp.app.name, times, items=1, width=None, slo_ms=None,
-                          on_progress=lambda p: progress(f"  load: {p.line()}"), start_at=start_at,
-                          progress_s=max(5.0, exp.interval_s), timeout_s=30.0, seed=exp.seed)
+        # the load in a process of its own: the controller's Python work (planning) would otherwise
+        # hold the GIL against the generator's event loop and make answers look late
+        result = run_load_apart(server.grpc_url, exp.app.name, times, items=1, width=None, slo_ms=None,
+                                on_progress=lambda p: progress(f"  load: {p.line()}"), start_at=start_at,
+                                progress_s=max(5.0, exp.interval_s), timeout_s=30.0, seed=exp.seed)
         result.write_csv(out / "requests.csv")
         stop.set()
         thread.join()

@@ -21,7 +21,7 @@ from orchestrator.profiles import load_profiles
 from orchestrator.render import build_configs, write_repository
 from orchestrator.server import TritonServer, free_ports
 from orchestrator.tritonenv import prepare_backend_dir, server_env
-from tools.loadgen import COLUMNS, describe, run_load
+from tools.loadgen import COLUMNS, describe, run_load, run_load_apart
 from tools.trace import Trace, arrivals, compress, load_trace, poisson, scale_to_peak, synthetic_diurnal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,6 +179,19 @@ def test_outcomes_late_and_dropped(url: str) -> None:
     dropped = run_load(url, "cpudemo", times, 1, 16, slo_ms=None, deadline_ms=1).records
     assert [r.outcome for r in dropped] == ["dropped"] * 3
     assert "jigsaw: request dropped at stage det" in dropped[0].error
+
+
+def test_load_apart_returns_the_same_records_and_raises_the_same_errors(url: str, tmp_path: Path) -> None:
+    times = poisson(20.0, 1.0, seed=2)
+    progress = []
+    result = run_load_apart(url, "cpudemo", times, items=1, width=None, slo_ms=None, on_progress=progress.append,
+                            stream_to=tmp_path / "requests.csv", progress_s=0.3)
+    assert [r.id for r in result.records] == list(range(len(times)))
+    assert result.summary()["ok"] == len(times) and result.slo_ms == 250
+    assert progress and progress[-1].sent == len(times)
+    assert len(_csv(tmp_path / "requests.csv")) == len(times)
+    with pytest.raises(InputError, match="model 'nope'.*unknown model"):
+        run_load_apart(url, "nope", np.array([0.0]), 1, None, 100.0)
 
 
 def test_bad_model_and_width(url: str) -> None:

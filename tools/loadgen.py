@@ -8,13 +8,23 @@ error`` (times in seconds from the run's origin; latency from sending to the ans
 "jigsaw: request dropped", or Triton rejected it from the graph model's queue after its timeout,
 "Request timeout expired"); ``error`` (anything else). ``sent_s - scheduled_s`` is how far the
 generator fell behind its schedule.
+
+The generator times answers on one event loop, so anything that stops that loop makes answers look
+late: during a replay Python's collector only runs young collections, once a second (a full one
+paused the loop for up to 0.1 s as the records piled up), and ``run_load_apart`` runs it in a
+process of its own (a controller replanning in a thread of the same process held the GIL for up to
+0.25 s at a time). ``bench/client_lag.py`` measures both.
 """
 from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import json
 import math
+import multiprocessing
+import pickle
+import queue
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -33,6 +43,7 @@ OUTCOMES = ("ok", "late", "dropped", "error")
 DROP_MARKS = ("jigsaw: request dropped", "Request timeout expired")  # a stage's early drop; Triton's queue timeout
 INPUT = "INPUT"
 ERROR_CHARS = 160
+YOUNG_GC_S = 1.0  # during a replay, collect the young generations this often (and never the old one)
 
 
 @dataclass(frozen=True)
@@ -252,8 +263,12 @@ class _Run:
             on_progress(self.progress())
 
     async def schedule(self) -> None:
-        """Create each request's task at its arrival time, then wait for all of them."""
+        """Create each request's task at its arrival time, then wait for all of them; meanwhile the
+        collector runs young collections only."""
         pending: set[asyncio.Task] = set()
+        collector = asyncio.create_task(_young_collections())
+        was_enabled = gc.isenabled()
+        gc.disable()
         try:
             for i, t in enumerate(self.times):
                 # sleep(0) when already due: the request just created sends before the next is scheduled
@@ -266,6 +281,15 @@ class _Run:
         finally:
             for task in pending:
                 task.cancel()
+            collector.cancel()
+            if was_enabled:
+                gc.enable()
+
+
+async def _young_collections() -> None:
+    while True:
+        await asyncio.sleep(YOUNG_GC_S)
+        gc.collect(1)
 
 
 async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int, width: int | None,
@@ -318,3 +342,53 @@ def run_load(url: str, model: str, arrivals: np.ndarray, items: int, width: int 
     return asyncio.run(run_load_async(url, model, arrivals, items, width, slo_ms, deadline_ms, on_progress,
                                       start_at=start_at, stream_to=stream_to, progress_s=progress_s,
                                       timeout_s=timeout_s, seed=seed))
+
+
+def _load_child(results: multiprocessing.Queue, args: tuple, kwargs: dict) -> None:
+    try:
+        results.put(run_load(*args, on_progress=results.put, **kwargs))
+    except BaseException as exc:  # noqa: BLE001 -- handed to the parent, which raises it
+        try:
+            pickle.dumps(exc)
+        except Exception:  # noqa: BLE001 -- an exception that does not pickle goes as its text
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        results.put(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+
+
+def run_load_apart(url: str, model: str, arrivals: np.ndarray, items: int, width: int | None,
+                   slo_ms: float | None, deadline_ms: float | None = None,
+                   on_progress: Callable[[Progress], None] | None = None, *, start_at: float | None = None,
+                   stream_to: str | Path | None = None, progress_s: float = 5.0, timeout_s: float = 60.0,
+                   seed: int = 0) -> LoadResult:
+    """``run_load`` in a process of its own (spawned: it starts in about a second, give ``start_at``
+    room for that), so that nothing the caller's process does meanwhile delays the sends or the
+    timing of the answers; ``on_progress`` is called here. The process is stopped when this returns
+    or raises."""
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    kwargs = {"start_at": start_at, "stream_to": str(stream_to) if stream_to else None, "progress_s": progress_s,
+              "timeout_s": timeout_s, "seed": seed}
+    child = ctx.Process(target=_load_child, name="jigsaw-load", daemon=True,
+                        args=(results, (url, model, np.asarray(arrivals), items, width, slo_ms, deadline_ms), kwargs))
+    child.start()
+    try:
+        while True:
+            try:
+                got = results.get(timeout=1.0)
+            except queue.Empty:
+                if not child.is_alive():
+                    raise RuntimeError(f"the load generator's process (pid {child.pid}) exited with code "
+                                       f"{child.exitcode} before its result") from None
+                continue
+            if isinstance(got, Progress):
+                if on_progress:
+                    on_progress(got)
+            elif isinstance(got, LoadResult):
+                return got
+            else:
+                raise got
+    finally:
+        child.join(timeout=5.0)
+        if child.is_alive():
+            child.kill()
+            child.join()
