@@ -100,6 +100,22 @@ def test_summary_numbers(run_dir: Path) -> None:
     assert s["windows"]["violations_pct"] == [0.0, 50.0, 100.0] + [0.0] * 7
 
 
+def test_server_view_from_the_last_stage_counters(tmp_path: Path, plans: dict) -> None:
+    evs = events(plans)
+    assert summarize(write_run(tmp_path / "old", REQUESTS, evs, INFO))["server"] is None  # runs before 48029ac
+    stages = {"requests": {"det": 9, "cls": 7, "cap": 7}, "drops": {"det": 2, "cls": 0, "cap": 1},
+              "misses": {"det": 0, "cls": 1, "cap": 2}}
+    evs[-2]["stages"] = {"requests": {"det": 1}, "drops": {}, "misses": {}}
+    evs[-1]["stages"] = stages
+    server = summarize(write_run(tmp_path / "new", REQUESTS, evs, INFO))["server"]
+    assert server["t"] == 40.0 and server["sinks"] == ["cls", "cap"]
+    assert server["sink_misses"] == 3 and server["drops"] == 3
+    assert server["stages"]["det"] == {"requests": 9, "drops": 2, "misses": 0}
+    evs[-1]["stages"] = {"misses": {"cls": "many"}}
+    with pytest.raises(InputError, match=r"events.jsonl line 10: stages.misses.cls: expected a number"):
+        summarize(write_run(tmp_path / "bad", REQUESTS, evs, INFO))
+
+
 def test_accuracy_from_variant_items(run_dir: Path) -> None:
     acc = summarize(run_dir)["accuracy"]
     assert acc["source"] == "variant_items"

@@ -79,6 +79,7 @@ class MetricsEvent:
     line: int
     t: float
     variant_items: dict[str, float]
+    stages: dict[str, dict[str, float]] | None = None  # counter (requests, drops, misses) -> task -> count so far
 
 
 @dataclass
@@ -206,7 +207,13 @@ def _metrics_event(path: Path, line: int, t: float, doc: dict[str, Any]) -> Metr
     for key, value in items.items():
         if _number(value, f"{where}.{key}") < 0:
             raise InputError(f"{where}.{key}: a counter cannot be negative, got {value}")
-    return MetricsEvent(line, t, {k: float(v) for k, v in items.items()})
+    stages = doc.get("stages")  # runs before 48029ac have none
+    if stages is not None:
+        if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
+            raise InputError(f"{path} line {line}: stages: expected an object of counter -> task -> count")
+        stages = {k: {t: float(_number(n, f"{path} line {line}: stages.{k}.{t}")) for t, n in v.items()}
+                  for k, v in stages.items()}
+    return MetricsEvent(line, t, {k: float(v) for k, v in items.items()}, stages)
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -417,6 +424,24 @@ def format_bins(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _server_view(run: Run) -> dict[str, Any] | None:
+    """What the stages themselves counted, from the last scrape that has their counters: per task its
+    requests, early drops and exits after the deadline, and over the sink tasks (where an answer
+    leaves the graph) the exits after the deadline: the server's side of the client's late count
+    (a request leaves every sink of its graph, so with several sinks this sum counts one request up
+    to once per sink). None for runs whose scrapes lack the stage counters."""
+    last = next((m for m in reversed(run.scrapes) if m.stages), None)
+    if last is None or not run.plans or not run.plans[0].plan.app_spec:
+        return None
+    app = parse_app(run.plans[0].plan.app_spec, origin=f"{run.path} plan app_spec")
+    sinks = [t.name for t in app.tasks if not any(e.src == t.name for e in app.edges)]
+    stages = {t.name: {k: int(last.stages.get(k, {}).get(t.name, 0)) for k in ("requests", "drops", "misses")}
+              for t in app.tasks}
+    return {"t": last.t, "stages": stages, "sinks": sinks,
+            "sink_misses": sum(stages[t]["misses"] for t in sinks),
+            "drops": sum(v["drops"] for v in stages.values())}
+
+
 def summarize(run_dir: str | Path) -> dict[str, Any]:
     """The run's JSON summary; also written to ``RUN/summary.json``."""
     run = load_run(run_dir)
@@ -441,6 +466,7 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         "initial_plan": _plan_info(run.plans[0]) if run.plans else None,
         "plan_changes": {"count": max(len(run.plans) - 1, 0), "changes": [_plan_info(p) for p in run.plans[1:]],
                          "applies": _applies(run.plans)},
+        "server": _server_view(run),
         "warnings": run.warnings,
     }
     (run.path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -468,6 +494,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         (f"  slices mean {num(sl['mean'], '.2f')}, max {num(sl['max'], 'd')}; "
          f"{summary['plan_changes']['count']} plan change(s)"),
     ]
+    server = summary.get("server")
+    if server:
+        lines.append(f"  server side: {server['sink_misses']} answers left a sink stage "
+                     f"({', '.join(server['sinks'])}) after their deadline (the client counted {reqs['late']} late), "
+                     f"{server['drops']} dropped by the stages")
     lines += [f"  plan change at {c['t']:.1f} s: {c['reason']} ({c['slices']} slices)"
               for c in summary["plan_changes"]["changes"]]
     lines += [f"  warning: {w}" for w in summary["warnings"]]
