@@ -130,17 +130,19 @@ def write_report(results: list[dict], out: Path) -> None:
              f"Trace: synthetic diurnal day scaled to peak {peak:.1f} req/s ({peak / cap:.2g} x the A+S+T "
              f"capacity {cap:.1f}), replayed in {first['duration_s']:g} s; controller every "
              f"{first['interval_s']:g} s, planning for the forecast x {1 + first['headroom']:g}.", "",
-             "| system | requests | SLO violations (drops count) | late / dropped | mean slices | accuracy / max "
-             "| plan changes | applies (mean / max s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| system | requests | SLO violations (drops count) | late / dropped | late at the server "
+             "| mean slices | accuracy / max | plan changes | applies (mean / max s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if "summary" not in r:
-            lines.append(f"| {r['label']} | - | cannot be placed: {r['infeasible'][:80]} | - | - | - | - | - |")
+            lines.append(f"| {r['label']} | - | cannot be placed: {r['infeasible'][:80]} | - | - | - | - | - | - |")
             continue
         s = r["summary"]
         applies = s["plan_changes"].get("applies") or {}  # summaries before 2026-11-29 (third) lack it
+        server = s.get("server")  # answers leaving a sink stage late; runs before the sixth session lack it
         lines.append(f"| {r['label']} | {s['requests']['total']} | {100 * (s['slo_violation_rate'] or 0):.2f}% | "
                      f"{s['requests']['late']} / {s['requests']['dropped']} | "
+                     f"{server['sink_misses'] if server else '-'} | "
                      f"{s['slices']['mean']:.2f} of {total} ({100 * s['slices']['mean'] / (total):.1f}%) | "
                      f"{s['accuracy']['ratio_to_max']:.4f} | {s['plan_changes']['count']} | "
                      + (f"{applies['mean_s']:.1f} / {applies['max_s']:.1f} |" if applies.get("mean_s") is not None
