@@ -230,8 +230,9 @@ class Controller:
 
     def record_metrics(self) -> Scrape:
         """Scrape the server and log, as counted so far: the variants the stages routed to, each stage's
-        requests, drops and deadline misses, and each of the plan's runners' ``RUNNER_COUNTERS`` (what a
-        run's record needs to tell where capacity went; ``bench/refine_check.py`` reads them)."""
+        requests, drops and deadline misses, and the ``RUNNER_COUNTERS`` of each of the plan's runners
+        and of the graph model (what a run's record needs to tell where capacity and time went;
+        ``bench/refine_check.py`` reads them)."""
         now = scrape(self.metrics_url, time.time())
         app = self.app.name
         items = now.by_label("jigsaw_stage_variant_items_total", "task", "variant", app=app)
@@ -240,8 +241,11 @@ class Controller:
         names = sorted({runner_name(app, e) for e in self.plan.entries}) if self.plan else []
         runners = {name: {key: now.total(metric, model=name) for key, metric in RUNNER_COUNTERS.items()}
                    for name in names}
+        # the graph model's own counters: its queue time is what a request waited before a graph
+        # instance took it, which no stage sees (docs/runtime.md, task stages)
+        graph = {key: now.total(metric, model=app) for key, metric in RUNNER_COUNTERS.items()}
         self.events.write("metrics", variant_items={f"{t}/{v}": n for (t, v), n in items.items()},
-                          stages=stages, runners=runners)
+                          stages=stages, runners=runners, graph=graph)
         return now
 
     def step(self) -> None:

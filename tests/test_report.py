@@ -107,8 +107,9 @@ def test_server_view_from_the_last_stage_counters(tmp_path: Path, plans: dict) -
               "misses": {"det": 0, "cls": 1, "cap": 2}}
     evs[-2]["stages"] = {"requests": {"det": 1}, "drops": {}, "misses": {}}
     evs[-1]["stages"] = stages
+    evs[-1]["graph"] = {"requests": 8.0, "queue_us": 4000.0, "batches": 5.0}
     server = summarize(write_run(tmp_path / "new", REQUESTS, evs, INFO))["server"]
-    assert server["t"] == 40.0 and server["sinks"] == ["cls", "cap"]
+    assert server["t"] == 40.0 and server["sinks"] == ["cls", "cap"] and server["graph_queue_ms_mean"] == 0.5
     assert server["sink_misses"] == 3 and server["drops"] == 3
     assert server["stages"]["det"] == {"requests": 9, "drops": 2, "misses": 0}
     evs[-1]["stages"] = {"misses": {"cls": "many"}}

@@ -80,6 +80,7 @@ class MetricsEvent:
     t: float
     variant_items: dict[str, float]
     stages: dict[str, dict[str, float]] | None = None  # counter (requests, drops, misses) -> task -> count so far
+    graph: dict[str, float] | None = None  # the graph model's counters so far (controller.RUNNER_COUNTERS keys)
 
 
 @dataclass
@@ -213,7 +214,12 @@ def _metrics_event(path: Path, line: int, t: float, doc: dict[str, Any]) -> Metr
             raise InputError(f"{path} line {line}: stages: expected an object of counter -> task -> count")
         stages = {k: {t: float(_number(n, f"{path} line {line}: stages.{k}.{t}")) for t, n in v.items()}
                   for k, v in stages.items()}
-    return MetricsEvent(line, t, {k: float(v) for k, v in items.items()}, stages)
+    graph = doc.get("graph")  # runs before the sixth session have none
+    if graph is not None:
+        if not isinstance(graph, dict):
+            raise InputError(f"{path} line {line}: graph: expected an object of counter -> value")
+        graph = {k: float(_number(v, f"{path} line {line}: graph.{k}")) for k, v in graph.items()}
+    return MetricsEvent(line, t, {k: float(v) for k, v in items.items()}, stages, graph)
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -429,7 +435,9 @@ def _server_view(run: Run) -> dict[str, Any] | None:
     requests, early drops and exits after the deadline, and over the sink tasks (where an answer
     leaves the graph) the exits after the deadline: the server's side of the client's late count
     (a request leaves every sink of its graph, so with several sinks this sum counts one request up
-    to once per sink). None for runs whose scrapes lack the stage counters."""
+    to once per sink), and the mean time a request waited in Triton's queue before a graph instance
+    took it (which no stage sees; None where the scrapes lack the graph model's counters). None for
+    runs whose scrapes lack the stage counters."""
     last = next((m for m in reversed(run.scrapes) if m.stages), None)
     if last is None or not run.plans or not run.plans[0].plan.app_spec:
         return None
@@ -437,9 +445,12 @@ def _server_view(run: Run) -> dict[str, Any] | None:
     sinks = [t.name for t in app.tasks if not any(e.src == t.name for e in app.edges)]
     stages = {t.name: {k: int(last.stages.get(k, {}).get(t.name, 0)) for k in ("requests", "drops", "misses")}
               for t in app.tasks}
+    graph = last.graph or {}
+    queued = graph.get("queue_us", 0.0) / graph["requests"] / 1000 if graph.get("requests") else None
     return {"t": last.t, "stages": stages, "sinks": sinks,
             "sink_misses": sum(stages[t]["misses"] for t in sinks),
-            "drops": sum(v["drops"] for v in stages.values())}
+            "drops": sum(v["drops"] for v in stages.values()),
+            "graph_queue_ms_mean": None if queued is None else round(queued, 3)}
 
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:
@@ -498,7 +509,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     if server:
         lines.append(f"  server side: {server['sink_misses']} answers left a sink stage "
                      f"({', '.join(server['sinks'])}) after their deadline (the client counted {reqs['late']} late), "
-                     f"{server['drops']} dropped by the stages")
+                     f"{server['drops']} dropped by the stages"
+                     + (f"; requests waited {server['graph_queue_ms_mean']:.2f} ms on average for a graph instance"
+                        if server["graph_queue_ms_mean"] is not None else ""))
     lines += [f"  plan change at {c['t']:.1f} s: {c['reason']} ({c['slices']} slices)"
               for c in summary["plan_changes"]["changes"]]
     lines += [f"  warning: {w}" for w in summary["warnings"]]
