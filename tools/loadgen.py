@@ -10,10 +10,10 @@ error`` (times in seconds from the run's origin; latency from sending to the ans
 generator fell behind its schedule.
 
 The generator times answers on one event loop, so anything that stops that loop makes answers look
-late: during a replay Python's collector only runs young collections, once a second (a full one
-paused the loop for up to 0.1 s as the records piled up), and ``run_load_apart`` runs it in a
-process of its own (a controller replanning in a thread of the same process held the GIL for up to
-0.25 s at a time). ``bench/client_lag.py`` measures both.
+late: during a replay Python's collector only runs young collections, once a second (full ones
+stopped the loop for up to 0.35 s as the records piled up), and ``run_load_apart`` runs it in a
+process of its own (a planner in a thread of the same process held the GIL against it for up to
+0.16 s). ``bench/client_lag.py`` measures both (``bench/README.md``).
 """
 from __future__ import annotations
 
@@ -348,11 +348,12 @@ def _load_child(results: multiprocessing.Queue, args: tuple, kwargs: dict) -> No
     try:
         results.put(run_load(*args, on_progress=results.put, **kwargs))
     except BaseException as exc:  # noqa: BLE001 -- handed to the parent, which raises it
+        failure = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
         try:
-            pickle.dumps(exc)
+            pickle.dumps(failure)
         except Exception:  # noqa: BLE001 -- an exception that does not pickle goes as its text
-            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
-        results.put(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+            failure = RuntimeError(f"{type(exc).__name__}: {exc}")
+        results.put(failure)
 
 
 def run_load_apart(url: str, model: str, arrivals: np.ndarray, items: int, width: int | None,
