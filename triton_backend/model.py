@@ -21,6 +21,7 @@ ensemble after every model load, and re-loading it under traffic crashed the ser
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import itertools
 import json
@@ -374,6 +375,10 @@ class _Runner:
         started = time.monotonic()
         self.run = build(cfg["runtime"], int(cfg["width"]), int(cfg.get("max_batch", 1)), cfg.get("sizes"))
         built = time.monotonic() - started
+        # torch, its libraries and the model are 0.34-0.43 million objects that live as long as the
+        # process: a full collection over them would stop a batch for 0.13-0.19 s (bench/gc_pause.py);
+        # frozen, the collector never walks them again
+        gc.freeze()
         # where an apply's time goes: the stub's start and imports, then the build (and capture)
         parts = getattr(self.run, "load_times", {})
         detail = "; " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) if parts else ""
