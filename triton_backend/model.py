@@ -375,10 +375,6 @@ class _Runner:
         started = time.monotonic()
         self.run = build(cfg["runtime"], int(cfg["width"]), int(cfg.get("max_batch", 1)), cfg.get("sizes"))
         built = time.monotonic() - started
-        # torch, its libraries and the model are 0.34-0.43 million objects that live as long as the
-        # process: a full collection over them would stop a batch for 0.13-0.19 s (bench/gc_pause.py);
-        # frozen, the collector never walks them again
-        gc.freeze()
         # where an apply's time goes: the stub's start and imports, then the build (and capture)
         parts = getattr(self.run, "load_times", {})
         detail = "; " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) if parts else ""
@@ -424,6 +420,10 @@ class TritonPythonModel:
         else:
             raise ValueError(f"jigsaw: unknown role {role!r} in model {args['model_name']}")
         self.is_async = role == "graph"
+        # what is built now lives as long as the process: frozen, the collector never walks it again
+        # (for a runner, torch, its libraries and the model are 0.34-0.43 million objects, and a full
+        # collection over them stopped the process for 0.13-0.19 s, bench/gc_pause.py)
+        gc.freeze()
 
     async def execute(self, requests: list) -> list:
         if self.is_async:
