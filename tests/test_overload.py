@@ -69,8 +69,8 @@ def _offer(url: str) -> tuple[list[float], list[str]]:
 @pytest.fixture
 def no_gc():
     """The collector off during the offer: a full collection in this process, about 2 s in, paused
-    the callbacks for up to 0.1 s, and the answers they timed looked late (with it off, those were
-    gone: 1-9 late answers of 600 instead of 6-21)."""
+    the callbacks for up to 0.1 s, and the answers they timed looked late (docs/runtime.md: 1-9 late
+    answers of 600 with it off, 2-15 with it on)."""
     gc.collect()
     gc.disable()
     yield
