@@ -68,9 +68,9 @@ def _offer(url: str) -> tuple[list[float], list[str]]:
 
 @pytest.fixture
 def no_gc():
-    """The collector off during the offer: a full collection in this process, about 2 s in, paused
-    the callbacks for up to 0.1 s, and the answers they timed looked late (docs/runtime.md: 1-9 late
-    answers of 600 with it off, 2-15 with it on)."""
+    """The collector off during the offer: with it on, a burst of answers about 2 s in looked late,
+    all timed late by one pause of this process (docs/runtime.md: 1-9 late answers of 600 with it
+    off, 2-15 with it on)."""
     gc.collect()
     gc.disable()
     yield
