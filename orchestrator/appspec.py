@@ -107,10 +107,19 @@ class AppSpec:
     def parents(self, name: str) -> tuple[Edge, ...]:
         return tuple(e for e in self.edges if e.dst == name)
 
+    def children(self, name: str) -> tuple[Edge, ...]:
+        return tuple(e for e in self.edges if e.src == name)
+
     @property
     def sources(self) -> tuple[str, ...]:
         targets = {e.dst for e in self.edges}
         return tuple(t.name for t in self.tasks if t.name not in targets)
+
+    @property
+    def sinks(self) -> tuple[str, ...]:
+        """The tasks with no children: where an answer leaves the graph."""
+        origins = {e.src for e in self.edges}
+        return tuple(t.name for t in self.tasks if t.name not in origins)
 
 
 def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:

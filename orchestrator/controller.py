@@ -54,7 +54,7 @@ from .metrics import Scrape, increase, requests_total, scrape
 from .plan import Entry, Plan
 from .planner import PlanOptions, make_plan
 from .profiles import ProfilePoint, Profiles
-from .render import ADMISSION_RESERVE, build_configs, runner_name, write_repository
+from .render import ADMISSION_RESERVE, Rendered, build_configs, runner_name, write_repository
 
 STAGE_COUNTERS = {"requests": "jigsaw_stage_requests_total", "drops": "jigsaw_stage_drops_total",
                   "misses": "jigsaw_stage_deadline_misses_total"}
@@ -160,11 +160,13 @@ class Controller:
     def _make(self, demand: float) -> Plan:
         return make_plan(self.app, self.profiles, self.gpu, demand, self.opts)
 
+    def _render(self, plan: Plan) -> Rendered:
+        return build_configs(plan, self.inventory, admission_reserve=self.policy.admission_reserve)
+
     def initial(self, demand: float) -> Plan:
         """Plan for ``demand`` and write the repository the server will start from."""
         self.plan = self._make(demand)
-        write_repository(build_configs(self.plan, self.inventory, admission_reserve=self.policy.admission_reserve),
-                         self.repo)
+        write_repository(self._render(self.plan), self.repo)
         self.events.write("plan", plan=self.plan.to_json(), demand_rps=demand, capacity_rps=demand, reason="initial")
         self.progress(f"initial plan for {demand:.1f} req/s: {self.plan.slices} slices, "
                       f"accuracy {self.plan.accuracy:.3f}")
@@ -194,7 +196,7 @@ class Controller:
         started = time.time()
         try:
             assert self.apply_plan is not None
-            self.apply_plan(build_configs(plan, self.inventory, admission_reserve=self.policy.admission_reserve))
+            self.apply_plan(self._render(plan))
         except RuntimeError as exc:  # rolled back: the old plan keeps serving
             self.events.write("apply_failed", demand_rps=demand, reason=str(exc))
             self.progress(f"apply failed, old plan keeps serving: {exc}")

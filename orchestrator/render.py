@@ -107,8 +107,7 @@ def _downstream(app: AppSpec, fastest: dict[str, float]) -> dict[str, float]:
     """Fastest remaining latency after each task: the slowest chain of children's fastest p95."""
     out: dict[str, float] = {}
     for t in reversed(app.tasks):
-        kids = [e.dst for e in app.edges if e.src == t.name]
-        out[t.name] = max((fastest[k] + out[k] for k in kids), default=0.0)
+        out[t.name] = max((fastest[e.dst] + out[e.dst] for e in app.children(t.name)), default=0.0)
     return out
 
 
@@ -163,8 +162,8 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
                                       {f"seg{b.key.index}": [dict(p.env) for p in b.processes] for b in segs},
                                       queue_delay_us=int(e.latency_ms * 1000 * batch_wait_fraction))
     tasks = [{"task": t.name, "parents": [e.src for e in app.parents(t.name)],
-              "children": {e.dst: {"factor": e.factor, "factors": dict(e.factors)}
-                           for e in app.edges if e.src == t.name}} for t in app.tasks]  # topological order
+              "children": {e.dst: {"factor": e.factor, "factors": dict(e.factors)} for e in app.children(t.name)}}
+             for t in app.tasks]  # topological order
     # a request still queued for the graph model after the whole SLO cannot make it: Triton rejects it
     # there, so a backlog never outlives an overload (the stages' early drop, which knows the plan,
     # catches the rest)

@@ -310,6 +310,14 @@ def _routing_shares(run: Run) -> dict[str, dict[str, float]]:
     return out
 
 
+def _app(run: Run) -> AppSpec | None:
+    """The app spec the run's last plan embeds (None: no plan, or a plan without one)."""
+    if not run.plans or not run.plans[-1].plan.app_spec:
+        return None
+    last = run.plans[-1]
+    return parse_app(last.plan.app_spec, origin=f"{run.path / EVENTS_FILE} line {last.line}: plan.app_spec")
+
+
 def _accuracy(run: Run) -> dict[str, Any]:
     """Achieved pipeline accuracy (normalised as in checker.metrics) from the variants used."""
     empty = {"source": None, "pipeline": None, "max": None, "ratio_to_max": None, "slo": None,
@@ -317,9 +325,9 @@ def _accuracy(run: Run) -> dict[str, Any]:
     if not run.plans:
         return {**empty, "note": "no plan event: accuracy unknown"}
     last = run.plans[-1]
-    if not last.plan.app_spec:
+    app = _app(run)
+    if app is None:
         return {**empty, "note": f"the plan at line {last.line} embeds no app_spec: accuracy unknown"}
-    app = parse_app(last.plan.app_spec, origin=f"{run.path / EVENTS_FILE} line {last.line}: plan.app_spec")
     items = _variant_items(run, app)
     missing = [t.name for t in app.tasks if sum(items.get(t.name, {}).values()) <= 0]
     if not missing:
@@ -439,10 +447,10 @@ def _server_view(run: Run) -> dict[str, Any] | None:
     took it (which no stage sees; None where the scrapes lack the graph model's counters). None for
     runs whose scrapes lack the stage counters."""
     last = next((m for m in reversed(run.scrapes) if m.stages), None)
-    if last is None or not run.plans or not run.plans[0].plan.app_spec:
+    app = _app(run)
+    if last is None or app is None:
         return None
-    app = parse_app(run.plans[0].plan.app_spec, origin=f"{run.path} plan app_spec")
-    sinks = [t.name for t in app.tasks if not any(e.src == t.name for e in app.edges)]
+    sinks = list(app.sinks)
     stages = {t.name: {k: int(last.stages.get(k, {}).get(t.name, 0)) for k in ("requests", "drops", "misses")}
               for t in app.tasks}
     graph = last.graph or {}
