@@ -4,7 +4,9 @@ A candidate is one segment (MIG size x MPS processes) running one variant at one
 Its worst-case latency per request is the profiled p95 times (1 + ceil(items / batch)): one batch
 forming while one executes, then the batches a request's items need. ``items`` is the most items
 one request can bring to the task (the product of the largest fan-out factors on the way from a
-source; 1 for a source task, where this is the paper's 2x p95). Candidates
+source; 1 for a source task, where this is the paper's 2x p95). Its throughput is the profiled one
+times ``batch_fill``: Triton's dynamic batcher never splits a request, so a batch of requests that
+bring several items each holds fewer than ``batch`` rows (5 requests of 3 items fill 15 of 16). Candidates
 dominated by another of the same task and variant (no more slices, no less throughput, no more
 latency) are pruned: that is exact, since a smaller MIG shape fits wherever a larger one does.
 """
@@ -26,6 +28,26 @@ def worst_case_ms(latency_ms: float, batch: int, items: float = 1.0) -> float:
     return latency_ms * (1 + math.ceil(items / batch - 1e-9))
 
 
+def batch_fill(batch: int, lo: float, hi: float) -> float:
+    """The share of a full batch's rows that whole requests fill when requests keep coming, each
+    bringing between ``lo`` and ``hi`` items (the fan-out products per source request; a stage sends
+    floor or ceil of them, in chunks of at most ``batch`` rows). Chunks of ``batch`` rows fill a batch;
+    the remainder chunks share batches, and a batch closes when the next chunk does not fit: it holds
+    at least the least sum of remainder sizes that leaves less room than the largest one (k rows each:
+    ``batch // k * k``, exact when every request brings the same count). The least fill over the
+    request sizes."""
+    sizes = range(max(1, math.floor(lo + 1e-9)), max(1, math.ceil(hi - 1e-9)) + 1)
+    rests = sorted({r % batch for r in sizes} - {0})
+    if not rests:
+        return 1.0
+    sums = {0}
+    for total in range(1, batch + 1):
+        if any(total - k in sums for k in rests):
+            sums.add(total)
+    rows = min(s for s in sums if s > batch - rests[-1])
+    return min(r / (r - r % batch + (r % batch) * batch / rows) for r in sizes)
+
+
 def items_per_request(app: AppSpec) -> dict[str, float]:
     """The most items one request brings to each task (largest fan-out factors along any path)."""
     items: dict[str, float] = {}
@@ -42,6 +64,7 @@ class Candidate:
     point: ProfilePoint
     mem_slices: int
     items: float = 1.0
+    fill: float = 1.0  # batch_fill at its batch
 
     @property
     def slices(self) -> int:
@@ -49,7 +72,8 @@ class Candidate:
 
     @property
     def throughput(self) -> float:
-        return self.point.throughput_rps
+        """Items per second at full batches of whole requests."""
+        return self.point.throughput_rps * self.fill
 
     @property
     def wc_latency_ms(self) -> float:
@@ -105,6 +129,7 @@ def build_candidates(app: AppSpec, profiles: Profiles, gpu: GpuType, features: F
     """Runnable, non-dominated candidates per task within the SLO (or the static per-task budgets)."""
     out: dict[str, list[Candidate]] = {}
     items = items_per_request(app)
+    bounds = demand_bounds(app, features)
     for task in app.tasks:
         limit = budgets_ms[task.name] if budgets_ms else app.latency_slo_ms
         cands: list[Candidate] = []
@@ -117,7 +142,7 @@ def build_candidates(app: AppSpec, profiles: Profiles, gpu: GpuType, features: F
                 if worst_case_ms(p.latency_ms, p.batch, items[task.name]) > limit + 1e-9 or not _fits_memory(p, gpu):
                     continue
                 per_variant.append(Candidate(task.name, vname, v.accuracy, p, gpu.shape(p.mig).mem_slices,
-                                             items[task.name]))
+                                             items[task.name], batch_fill(p.batch, *bounds[task.name])))
             cands.extend(_pareto(per_variant))
         out[task.name] = cands
     return out

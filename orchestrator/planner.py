@@ -93,7 +93,7 @@ def _entries(sol: Solution, routing: dict[str, dict[str, float]]) -> list[Entry]
         total = sum(routing.get(c.task, {}).values())
         share = (rate / total) * (n * c.throughput / cap[(c.task, c.variant)]) if total > 0 else 0.0
         p = c.point
-        out.append(Entry(c.task, c.variant, p.mig, p.mps, p.batch, n, p.latency_ms, p.throughput_rps, share, c.items))
+        out.append(Entry(c.task, c.variant, p.mig, p.mps, p.batch, n, p.latency_ms, c.throughput, share, c.items))
     return out
 
 

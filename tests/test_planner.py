@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, tiny_app, tiny_profiles
 from orchestrator.appspec import load_app
-from orchestrator.candidates import build_candidates, static_budgets
+from orchestrator.candidates import batch_fill, build_candidates, static_budgets
 from orchestrator.checker import metrics, violations
 from orchestrator.errors import InfeasibleError, InputError
 from orchestrator.features import Features
@@ -239,6 +239,38 @@ def test_milp_matches_brute_force(demand: float, alpha: float, beta: float, slo:
     else:
         # accuracy also enters the objective through an approximation: within 0.5% of the optimum
         assert got >= best - 0.005
+
+
+@pytest.mark.parametrize("batch,lo,hi,fill", [
+    (16, 3, 3, 15 / 16),   # 5 requests of 3 items: the batcher never splits a request
+    (8, 3, 3, 6 / 8), (4, 3, 3, 3 / 4),
+    (2, 3, 3, 1.0),        # chunks of 2 and 1; two 1-item chunks share a batch
+    (5, 7, 7, 7 / 7.5),    # a chunk of 5 fills a batch, the 2-item rests fill 4 of 5
+    (16, 40, 40, 1.0), (16, 1, 1, 1.0), (16, 0.5, 0.5, 1.0), (1, 3, 3, 1.0), (4, 2, 2, 1.0),
+    (16, 3, 4, 13 / 16),   # requests of 3 or 4: 3+3+3+4 = 13 leaves no room for a 4
+    (8, 3, 4, 6 / 8),      # 3+3: no room for a 3 or a 4
+    (16, 3.2, 3.4, 13 / 16),
+])
+def test_batch_fill(batch: int, lo: float, hi: float, fill: float) -> None:
+    assert batch_fill(batch, lo, hi) == pytest.approx(fill)
+
+
+def test_throughput_counts_whole_requests_per_batch() -> None:
+    """A task that gets 3 items per request is planned at 15 of 16 rows per batch of 16: plan entries
+    and the checker carry the throughput the batcher can reach."""
+    app = tiny_app(factor=3.0)
+    cands = build_candidates(app, tiny_profiles(), A100, Features())
+    by_batch = {c.point.batch: c for c in cands["cls"] if c.variant == "cls_s"}
+    assert by_batch[16].throughput == pytest.approx(3600 * 15 / 16)
+    assert by_batch[4].throughput == pytest.approx(520 * 3 / 4)
+    assert all(c.fill == 1.0 for c in cands["det"])
+    plan = make_plan(app, tiny_profiles(), A100, 400, PlanOptions(method="milp"))
+    assert violations(app, plan) == []
+    for e in plan.entries:
+        fill = batch_fill(e.batch, 3, 3) if e.task == "cls" else 1.0
+        point = next(p for p in tiny_profiles().points
+                     if (p.variant, p.mig, p.mps, p.batch) == (e.variant, e.mig, e.mps, e.batch))
+        assert e.throughput_rps == pytest.approx(point.throughput_rps * fill)
 
 
 def test_shipped_example_plans() -> None:
