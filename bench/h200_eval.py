@@ -77,7 +77,7 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
     device = ", ".join(d.name for d in inventory.gpus) or "CPU"
     out.mkdir(parents=True, exist_ok=True)
     cap = max_demand(app, profiles, gpu, PlanOptions(features=Features.parse("ast"), gpus=args.gpus))
-    peak = args.peak_fraction * cap.max_demand_rps
+    peak = args.peak or args.peak_fraction * cap.max_demand_rps
     log(f"{app.name}: A+S+T capacity on {args.gpus} GPU(s): {cap.max_demand_rps:.1f} req/s; trace peak {peak:.1f} req/s")
     trace = compress(scale_to_peak(synthetic_diurnal(), peak), args.duration)
     total = gpu.slices * args.gpus
@@ -92,13 +92,15 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                  "peak_rps": peak, "capacity_ast_rps": cap.max_demand_rps, "slices_total": total,
                  "duration_s": args.duration, "interval_s": args.interval, "headroom": args.headroom,
                  "surge_poll_s": args.surge_poll, "admission_reserve": args.admission_reserve,
+                 "refine_drift": args.refine_drift,
                  "run_dir": str(run_dir)}
         log(f"--- {app.name}: {label}")
         try:
             exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=inventory, trace=trace,
                              interval_s=args.interval, out=run_dir, system=label, ready_timeout_s=300.0,
                              policy=Policy(headroom=args.headroom, surge_poll_s=args.surge_poll,
-                                           admission_reserve=args.admission_reserve),
+                                           admission_reserve=args.admission_reserve,
+                                           refine_drift=args.refine_drift),
                              notes="bench/h200_eval.py; MIG emulated with MPS SM caps and memory limits")
             entry["summary"] = run(exp, progress=log)
             s = entry["summary"]
@@ -129,7 +131,9 @@ def write_report(results: list[dict], out: Path) -> None:
     lines = [f"# {app} on {device}, {first['gpus']} GPU(s), MIG emulated with MPS", "",
              f"Trace: synthetic diurnal day scaled to peak {peak:.1f} req/s ({peak / cap:.2g} x the A+S+T "
              f"capacity {cap:.1f}), replayed in {first['duration_s']:g} s; controller every "
-             f"{first['interval_s']:g} s, planning for the forecast x {1 + first['headroom']:g}.", "",
+             f"{first['interval_s']:g} s, planning for the forecast x {1 + first['headroom']:g}"
+             + (f", refining profiles {100 * first['refine_drift']:g}% slower" if first.get("refine_drift") else "")
+             + ".", "",
              "| system | requests | SLO violations (drops count) | late / dropped | late at the server "
              "| mean slices | accuracy / max | plan changes | applies (mean / max s) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -155,7 +159,7 @@ def merge(paths: list[str]) -> list[dict]:
     """The entries of several results.json files of one app, in ``SYSTEMS`` order; each must have run
     on the same trace (peak, replay length) and controller settings."""
     entries = [e for p in paths for e in json.loads(Path(p).read_text())]
-    keys = ("app", "peak_rps", "duration_s", "interval_s", "headroom", "slices_total")
+    keys = ("app", "peak_rps", "duration_s", "interval_s", "headroom", "refine_drift", "slices_total")
     for e in entries[1:]:
         differ = [k for k in keys if e.get(k) != entries[0].get(k)]
         if differ:
@@ -179,6 +183,10 @@ def main() -> None:
     ap.add_argument("--admission-reserve", type=float, default=Policy().admission_reserve,
                     help="the stages admit a request only when it would be answered this fraction of its "
                          "budget before its deadline")
+    ap.add_argument("--peak", type=float, help="the trace's peak in req/s (default: --peak-fraction x the A+S+T "
+                    "capacity), to replay the same day as an earlier run when the planner's capacity changed")
+    ap.add_argument("--refine-drift", type=float, default=Policy().refine_drift,
+                    help="refine a runner's profile when its batches take this fraction longer than profiled")
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
     ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",

@@ -34,6 +34,14 @@ def test_merge_refuses_runs_on_different_days(tmp_path: Path) -> None:
         h200_eval.merge([str(a), str(b)])
 
 
+def test_merge_refuses_runs_with_different_refinement(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([_entry("ast", refine_drift=0.25)]))
+    b.write_text(json.dumps([_entry("st", refine_drift=0.1)]))
+    with pytest.raises(SystemExit, match="st differs from ast in refine_drift"):
+        h200_eval.merge([str(a), str(b)])
+
+
 def test_runner_loads_per_architecture() -> None:
     spec = importlib.util.spec_from_file_location("runner_loads", ROOT / "bench" / "runner_loads.py")
     runner_loads = importlib.util.module_from_spec(spec)
