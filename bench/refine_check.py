@@ -44,7 +44,8 @@ def judged(run: Path, app_path: Path, profiles_path: Path, min_batches: int) -> 
             if times is None or not times[1]:
                 continue
             rows.append({"t": e["t"], "runner": name, "batches": d["batches"],
-                         "batch": (d["rows"] + d["padding"]) / d["batches"], "measured_ms": times[0],
+                         "batch": (d["rows"] + d["padding"]) / d["batches"], "rows": d["rows"] / d["batches"],
+                         "queue_ms": d["queue_us"] / d["requests"] / 1000, "measured_ms": times[0],
                          "profiled_ms": times[1], "ratio": times[0] / times[1]})
         prev = e["runners"]
     return rows
@@ -59,9 +60,13 @@ def main() -> None:
     ap.add_argument("--min-batches", type=int, default=20)
     args = ap.parse_args()
     rows = judged(args.run, args.app, args.profiles, args.min_batches)
-    print(f"{'t (s)':>7} {'batches':>8} {'batch':>6} {'measured':>9} {'profiled':>9} {'ratio':>6}  runner")
+    # batch: the rows that ran (padding included); rows: the items requested; queue: the mean wait of a
+    # request in the runner's queue (ms)
+    print(f"{'t (s)':>7} {'batches':>8} {'batch':>6} {'rows':>6} {'queue':>6} {'measured':>9} {'profiled':>9} "
+          f"{'ratio':>6}  runner")
     for r in rows:
-        print(f"{r['t']:>7.1f} {r['batches']:>8.0f} {r['batch']:>6.1f} {r['measured_ms']:>9.2f} "
+        print(f"{r['t']:>7.1f} {r['batches']:>8.0f} {r['batch']:>6.1f} {r['rows']:>6.1f} {r['queue_ms']:>6.1f} "
+              f"{r['measured_ms']:>9.2f} "
               f"{r['profiled_ms']:>9.2f} {r['ratio']:>6.2f}  {r['runner']}")
     for x in map(float, args.thresholds.split(",")):
         over = [r for r in rows if r["ratio"] > 1 + x]
