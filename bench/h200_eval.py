@@ -92,7 +92,7 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                  "peak_rps": peak, "capacity_ast_rps": cap.max_demand_rps, "slices_total": total,
                  "duration_s": args.duration, "interval_s": args.interval, "headroom": args.headroom,
                  "surge_poll_s": args.surge_poll, "admission_reserve": args.admission_reserve,
-                 "refine_drift": args.refine_drift,
+                 "refine_drift": args.refine_drift, "shed_limit": args.shed_limit,
                  "run_dir": str(run_dir)}
         log(f"--- {app.name}: {label}")
         try:
@@ -100,7 +100,7 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                              interval_s=args.interval, out=run_dir, system=label, ready_timeout_s=300.0,
                              policy=Policy(headroom=args.headroom, surge_poll_s=args.surge_poll,
                                            admission_reserve=args.admission_reserve,
-                                           refine_drift=args.refine_drift),
+                                           refine_drift=args.refine_drift, shed_limit=args.shed_limit),
                              notes="bench/h200_eval.py; MIG emulated with MPS SM caps and memory limits")
             entry["summary"] = run(exp, progress=log)
             s = entry["summary"]
@@ -133,6 +133,7 @@ def write_report(results: list[dict], out: Path) -> None:
              f"capacity {cap:.1f}), replayed in {first['duration_s']:g} s; controller every "
              f"{first['interval_s']:g} s, planning for the forecast x {1 + first['headroom']:g}"
              + (f", refining profiles {100 * first['refine_drift']:g}% slower" if first.get("refine_drift") else "")
+             + (f", stepping up past {100 * first['shed_limit']:g}% shed" if first.get("shed_limit") else "")
              + ".", "",
              "| system | requests | SLO violations (drops count) | late / dropped | late at the server "
              "| mean slices | accuracy / max | plan changes | applies (mean / max s) |",
@@ -159,7 +160,7 @@ def merge(paths: list[str]) -> list[dict]:
     """The entries of several results.json files of one app, in ``SYSTEMS`` order; each must have run
     on the same trace (peak, replay length) and controller settings."""
     entries = [e for p in paths for e in json.loads(Path(p).read_text())]
-    keys = ("app", "peak_rps", "duration_s", "interval_s", "headroom", "refine_drift", "slices_total")
+    keys = ("app", "peak_rps", "duration_s", "interval_s", "headroom", "refine_drift", "shed_limit", "slices_total")
     for e in entries[1:]:
         differ = [k for k in keys if e.get(k) != entries[0].get(k)]
         if differ:
@@ -187,6 +188,9 @@ def main() -> None:
                     "capacity), to replay the same day as an earlier run when the planner's capacity changed")
     ap.add_argument("--refine-drift", type=float, default=Policy().refine_drift,
                     help="refine a runner's profile when its batches take this fraction longer than profiled")
+    ap.add_argument("--shed-limit", type=float, default=Policy().shed_limit,
+                    help="step the plan up when its stages shed more than this share of the requests over "
+                         "the surge window (0: never)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
     ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",

@@ -14,6 +14,12 @@ with ``decide``:
   before times half a window, the last apply's duration and one poll) exceeds the demand the plan was made for
   (``surge``): on a steep ramp the next step would come too late, and a plan for today's rate would be
   outrun by the time it is applied;
+- between steps too, up at once by the headroom (the plan's demand x (1 + ``headroom``)) when the stages
+  shed more than ``shed_limit`` of the requests that arrived over the last ``surge_window_s`` (drops at
+  any stage plus late answers at the sinks), the arrivals under the plan's demand and the plan in force
+  for that whole window (``shedding``): a plan that sheds below its demand delivers less than its
+  profiles promised (runners slower on a busy GPU, batches that whole requests do not fill), which no
+  forecast sees;
 - the new plan is made for forecast x (1 + ``headroom``) and moved onto the server with
   ``control.apply`` (no failed requests; a failed load rolls back and the old plan keeps serving);
 - the forecast looks as far ahead as a plan made now must last: until the one after it can be in
@@ -76,6 +82,8 @@ class Policy:
     surge_poll_s: float = 2.0    # between steps, check this often whether arrivals will outrun the plan (0: never)
     surge_window_s: float = 6.0  # the surge checks' rate is over this long, its rise against the window before
     surge_rise_z: float = 1.0    # a rise within this many standard deviations of Poisson noise counts as none
+    shed_limit: float = 0.02     # between steps, step the plan up when the stages shed more than this share (0: never)
+    shed_min: int = 20           # ... and at least this many requests, over the last surge window
     admission_reserve: float = ADMISSION_RESERVE  # of a request's budget, held back by the stages' admission
 
 
@@ -153,7 +161,8 @@ class Controller:
         self.apply_s = 0.0                    # how long the last apply took
         self.observed = 0                     # rates the forecaster has seen
         self.surge_failed = False             # a surge found no larger plan: not again until the next step
-        self.arrivals: deque[tuple[float, float]] = deque()   # (time, requests so far) of every scrape
+        self.arrivals: deque[tuple[float, float, float]] = deque()  # (time, requests, shed so far) per scrape
+        self.plan_seen_since: float | None = None  # the first scrape under the plan in force
 
     # -- planning ---------------------------------------------------------------------------------
 
@@ -201,7 +210,7 @@ class Controller:
             self.events.write("apply_failed", demand_rps=demand, reason=str(exc))
             self.progress(f"apply failed, old plan keeps serving: {exc}")
             return
-        self.plan, self.intervals_in_plan = plan, 0
+        self.plan, self.intervals_in_plan, self.plan_seen_since = plan, 0, None
         self.apply_s = time.time() - started
         self.events.write("plan", plan=plan.to_json(), demand_rps=demand, capacity_rps=demand, reason=reason,
                           apply_s=round(self.apply_s, 2))
@@ -274,12 +283,24 @@ class Controller:
             direction = "up" if target > self.plan.demand_rps else "down"
             self._replan(target, f"forecast {forecast:.1f} req/s, {direction} from {self.plan.demand_rps:.1f}")
 
+    def _shed(self, now: Scrape) -> float:
+        """Requests the stages shed so far: drops at any stage plus answers late at a sink (a request
+        dropped at two parallel stages counts twice)."""
+        app = self.app.name
+        drops = now.total(STAGE_COUNTERS["drops"], app=app)
+        late = sum(n for (task,), n in now.by_label(STAGE_COUNTERS["misses"], "task", app=app).items()
+                   if task in self.app.sinks)
+        return drops + late
+
     def _arrived(self, now: Scrape) -> None:
-        """Keep the app's arrival count of a scrape for the surge checks (two windows back and one before)."""
+        """Keep the app's arrival and shed counts of a scrape for the surge checks (two windows back and
+        one before)."""
         total = requests_total(now, self.app.name)
         if self.arrivals and total < self.arrivals[-1][1]:   # the counter restarted: history is void
             self.arrivals.clear()
-        self.arrivals.append((now.t, total))
+        self.arrivals.append((now.t, total, self._shed(now)))
+        if self.plan_seen_since is None:
+            self.plan_seen_since = now.t
         while len(self.arrivals) > 2 and self.arrivals[1][0] <= now.t - 2 * self.policy.surge_window_s:
             self.arrivals.popleft()
 
@@ -290,7 +311,7 @@ class Controller:
         ``surge_rise_z`` standard deviations of Poisson noise (sqrt of their sum), so that noise at a
         steady rate, projected over an apply, does not look like a ramp. Counts between scrapes are
         interpolated linearly."""
-        ts, counts = zip(*self.arrivals)
+        ts, counts, _ = zip(*self.arrivals)
         end, w = ts[-1], min(self.policy.surge_window_s, ts[-1] - ts[0])
         if w <= 0:
             return 0.0, 0.0
@@ -318,7 +339,7 @@ class Controller:
         lead = self.policy.surge_window_s / 2 + self.apply_s + self.policy.surge_poll_s  # the rate is half a window old
         projected = rate + rise * lead
         if projected <= self.plan.demand_rps:
-            return False
+            return self.shedding()
         forecast = max(projected, self.forecaster.forecast(self.horizon())) if self.observed else projected
         planned = self.plan.demand_rps
         self.events.write("surge", demand_rps=round(rate, 3), rise_rps_per_s=round(rise, 3), lead_s=round(lead, 2),
@@ -326,6 +347,34 @@ class Controller:
         rising = f", rising {rise:.1f}/s: {projected:.1f} in {lead:.0f} s" if rise > 0 else ""
         self._replan(forecast * (1 + self.policy.headroom),
                      f"surge: {rate:.1f} req/s now{rising}, over the {planned:.1f} planned")
+        self.surge_failed = self.plan.demand_rps == planned
+        return not self.surge_failed
+
+    def shed_share(self) -> tuple[float, float] | None:
+        """(share, requests): of the requests that arrived over the last ``surge_window_s``, the share the
+        stages shed; None until the plan in force has been seen for a whole window."""
+        ts, counts, shed = zip(*self.arrivals)
+        w = self.policy.surge_window_s
+        if self.plan_seen_since is None or ts[-1] - max(ts[0], self.plan_seen_since) < w:
+            return None
+        c0, s0 = np.interp(ts[-1] - w, ts, counts), np.interp(ts[-1] - w, ts, shed)
+        arrived, lost = counts[-1] - c0, shed[-1] - s0
+        return (float(lost / arrived) if arrived > 0 else 0.0), float(lost)
+
+    def shedding(self) -> bool:
+        """Step the plan up by the headroom when, under its demand, its stages shed more than ``shed_limit``
+        of the requests over the last window (and at least ``shed_min``); whether it replanned."""
+        assert self.plan is not None
+        seen = self.shed_share() if self.policy.shed_limit else None
+        if seen is None or seen[0] <= self.policy.shed_limit or seen[1] < self.policy.shed_min:
+            return False
+        share, lost = seen
+        rate, _ = self.arrival_trend()
+        planned = self.plan.demand_rps
+        self.events.write("shed", share=round(share, 4), shed=lost, demand_rps=round(rate, 3), planned_rps=planned)
+        self._replan(planned * (1 + self.policy.headroom),
+                     f"shedding: {100 * share:.1f}% of {rate:.1f} req/s dropped or late over "
+                     f"{self.policy.surge_window_s:g} s, under the {planned:.1f} planned")
         self.surge_failed = self.plan.demand_rps == planned
         return not self.surge_failed
 

@@ -221,21 +221,27 @@ class Fixture:
                             policy, apply_plan=self.applied.append, progress=self.lines.append)
         self.arrived, self.pushed = 0.0, 0
         self.runners: dict[str, dict[str, float]] = {}
+        self.stage_counts: dict[tuple[str, str], float] = {}
 
     def _scrape(self, url: str, t: float) -> Scrape:
         assert url == "http://fake/metrics"
         return self.scrapes.pop(0)
 
     def push(self, rps: float, runner_batches: dict[str, tuple[int, float, float]] | None = None,
-             padding: dict[str, float] | None = None) -> None:
+             padding: dict[str, float] | None = None, stages: dict[tuple[str, str], float] | None = None) -> None:
         """Queue the next scrape, ``INTERVAL_S`` after the last: ``rps`` arrivals at the app model and, per
         runner, (executions, mean batch, batch time in ms) during the interval. As Triton does, the
         compute time is counted once per request of a batch (here one item per request). ``padding``:
-        rows per batch a runner padded its batches with, as the jigsaw runners export it."""
+        rows per batch a runner padded its batches with, as the jigsaw runners export it. ``stages``:
+        per (task, "drops" or "misses"), that stage counter's increase per second."""
         t = self.pushed * INTERVAL_S
         self.pushed += 1
         self.arrived += rps * INTERVAL_S
+        for key, per_s in (stages or {}).items():
+            self.stage_counts[key] = self.stage_counts.get(key, 0.0) + per_s * INTERVAL_S
         samples = {("nv_inference_request_success_total", (("model", self.app.name), ("version", "1"))): self.arrived}
+        for (task, kind), n in self.stage_counts.items():
+            samples[(ctl.STAGE_COUNTERS[kind], (("app", self.app.name), ("task", task)))] = n
         for name, (execs, batch, ms) in (runner_batches or {}).items():
             c = self.runners.setdefault(name, dict.fromkeys(("exec", "items", "requests", "us", "pad"), 0.0))
             c["exec"] += execs
@@ -481,3 +487,48 @@ def test_step_forecasts_as_far_ahead_as_the_last_apply_took(tmp_path: Path, monk
     assert [e["horizon"] for e in f.events("interval")] == [4, 4]
     assert f.events("interval")[-1]["forecast_rps"] == pytest.approx(110.0)
     assert f.events("plan")[-1]["demand_rps"] == pytest.approx(110.0)
+
+
+def test_shedding_steps_the_plan_up_by_its_headroom(tmp_path: Path, monkeypatch) -> None:
+    """Arrivals under the plan's demand but the stages shed 10% of them (drops anywhere, late answers at
+    a sink) over a whole window under the plan in force: the plan's demand x (1 + headroom), at once."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0))
+    f.c.initial(30.0)
+    f.push(20)
+    f.c.step()
+    f.push(20, stages={("det", "drops"): 0.2})           # 1%: under the 2% limit
+    assert f.c.surge() is False and f.c.shed_share() == (pytest.approx(0.01), pytest.approx(2.0))
+    f.push(20, stages={("det", "drops"): 1.0, ("cls", "misses"): 1.0})
+    assert f.c.surge() is True and len(f.applied) == 1
+    shed = f.events("shed")
+    assert len(shed) == 1 and shed[0]["share"] == pytest.approx(0.1) and shed[0]["planned_rps"] == pytest.approx(30.0)
+    plan = f.events("plan")[-1]
+    assert plan["demand_rps"] == pytest.approx(45.0)
+    assert plan["reason"] == "shedding: 10.0% of 20.0 req/s dropped or late over 10 s, under the 30.0 planned"
+    # the new plan is judged only on a whole window of its own
+    f.push(20, stages={("det", "drops"): 2.0})
+    assert f.c.surge() is False and f.c.shed_share() is None
+    f.push(20, stages={("det", "drops"): 2.0})
+    assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(67.5)
+
+
+def test_shedding_counts_late_answers_only_at_the_sinks_and_needs_enough_requests(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0))
+    f.c.initial(30.0)
+    f.push(20)
+    f.c.step()
+    f.push(20, stages={("det", "misses"): 5.0})          # late leaving det, not an answer: not shed
+    assert f.c.surge() is False and f.c.shed_share() == (pytest.approx(0.0), pytest.approx(0.0))
+    f.push(1, stages={("cap", "misses"): 0.5})            # 50% of 10 requests: under shed_min
+    assert f.c.surge() is False and f.applied == []
+    assert f.c.shed_share() == (pytest.approx(0.5), pytest.approx(5.0))
+
+
+def test_no_shedding_checks_when_they_are_off(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0, shed_limit=0.0))
+    f.c.initial(30.0)
+    f.push(20)
+    f.c.step()
+    f.push(20, stages={("det", "drops"): 10.0})
+    assert f.c.surge() is False and f.applied == [] and not f.events("shed")
+
