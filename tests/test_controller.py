@@ -532,3 +532,21 @@ def test_no_shedding_checks_when_they_are_off(tmp_path: Path, monkeypatch) -> No
     f.push(20, stages={("det", "drops"): 10.0})
     assert f.c.surge() is False and f.applied == [] and not f.events("shed")
 
+
+def test_no_down_replan_while_the_forecast_stays_at_the_rate_that_shed(tmp_path: Path, monkeypatch) -> None:
+    """After a shedding step-up at 20 req/s (30 -> 45 planned), a forecast of 20 would plan 30 again after
+    the cooldown (20 < 0.7 x 45): not while it stays at or above 20; at 12 it may."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0, down_cooldown=1))
+    f.c.initial(30.0)
+    f.push(20)
+    f.c.step()
+    f.push(20, stages={("det", "drops"): 2.0})
+    assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
+    for _ in range(3):
+        f.push(20)
+        f.c.step()
+    assert f.c.plan.demand_rps == pytest.approx(45.0) and len(f.applied) == 1
+    f.push(12)
+    f.c.step()              # the forecaster's window of 1: 12 req/s, under the rate that shed
+    assert f.c.plan.demand_rps == pytest.approx(18.0) and f.c.shed_rps is None
+
