@@ -358,7 +358,8 @@ def _trace(trace_path: str | None, peak: float, duration: float):
 def _run_experiment(app_path: str, profiles_path: str, gpu_name: str | None, features: str, method: str,
                     time_limit: float, gpus: int | None, trace_path: str | None, peak: float, duration: float,
                     interval: float, out: str, inventory: str | None, forecaster: str, system: str,
-                    headroom: float, notes: str = "", surge_poll: float | None = None) -> dict:
+                    headroom: float, notes: str = "", surge_poll: float | None = None,
+                    shed_limit: float | None = None) -> dict:
     from .experiment import Experiment, run as run_exp
     from .inventory import detect
 
@@ -367,25 +368,29 @@ def _run_experiment(app_path: str, profiles_path: str, gpu_name: str | None, fea
     exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=detect(inventory),
                      trace=_trace(trace_path, peak, duration), interval_s=interval, out=Path(out),
                      system=system or opts.features.label, forecaster=forecaster, notes=notes,
-                     policy=_policy(headroom, surge_poll))
+                     policy=_policy(headroom, surge_poll, shed_limit))
     try:
         return run_exp(exp, progress=lambda line: click.echo(line, err=True))
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def _policy(headroom: float, surge_poll: float | None):
+def _policy(headroom: float, surge_poll: float | None, shed_limit: float | None = None):
     """The controller's policy: the defaults, with the options given."""
     from .controller import Policy
-    return Policy(headroom=headroom) if surge_poll is None else Policy(headroom=headroom, surge_poll_s=surge_poll)
+    given = {"surge_poll_s": surge_poll, "shed_limit": shed_limit}
+    return Policy(headroom=headroom, **{k: v for k, v in given.items() if v is not None})
 
 
 SURGE_HELP = ("between measurements, check this often (s) whether arrivals already exceed the plan and replan up "
               "at once; 0: never [default: 2]")
+SHED_HELP = ("in those checks, step the plan up by the headroom when its stages shed (drop, or answer late) more "
+             "than this share of the requests; 0: never [default: 0.02]")
 
 
 def _experiment_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="print the report summary JSON as the last line")(f)
+    f = click.option("--shed-limit", type=click.FloatRange(min=0, max=1), default=None, help=SHED_HELP)(f)
     f = click.option("--surge-poll", type=click.FloatRange(min=0), default=None, help=SURGE_HELP)(f)
     f = click.option("--headroom", type=click.FloatRange(min=0), default=0.3, show_default=True,
                      help="plan for the forecast x (1 + headroom): runners stay below ~1/(1 + headroom) busy")(f)
@@ -420,12 +425,12 @@ def _print_report(summary: dict, out: str, as_json: bool) -> None:
 @click.option("--system", default="", help="label of this run in the report (default: the features)")
 def experiment(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float,
                method: str, trace_path: str | None, peak: float, duration: float, interval: float,
-               inventory: str | None, forecaster: str, headroom: float, surge_poll: float | None, as_json: bool,
-               gpus: int | None, out: str, system: str) -> None:
+               inventory: str | None, forecaster: str, headroom: float, surge_poll: float | None,
+               shed_limit: float | None, as_json: bool, gpus: int | None, out: str, system: str) -> None:
     """Serve APP.yaml under a replayed demand trace with live replanning, then report (closed loop)."""
     summary = _run_experiment(app_path, profiles_path, gpu_type, features, method, time_limit, gpus, trace_path,
                               peak, duration, interval, out, inventory, forecaster, system, headroom,
-                              surge_poll=surge_poll)
+                              surge_poll=surge_poll, shed_limit=shed_limit)
     _print_report(summary, out, as_json)
 
 
@@ -534,14 +539,15 @@ def bundle(out: str, python_version: str, platforms: tuple[str, ...], deps: bool
 @click.option("--headroom", type=click.FloatRange(min=0), default=0.3, show_default=True,
               help="plan for the forecast x (1 + headroom)")
 @click.option("--surge-poll", type=click.FloatRange(min=0), default=None, help=SURGE_HELP)
+@click.option("--shed-limit", type=click.FloatRange(min=0, max=1), default=None, help=SHED_HELP)
 @click.option("--forecaster", type=click.Choice(["holt", "moving-average"]), default="holt", show_default=True)
 @click.option("--inventory", default=None, type=click.Path(), help="simulated GPU inventory JSON")
 @click.option("--events", default="events.jsonl", show_default=True, type=click.Path(),
               help="where decisions are logged (tools/report.py reads it)")
 def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float, method: str,
           plan_path: str, repo_path: str, url: str, metrics_url: str, control_key: str | None, interval: float,
-          gpus: int | None, headroom: float, surge_poll: float | None, forecaster: str, inventory: str | None,
-          events: str) -> None:
+          gpus: int | None, headroom: float, surge_poll: float | None, shed_limit: float | None, forecaster: str,
+          inventory: str | None, events: str) -> None:
     """Keep a running server's plan matched to its demand: measure, forecast, replan, apply (Ctrl-C stops)."""
     import threading
 
@@ -566,7 +572,8 @@ def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str
     opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit)
     applier = Applier(repo, client, headers, progress=echo)
     controller = Controller(app, profiles, gpu, opts, detect(inventory), repo, metrics_url, FORECASTERS[forecaster](),
-                            EventLog(Path(events), time.time()), _policy(headroom, surge_poll), apply_plan=applier,
+                            EventLog(Path(events), time.time()), _policy(headroom, surge_poll, shed_limit),
+                            apply_plan=applier,
                             progress=echo)
     controller.plan = current
     echo(f"watching {app.name} at {url} (metrics {metrics_url}) every {interval:g} s; plan for "

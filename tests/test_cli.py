@@ -332,3 +332,10 @@ def test_surge_poll_option_sets_the_controller_policy(capsys, monkeypatch) -> No
         assert rc == 0, err
     assert seen == [None, 0.0]
     assert cli._policy(0.5, None) == Policy(headroom=0.5) and cli._policy(0.5, 0.0).surge_poll_s == 0.0
+
+
+def test_policy_takes_only_the_options_given() -> None:
+    from orchestrator.cli import _policy
+    from orchestrator.controller import Policy
+    assert _policy(0.5, None) == Policy(headroom=0.5)
+    assert _policy(0.5, 0.0, 0.0) == Policy(headroom=0.5, surge_poll_s=0.0, shed_limit=0.0)
