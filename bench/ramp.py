@@ -20,7 +20,9 @@ others; the comparison with the measured H200 runs only for traffic A+S+T), with
   to the simulated apply time after each step that changed the plan. Planner solve time counts as 0.
 
 Capacity of the plan in effect = its ``demand_rps`` (what the planner sized it to serve within the
-SLO). Outcome proxies, integrated exactly over the pieces where rate and capacity are constant (the
+SLO) times ``--efficiency`` (1 by default; below 1 for plans that serve less than their profiles
+promise, as traffic's on the H200). The requests over that capacity are the shed ones: the fake
+metrics count them as one stage's drops, which the controller's shedding check reads. Outcome proxies, integrated exactly over the pieces where rate and capacity are constant (the
 limit of small time steps): "excess" = requests over capacity, sum(max(0, rate - capacity) dt) /
 sum(rate dt); "strict" = every request arriving while rate > capacity. Neither models queueing
 tails, backlog, refinement replans or a plan's true (integer, measured) throughput.
@@ -74,16 +76,33 @@ class Setup:
     inventory: Inventory
     policy: Policy
     arrivals_seed: int | None = None   # count Poisson arrivals (tools.trace.arrivals) instead of the integral
+    efficiency: float = 1.0            # the share of its planned demand a plan really serves
 
 
 class FakeServer:
-    """Arrivals of a trace up to the simulated time ``now``, served as a metrics scrape."""
+    """Arrivals of a trace up to the simulated time ``now``, served as a metrics scrape, with the requests
+    shed so far as one stage's drop counter: the arrivals over the capacity in effect (``timeline``),
+    integrated in steps of ``SHED_STEP_S``."""
 
-    def __init__(self, trace: Trace, app: str, seed: int | None = None) -> None:
-        self.trace, self.now = trace, 0.0
+    SHED_STEP_S = 0.05
+
+    def __init__(self, trace: Trace, app: AppSpec, timeline: list[tuple[float, float, int, float]],
+                 seed: int | None = None) -> None:
+        self.trace, self.now, self.timeline = trace, 0.0, timeline
         self.cum = np.concatenate([[0.0], np.cumsum(trace.rates * trace.interval_s)])
         self.times = None if seed is None else arrivals(trace, seed)
-        self.key = ("nv_inference_request_success_total", (("model", app), ("version", "1")))
+        self.key = ("nv_inference_request_success_total", (("model", app.name), ("version", "1")))
+        self.shed_key = (ctl.STAGE_COUNTERS["drops"], (("app", app.name), ("task", app.tasks[0].name)))
+        self.shed_t, self.shed = 0.0, 0.0
+
+    def _advance_shed(self, t: float) -> None:
+        while self.shed_t < min(t, self.trace.duration_s):
+            dt_ = min(self.SHED_STEP_S, t - self.shed_t)
+            mid = self.shed_t + dt_ / 2
+            rate = self.trace.rates[min(int(mid // self.trace.interval_s), len(self.trace.rates) - 1)]
+            cap = next(c for start, c, _, _ in reversed(self.timeline) if start <= mid)
+            self.shed += max(0.0, rate - cap) * dt_
+            self.shed_t += dt_
 
     def arrived(self, t: float) -> float:
         """Requests arrived in [0, t): the exact integral of the piecewise-constant rate, or the Poisson
@@ -96,14 +115,16 @@ class FakeServer:
 
     def scrape(self, url: str, t: float) -> Scrape:
         """Stands in for ``orchestrator.controller.scrape``; ``t`` (wall time) is ignored."""
-        return Scrape(self.now, {self.key: self.arrived(self.now)})
+        self._advance_shed(self.now)
+        return Scrape(self.now, {self.key: self.arrived(self.now), self.shed_key: self.shed})
 
 
 def simulate(setup: Setup, trace: Trace, interval_s: float, apply_s: float,
              horizon_apply_s: float | None = None) -> dict[str, Any]:
     """One closed-loop run; ``horizon_apply_s`` overrides the apply time the controller is told
     (0: the controller before ``horizon()``, always one interval ahead)."""
-    server = FakeServer(trace, setup.app.name, setup.arrivals_seed)
+    timeline: list[tuple[float, float, int, float]] = []  # (takes effect at, capacity, slices, accuracy)
+    server = FakeServer(trace, setup.app, timeline, setup.arrivals_seed)
     applied: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="jigsaw-ramp-") as tmp, mock.patch.object(ctl, "scrape", server.scrape):
         events_path = Path(tmp) / "events.jsonl"
@@ -113,14 +134,14 @@ def simulate(setup: Setup, trace: Trace, interval_s: float, apply_s: float,
         c.interval_s = interval_s                                # as Controller.run sets it
         first_bins = trace.rates[:max(1, round(interval_s / trace.interval_s))]   # as experiment.run
         plan = c.initial(max(float(first_bins.mean()), 1.0) * (1 + setup.policy.headroom))
-        timeline = [(0.0, plan.demand_rps, plan.slices, plan.accuracy)]  # (takes effect at, capacity, slices, accuracy)
+        timeline.append((0.0, plan.demand_rps * setup.efficiency, plan.slices, plan.accuracy))
         changes = []
         def applied_at(t: float, before: Any) -> float:
             """When the controller's call at ``t`` returns: after the simulated apply if it replanned."""
             if c.plan is before:
                 return t
             c.apply_s = apply_s if horizon_apply_s is None else horizon_apply_s
-            timeline.append((t + apply_s, c.plan.demand_rps, c.plan.slices, c.plan.accuracy))
+            timeline.append((t + apply_s, c.plan.demand_rps * setup.efficiency, c.plan.slices, c.plan.accuracy))
             changes.append({"decided_s": round(t, 3), "effective_s": round(t + apply_s, 3),
                             "demand_rps": round(c.plan.demand_rps, 2), "slices": c.plan.slices})
             return t + apply_s
@@ -132,13 +153,13 @@ def simulate(setup: Setup, trace: Trace, interval_s: float, apply_s: float,
             c.step()
             done = applied_at(t, before)
             next_t = max(next_t + interval_s, done + interval_s / 2)   # Controller.run's schedule
-            while poll:  # and its surge checks until the next step
-                done = done + min(poll, next_t - done)
-                if done >= next_t or done >= trace.duration_s:
+            while poll and done < next_t:  # and its surge checks until the next step
+                check = done + min(poll, next_t - done)
+                if check >= next_t or check >= trace.duration_s:
                     break
-                server.now, before = done, c.plan
+                server.now, before = check, c.plan
                 c.surge()
-                done = applied_at(done, before)
+                done = applied_at(check, before)   # a surge's apply may end after next_t: the step waits
             t = max(next_t, done)
         events = [json.loads(line) for line in events_path.read_text().splitlines()]
     for change, e in zip(changes, [e for e in events if e["kind"] == "plan"][1:]):
@@ -274,6 +295,10 @@ def main() -> None:
                     help="the surge checks take a rise within this many standard deviations of Poisson noise "
                          "for none")
     ap.add_argument("--headroom", type=float, default=0.5, help="plan for forecast x (1 + headroom), as h200_eval.py")
+    ap.add_argument("--shed-limit", type=float, default=Policy().shed_limit,
+                    help="the controller steps a plan up when this share of the requests was shed (0: never)")
+    ap.add_argument("--efficiency", type=float, default=1.0,
+                    help="the share of its planned demand a plan really serves (capacity = plan x this)")
     ap.add_argument("--poisson-seed", type=int, default=None,
                     help="the controller counts Poisson arrivals with this seed (as the load generator sends them)")
     args = ap.parse_args()
@@ -282,8 +307,9 @@ def main() -> None:
     features = Features.parse(args.features)
     setup = Setup(load_app(ROOT / args.app), profiles, gpu, PlanOptions(features=features, gpus=1),
                   from_file(ROOT / args.inventory),
-                  Policy(headroom=args.headroom, surge_poll_s=args.surge_poll, surge_rise_z=args.surge_rise_z),
-                  arrivals_seed=args.poisson_seed)
+                  Policy(headroom=args.headroom, surge_poll_s=args.surge_poll, surge_rise_z=args.surge_rise_z,
+                         shed_limit=args.shed_limit),
+                  arrivals_seed=args.poisson_seed, efficiency=args.efficiency)
     day = scale_to_peak(synthetic_diurnal(), args.peak)
     coarse = {float(d): float(i) for d, i in (x.split(":") for x in args.coarse.split(",") if x)}
     runs = []
