@@ -14,7 +14,7 @@ from orchestrator.errors import InputError
 from orchestrator.gpus import gpu_type
 from orchestrator.planner import PlanOptions, make_plan
 from orchestrator.profiles import load_profiles
-from tools.report import REQUEST_COLUMNS, figures, load_run, outcomes_per_bin, plot, summarize
+from tools.report import REQUEST_COLUMNS, figures, format_summary, load_run, outcomes_per_bin, plot, summarize
 
 PNGS = ["demand.png", "violations.png", "slices.png", "placement.png"]
 # (scheduled_s, latency_ms, outcome): 6 ok, 1 late, 2 dropped, 1 error
@@ -180,7 +180,8 @@ def test_empty_run(tmp_path: Path) -> None:
     assert s["windows"] is None
     assert s["latency_ms"]["p99"] is None and s["slices"]["mean"] is None
     assert s["accuracy"]["source"] is None and "no plan" in s["accuracy"]["note"]
-    assert s["plan_changes"] == {"count": 0, "changes": [], "applies": {"mean_s": None, "max_s": None}}
+    assert s["plan_changes"] == {"count": 0, "changes": [], "applies": {"mean_s": None, "max_s": None},
+                                 "during_applies": None}
     assert s["initial_plan"] is None
     assert all(p.stat().st_size > 0 for p in plot(run))
 
@@ -298,3 +299,15 @@ def test_apply_times_are_summarized(tmp_path: Path, plans: dict) -> None:
     s = summarize(write_run(tmp_path / "run", REQUESTS, evs, INFO))
     assert [c["apply_s"] for c in s["plan_changes"]["changes"]] == [12.5, 7.5]
     assert s["plan_changes"]["applies"] == {"mean_s": 10.0, "max_s": 12.5}
+
+
+def test_violations_during_applies_are_counted(tmp_path: Path, plans: dict) -> None:
+    """The requests scheduled from t - apply_s to t of a plan change (6-10 s here: the late one at 6 s,
+    both drops, and the error) against the rest."""
+    evs = events(plans)
+    evs[1]["apply_s"] = 4.0
+    s = summarize(write_run(tmp_path / "run", REQUESTS, evs, INFO))
+    assert s["plan_changes"]["during_applies"] == {"seconds": 4.0, "requests": 4, "late": 1, "dropped": 2}
+    assert ("during applies (4.0 s in all): 4 requests scheduled, 1 of the 1 late answers and 2 of the 2 drops"
+            in format_summary(s))
+    assert summarize(write_run(tmp_path / "older", REQUESTS, events(plans), INFO))["plan_changes"]["during_applies"] is None

@@ -354,6 +354,22 @@ def _applies(plans: list[PlanEvent]) -> dict[str, float | None]:
     return {"mean_s": sum(times) / len(times) if times else None, "max_s": max(times, default=None)}
 
 
+def _during_applies(run: Run) -> dict[str, float] | None:
+    """The requests scheduled while a plan change was being applied (from ``t - apply_s`` to ``t`` of its
+    plan event): how many, and how many of them were late or dropped; None when no change says how long
+    it took."""
+    spans = [(p.t - p.apply_s, p.t) for p in run.plans[1:] if p.apply_s is not None]
+    if not spans:
+        return None
+    t = run.requests.scheduled_s
+    inside = np.zeros(t.shape, dtype=bool)
+    for a, b in spans:
+        inside |= (t >= a) & (t <= b)
+    out = run.requests.outcome[inside]
+    return {"seconds": round(sum(b - a for a, b in spans), 3), "requests": int(inside.sum()),
+            "late": int(np.count_nonzero(out == "late")), "dropped": int(np.count_nonzero(out == "dropped"))}
+
+
 def _percentile(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if values.size else None
 
@@ -484,7 +500,7 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
                    "timeline": [[p.t, p.plan.slices] for p in run.plans]},
         "initial_plan": _plan_info(run.plans[0]) if run.plans else None,
         "plan_changes": {"count": max(len(run.plans) - 1, 0), "changes": [_plan_info(p) for p in run.plans[1:]],
-                         "applies": _applies(run.plans)},
+                         "applies": _applies(run.plans), "during_applies": _during_applies(run)},
         "server": _server_view(run),
         "warnings": run.warnings,
     }
@@ -520,6 +536,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{server['drops']} dropped by the stages"
                      + (f"; requests waited {server['graph_queue_ms_mean']:.2f} ms on average for a graph instance"
                         if server["graph_queue_ms_mean"] is not None else ""))
+    during = summary["plan_changes"].get("during_applies")
+    if during:
+        lines.append(f"  during applies ({during['seconds']:.1f} s in all): {during['requests']} requests scheduled, "
+                     f"{during['late']} of the {reqs['late']} late answers and {during['dropped']} of the "
+                     f"{reqs['dropped']} drops")
     lines += [f"  plan change at {c['t']:.1f} s: {c['reason']} ({c['slices']} slices)"
               for c in summary["plan_changes"]["changes"]]
     lines += [f"  warning: {w}" for w in summary["warnings"]]
