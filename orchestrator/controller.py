@@ -351,8 +351,15 @@ class Controller:
         self.events.write("surge", demand_rps=round(rate, 3), rise_rps_per_s=round(rise, 3), lead_s=round(lead, 2),
                           projected_rps=round(projected, 3), forecast_rps=round(forecast, 3), planned_rps=planned)
         rising = f", rising {rise:.1f}/s: {projected:.1f} in {lead:.0f} s" if rise > 0 else ""
-        self._replan(forecast * (1 + self.policy.headroom),
-                     f"surge: {rate:.1f} req/s now{rising}, over the {planned:.1f} planned")
+        return self._replan_up(forecast * (1 + self.policy.headroom),
+                               f"surge: {rate:.1f} req/s now{rising}, over the {planned:.1f} planned")
+
+    def _replan_up(self, demand: float, reason: str) -> bool:
+        """A check's replan up between steps; whether it changed the plan. One that found no larger plan
+        (the GPUs are full) stops the checks until the next step."""
+        assert self.plan is not None
+        planned = self.plan.demand_rps
+        self._replan(demand, reason)
         self.surge_failed = self.plan.demand_rps == planned
         return not self.surge_failed
 
@@ -379,11 +386,9 @@ class Controller:
         planned = self.plan.demand_rps
         self.events.write("shed", share=round(share, 4), shed=lost, demand_rps=round(rate, 3), planned_rps=planned)
         self.shed_rps = rate
-        self._replan(planned * (1 + self.policy.headroom),
-                     f"shedding: {100 * share:.1f}% of {rate:.1f} req/s dropped or late over "
-                     f"{self.policy.surge_window_s:g} s, under the {planned:.1f} planned")
-        self.surge_failed = self.plan.demand_rps == planned
-        return not self.surge_failed
+        return self._replan_up(planned * (1 + self.policy.headroom),
+                               f"shedding: {100 * share:.1f}% of {rate:.1f} req/s dropped or late over "
+                               f"{self.policy.surge_window_s:g} s, under the {planned:.1f} planned")
 
     def horizon(self) -> int:
         """Intervals ahead a plan made now must cover: 1 + the last apply's duration in intervals."""
