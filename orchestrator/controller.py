@@ -19,8 +19,8 @@ with ``decide``:
   any stage plus late answers at the sinks), the arrivals under the plan's demand and the plan in force
   for that whole window (``shedding``): a plan that sheds below its demand delivers less than its
   profiles promised (runners slower on a busy GPU, batches that whole requests do not fill), which no
-  forecast sees. No down replan then while the forecast stays at or above the rate that shed (a
-  smaller plan would shed again);
+  forecast sees. Down replans then stop at the demand stepped up to while the forecast stays at or
+  above the rate that shed (a smaller plan would shed again);
 - the new plan is made for forecast x (1 + ``headroom``) and moved onto the server with
   ``control.apply`` (no failed requests; a failed load rolls back and the old plan keeps serving);
 - the forecast looks as far ahead as a plan made now must last: until the one after it can be in
@@ -164,7 +164,9 @@ class Controller:
         self.surge_failed = False             # a surge found no larger plan: not again until the next step
         self.arrivals: deque[tuple[float, float, float]] = deque()  # (time, requests, shed so far) per scrape
         self.plan_seen_since: float | None = None  # the first scrape under the plan in force
-        self.shed_rps: float | None = None         # the arrival rate at the last shedding step-up
+        # after a shedding step-up: (the arrival rate that shed, the demand stepped up to); down replans
+        # stop at that demand while the forecast stays at or above that rate
+        self.shed_floor: tuple[float, float] | None = None
 
     # -- planning ---------------------------------------------------------------------------------
 
@@ -279,10 +281,12 @@ class Controller:
                           horizon=steps, planned_rps=self.plan.demand_rps)
         refined = self._refine(prev, now)
         target = decide(self.plan.demand_rps, forecast, self.intervals_in_plan, self.policy)
-        if self.shed_rps is not None and forecast < self.shed_rps:
-            self.shed_rps = None
-        if target is not None and target < self.plan.demand_rps and self.shed_rps is not None:
-            target = None  # a smaller plan shed at this rate
+        if self.shed_floor is not None and forecast < self.shed_floor[0]:
+            self.shed_floor = None
+        if target is not None and target < self.plan.demand_rps and self.shed_floor is not None:
+            target = max(target, self.shed_floor[1])  # a plan under the step-up shed at this rate
+            if target > self.plan.demand_rps * self.policy.down_ratio_target:
+                target = None
         if refined:
             self._replan(max(target or 0.0, self.plan.demand_rps), "profile refined: " + ", ".join(refined))
         elif target is not None:
@@ -385,8 +389,8 @@ class Controller:
         rate, _ = self.arrival_trend()
         planned = self.plan.demand_rps
         self.events.write("shed", share=round(share, 4), shed=lost, demand_rps=round(rate, 3), planned_rps=planned)
-        self.shed_rps = rate
-        return self._replan_up(planned * (1 + self.policy.headroom),
+        self.shed_floor = (rate, planned * (1 + self.policy.headroom))
+        return self._replan_up(self.shed_floor[1],
                                f"shedding: {100 * share:.1f}% of {rate:.1f} req/s dropped or late over "
                                f"{self.policy.surge_window_s:g} s, under the {planned:.1f} planned")
 

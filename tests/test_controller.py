@@ -548,5 +548,24 @@ def test_no_down_replan_while_the_forecast_stays_at_the_rate_that_shed(tmp_path:
     assert f.c.plan.demand_rps == pytest.approx(45.0) and len(f.applied) == 1
     f.push(12)
     f.c.step()              # the forecaster's window of 1: 12 req/s, under the rate that shed
-    assert f.c.plan.demand_rps == pytest.approx(18.0) and f.c.shed_rps is None
+    assert f.c.plan.demand_rps == pytest.approx(18.0) and f.c.shed_floor is None
+
+
+def test_down_replans_after_a_shedding_step_up_stop_at_the_demand_stepped_up_to(tmp_path: Path, monkeypatch) -> None:
+    """A step-up at 20 req/s (30 -> 45), then the forecast up to 60 (90 planned): at 25 req/s, still over the
+    rate that shed, the plan comes down to 45, not to 37.5 nor held at 90."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0, down_cooldown=1))
+    f.c.initial(30.0)
+    f.push(20)
+    f.c.step()
+    f.push(20, stages={("det", "drops"): 2.0})
+    assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
+    f.push(60)
+    f.c.step()              # the step's rate spans the surge check's scrape too: 40 req/s
+    f.push(60)
+    f.c.step()
+    assert f.c.plan.demand_rps == pytest.approx(90.0)
+    f.push(25)
+    f.c.step()
+    assert f.c.plan.demand_rps == pytest.approx(45.0) and f.c.shed_floor == (pytest.approx(20.0), pytest.approx(45.0))
 
