@@ -93,7 +93,7 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                  "duration_s": args.duration, "interval_s": args.interval, "headroom": args.headroom,
                  "surge_poll_s": args.surge_poll, "admission_reserve": args.admission_reserve,
                  "refine_drift": args.refine_drift, "shed_limit": args.shed_limit,
-                 "run_dir": str(run_dir)}
+                 "profiles": str(args.profiles), "run_dir": str(run_dir)}
         log(f"--- {app.name}: {label}")
         try:
             exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=inventory, trace=trace,
@@ -134,6 +134,7 @@ def write_report(results: list[dict], out: Path) -> None:
              f"{first['interval_s']:g} s, planning for the forecast x {1 + first['headroom']:g}"
              + (f", refining profiles {100 * first['refine_drift']:g}% slower" if first.get("refine_drift") else "")
              + (f", stepping up past {100 * first['shed_limit']:g}% shed" if first.get("shed_limit") else "")
+             + (f"; profiles {first['profiles']}" if first.get("profiles") else "")  # recorded since the eighth session
              + ".", "",
              "| system | requests | SLO violations (drops count) | late / dropped | late at the server "
              "| mean slices | accuracy / max | plan changes | applies (mean / max s) |",
@@ -160,7 +161,8 @@ def merge(paths: list[str]) -> list[dict]:
     """The entries of several results.json files of one app, in ``SYSTEMS`` order; each must have run
     on the same trace (peak, replay length) and controller settings."""
     entries = [e for p in paths for e in json.loads(Path(p).read_text())]
-    keys = ("app", "peak_rps", "duration_s", "interval_s", "headroom", "refine_drift", "shed_limit", "slices_total")
+    keys = ("app", "peak_rps", "duration_s", "interval_s", "headroom", "refine_drift", "shed_limit", "slices_total",
+            "profiles")
     for e in entries[1:]:
         differ = [k for k in keys if e.get(k) != entries[0].get(k)]
         if differ:

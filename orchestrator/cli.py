@@ -249,6 +249,42 @@ def report(run_path: str, as_json: bool, bin_s: float | None) -> None:
         click.echo(json.dumps(summary))
 
 
+@cli.command("refine-profiles")
+@click.argument("run_paths", metavar="RUN...", nargs=-1, required=True, type=click.Path())
+@click.option("--profiles", "profiles_path", required=True, type=click.Path(),
+              help="the profiles the runs were planned with (CSV file or directory)")
+@click.option("--out", required=True, type=click.Path(), help="refined profile CSV to write")
+@click.option("--quantile", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="of a segment shape's per-step ratios of measured to profiled batch time")
+@click.option("--min-ratio", type=click.FloatRange(min=1), default=1.05, show_default=True,
+              help="scale a shape's rows only when it ran slower than this")
+@click.option("--min-steps", type=click.IntRange(min=1), default=3, show_default=True,
+              help="controller steps a shape must have run in (each with --min-batches batches)")
+@click.option("--min-batches", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--min-busy", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="count a step only when the runner's processes were in batches this share of it")
+def refine_profiles(run_paths: tuple[str, ...], profiles_path: str, out: str, quantile: float, min_ratio: float,
+                    min_steps: int, min_batches: int, min_busy: float) -> None:
+    """Scale the profile rows of every variant x segment shape that ran slower than profiled in the
+    recorded runs RUN... (their events.jsonl) by its measured slowdown; write the result to --out."""
+    from .profiles import save_profiles
+    from tools.runner_speed import observations, refined, slowdowns
+
+    profiles = load_profiles(profiles_path)
+    obs = [o for run in run_paths for o in observations(Path(run), profiles, min_batches=min_batches)]
+    found = slowdowns(obs, quantile, min_steps, min_busy)
+    if not found:
+        raise InputError(f"no runner ran {min_batches}+ batches, busy {min_busy:g} of the time, in {min_steps}+ "
+                         "steps of the runs given (their events.jsonl have no runner counters, or the load was low)")
+    click.echo(f"{'variant':<28} {'gpu':<12} {'segment':<8} {'steps':>5} {'ratio':>6}  rows")
+    for (variant, gpu, mig, mps), (ratio, steps) in found.items():
+        action = f"x{ratio:.3f}" if ratio > min_ratio else "kept"
+        click.echo(f"{variant:<28} {gpu:<12} {f'{mig}g x{mps}':<8} {steps:>5} {ratio:>6.3f}  {action}")
+    save_profiles(refined(profiles, found, min_ratio), out)
+    click.echo(f"wrote {out}: {sum(r > min_ratio for r, _ in found.values())} of {len(found)} shapes seen scaled "
+               f"(p{100 * quantile:g} of their steps' ratios over {min_ratio:g})")
+
+
 @cli.command()
 @click.option("--url", default="127.0.0.1:8001", show_default=True, help="the server's gRPC address")
 @click.option("--model", required=True, help="the app's model (named after the app)")

@@ -44,7 +44,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,9 +58,10 @@ from .forecast import Forecaster
 from .gpus import GpuType
 from .inventory import Inventory
 from .metrics import Scrape, increase, requests_total, scrape
-from .plan import Entry, Plan
+from .plan import Plan
 from .planner import PlanOptions, make_plan
-from .profiles import ProfilePoint, Profiles
+from .profiles import Profiles
+from .refinement import batch_times_ms, scaled
 from .render import ADMISSION_RESERVE, Rendered, build_configs, runner_name, write_repository
 
 STAGE_COUNTERS = {"requests": "jigsaw_stage_requests_total", "drops": "jigsaw_stage_drops_total",
@@ -110,37 +111,6 @@ class EventLog:
         line = json.dumps({"t": round(time.time() - self.origin, 3), "kind": kind, **fields})
         with self._lock, self.path.open("a") as fh:
             fh.write(line + "\n")
-
-
-def scaled(profiles: Profiles, variant: str, gpu: str, mig: int, mps: int, ratio: float) -> Profiles:
-    """``profiles`` with one variant's rows on one segment shape slowed down by ``ratio``."""
-    return Profiles(tuple(replace(p, latency_ms=p.latency_ms * ratio, throughput_rps=p.throughput_rps / ratio)
-                          if (p.variant, p.gpu, p.mig, p.mps) == (variant, gpu, mig, mps) else p
-                          for p in profiles.points))
-
-
-def expected_ms(points: list[ProfilePoint], batch: float) -> float | None:
-    """Profiled p95 at a (possibly fractional) mean batch, linear between profiled batches."""
-    pts = sorted((p.batch, p.latency_ms) for p in points)
-    if not pts:
-        return None
-    return float(np.interp(batch, [b for b, _ in pts], [lat for _, lat in pts]))
-
-
-def batch_times_ms(app: AppSpec, profiles: Profiles, gpu: str, e: Entry,
-                   d: dict[str, float]) -> tuple[float, float | None] | None:
-    """Runner ``e``'s mean batch time over an interval and its profiled p95 on its segment at the batch
-    that ran (ms), from the increases ``d`` of its ``RUNNER_COUNTERS``; None when it answered nothing.
-    The batch that ran is the rows requested plus the rows the runner padded its batches with up to a
-    size it captured; Triton adds a batch's compute time to its counter once per request in the batch
-    (the dynamic batcher merges the stages' requests), so the mean batch time is that counter over the
-    requests."""
-    if d["batches"] <= 0 or d["requests"] <= 0:
-        return None
-    profile = app.task(e.task).variant(e.variant).profile
-    points = [p for p in profiles.for_variant(profile, gpu) if (p.mig, p.mps) == (e.mig, e.mps)]
-    measured = d["compute_us"] / d["requests"] / 1000
-    return measured, expected_ms(points, (d["rows"] + d["padding"]) / d["batches"])
 
 
 class Controller:

@@ -106,6 +106,19 @@ def load_profiles(path: str | Path) -> Profiles:
     return Profiles(tuple(points))
 
 
+def save_profiles(profiles: Profiles, path: str | Path) -> None:
+    """Write ``profiles`` as a canonical CSV (``memory_mb`` where any row has it); the rows that did not
+    run are not in a ``Profiles`` and so not written."""
+    with_memory = any(p.memory_mb is not None for p in profiles.points)
+    columns = COLUMNS + (("memory_mb",) if with_memory else ())
+    with Path(path).open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for p in profiles.points:
+            row = [p.variant, p.gpu, p.mig, p.mps, p.batch, f"{p.latency_ms:.4f}", f"{p.throughput_rps:.3f}"]
+            writer.writerow(row + ([] if not with_memory else ["" if p.memory_mb is None else p.memory_mb]))
+
+
 def check_coverage(app: AppSpec, profiles: Profiles, gpu: GpuType) -> None:
     """Every variant of the app needs runnable profile rows on ``gpu`` with valid segment sizes."""
     for task in app.tasks:

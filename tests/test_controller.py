@@ -14,7 +14,7 @@ from conftest import ROOT
 
 from orchestrator import controller as ctl
 from orchestrator.appspec import load_app
-from orchestrator.controller import Controller, EventLog, Policy, decide, expected_ms, scaled
+from orchestrator.controller import Controller, EventLog, Policy, decide
 from orchestrator.errors import InfeasibleError
 from orchestrator.forecast import HoltQuantile, MovingAverage
 from orchestrator.gpus import gpu_type
@@ -22,6 +22,7 @@ from orchestrator.inventory import Inventory
 from orchestrator.metrics import Scrape, increase, parse, requests_total
 from orchestrator.planner import PlanOptions
 from orchestrator.profiles import ProfilePoint, Profiles, load_profiles
+from orchestrator.refinement import expected_ms, scaled
 from orchestrator.render import runner_name
 
 CPU = ROOT / "examples" / "cpu"

@@ -42,6 +42,14 @@ def test_merge_refuses_runs_with_different_refinement(tmp_path: Path) -> None:
         h200_eval.merge([str(a), str(b)])
 
 
+def test_merge_refuses_runs_planned_from_different_profiles(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([_entry("ast", profiles="examples/h200/profiles.csv")]))
+    b.write_text(json.dumps([_entry("st", profiles="examples/h200/profiles.refined.csv")]))
+    with pytest.raises(SystemExit, match="st differs from ast in profiles"):
+        h200_eval.merge([str(a), str(b)])
+
+
 def test_runner_loads_per_architecture() -> None:
     spec = importlib.util.spec_from_file_location("runner_loads", ROOT / "bench" / "runner_loads.py")
     runner_loads = importlib.util.module_from_spec(spec)
