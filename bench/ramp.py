@@ -298,6 +298,8 @@ def main() -> None:
     ap.add_argument("--headroom", type=float, default=0.5, help="plan for forecast x (1 + headroom), as h200_eval.py")
     ap.add_argument("--shed-limit", type=float, default=Policy().shed_limit,
                     help="the controller steps a plan up when this share of the requests was shed (0: never)")
+    ap.add_argument("--down-on-rise", action="store_true",
+                    help="let a down replan go below what rising arrivals project (the rule before 2026-11-29, eighth)")
     ap.add_argument("--efficiency", type=float, default=1.0,
                     help="the share of its planned demand a plan really serves (capacity = plan x this)")
     ap.add_argument("--poisson-seed", type=int, default=None,
@@ -309,7 +311,7 @@ def main() -> None:
     setup = Setup(load_app(ROOT / args.app), profiles, gpu, PlanOptions(features=features, gpus=1),
                   from_file(ROOT / args.inventory),
                   Policy(headroom=args.headroom, surge_poll_s=args.surge_poll, surge_rise_z=args.surge_rise_z,
-                         shed_limit=args.shed_limit),
+                         shed_limit=args.shed_limit, down_on_rise=args.down_on_rise),
                   arrivals_seed=args.poisson_seed, efficiency=args.efficiency)
     day = scale_to_peak(synthetic_diurnal(), args.peak)
     coarse = {float(d): float(i) for d, i in (x.split(":") for x in args.coarse.split(",") if x)}

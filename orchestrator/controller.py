@@ -8,7 +8,9 @@ with ``decide``:
   costs SLO violations);
 - down only when the forecast stays below ``down_ratio`` of it, the plan has served at least
   ``down_cooldown`` intervals, and the new plan's demand is at most ``down_ratio_target`` of the
-  current one (hysteresis: no flapping on noise, no near-identical replans);
+  current one (hysteresis: no flapping on noise, no near-identical replans), and covers, while arrivals
+  rise, the rate the surge check projects (below): a forecast that still trails a fall misses a rise
+  that has begun, and the smaller plan would be outrun within an apply;
 - between steps, every ``surge_poll_s``, up at once when the arrival rate projected to when a plan
   made now would be in place (the rate over the last ``surge_window_s``, plus its rise since the window
   before times half a window, the last apply's duration and one poll) exceeds the demand the plan was made for
@@ -86,6 +88,7 @@ class Policy:
     surge_rise_z: float = 1.0    # a rise within this many standard deviations of Poisson noise counts as none
     shed_limit: float = 0.02     # between steps, step the plan up when the stages shed more than this share (0: never)
     shed_min: int = 20           # ... and at least this many requests, over the last surge window
+    down_on_rise: bool = False   # allow a down replan below what rising arrivals project (``projection``)
     admission_reserve: float = ADMISSION_RESERVE  # of a request's budget, held back by the stages' admission
 
 
@@ -257,6 +260,12 @@ class Controller:
             target = max(target, self.shed_floor[1])  # a plan under the step-up shed at this rate
             if target > self.plan.demand_rps * self.policy.down_ratio_target:
                 target = None
+        if target is not None and target < self.plan.demand_rps and not self.policy.down_on_rise:
+            _, rise, _, projected = self.projection()
+            if rise > 0:  # the forecast lags a rise that has begun: the smaller plan would meet it
+                target = max(target, projected * (1 + self.policy.headroom))
+                if target > self.plan.demand_rps * self.policy.down_ratio_target:
+                    target = None
         if refined:
             self._replan(max(target or 0.0, self.plan.demand_rps), "profile refined: " + ", ".join(refined))
         elif target is not None:
@@ -301,6 +310,14 @@ class Controller:
             return float(now / w), 0.0
         return float(now / w), float((now - before) / w / w)
 
+    def projection(self) -> tuple[float, float, float, float]:
+        """(rate, rise, lead, projected): ``arrival_trend``'s rate and rise, and the rate projected to when a
+        plan made now would be in place: ``lead`` seconds on, half a window (the rate's age), the last
+        apply's duration and one poll."""
+        rate, rise = self.arrival_trend()
+        lead = self.policy.surge_window_s / 2 + self.apply_s + self.policy.surge_poll_s
+        return rate, rise, lead, rate + rise * lead
+
     def surge(self) -> bool:
         """Between steps: project the arrival rate to when a plan made now would be in place (the rate over
         the last window, plus its rise times half a window, the last apply's duration and one poll); when
@@ -315,9 +332,7 @@ class Controller:
         if now.t - self.arrivals[-1][0] < self.policy.surge_poll_s / 2:
             return False
         self._arrived(now)
-        rate, rise = self.arrival_trend()
-        lead = self.policy.surge_window_s / 2 + self.apply_s + self.policy.surge_poll_s  # the rate is half a window old
-        projected = rate + rise * lead
+        rate, rise, lead, projected = self.projection()
         if projected <= self.plan.demand_rps:
             return self.shedding()
         forecast = max(projected, self.forecaster.forecast(self.horizon())) if self.observed else projected

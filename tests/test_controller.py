@@ -570,3 +570,19 @@ def test_down_replans_after_a_shedding_step_up_stop_at_the_demand_stepped_up_to(
     f.c.step()
     assert f.c.plan.demand_rps == pytest.approx(45.0) and f.c.shed_floor == (pytest.approx(20.0), pytest.approx(45.0))
 
+
+
+@pytest.mark.parametrize("down_on_rise, planned", [(False, 36.25), (True, 30.0)])
+def test_a_down_replan_covers_what_rising_arrivals_project(tmp_path: Path, monkeypatch, down_on_rise: bool,
+                                                           planned: float) -> None:
+    """Arrivals at 5, 5, then 20 req/s under a plan for 45: the forecast (20) calls for a plan of 30, but
+    the arrivals rise: over the last 6 s 120 requests against 90 in the 6 s before (2.1 sigma), 0.83
+    req/s per s, projected 5 s on (half a window, no apply yet, one poll) to 24.17 req/s: the plan comes
+    down only to 24.17 x 1.5, unless ``down_on_rise``."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, down_cooldown=2, down_on_rise=down_on_rise))
+    f.c.initial(45.0)
+    for rps in (5, 5, 20):
+        f.push(rps)
+        f.c.step()
+    assert f.c.plan.demand_rps == pytest.approx(planned, abs=0.01)
+    assert f.events("plan")[-1]["reason"] == "forecast 20.0 req/s, down from 45.0"
