@@ -1,13 +1,16 @@
-"""A controller policy change, A/B, over many Poisson draws of the same simulated day (``bench/ramp.py``'s
-closed loop: the real Controller and planner, a fake server). One run of a day on the GPU is one draw:
-the H200's social runs of the same code went 0.4-1.5%; so is one simulated seed (0.3-1.4% here). Per
-seed, the same arrivals under policy A (``Policy`` as ``bench/h200_eval.py`` runs it, with ``--a``
-overrides) and B (``--b`` overrides); per policy the mean, median and range of the requests over
-capacity ("excess", ramp.py's proxy), the mean slices and plan changes, and the seeds on which B
-had less excess than A.
+"""A controller policy or profile change, A/B, over many Poisson draws of the same simulated day
+(``bench/ramp.py``'s closed loop: the real Controller and planner, a fake server). One run of a day on
+the GPU is one draw: the H200's social runs of the same code went 0.4-1.5%; so is one simulated seed
+(0.3-1.4% here). Per seed, the same arrivals under A (``Policy`` as ``bench/h200_eval.py`` runs it,
+with ``--a`` overrides) and B (``--b`` overrides; ``--b-profiles`` and ``--b-efficiency`` where B plans
+from other profiles, or its plans serve another share of their demand); per side the mean, median
+and range of the requests over capacity ("excess", ramp.py's proxy), the mean slices and plan changes,
+and the seeds on which B had less excess than A.
 
     python3 bench/ramp_ab.py --app examples/h200/social.yaml --peak 663.1 --efficiency 0.85 \\
-        --b down_on_rise=true --seeds 20 --out bench/results/ramp-ab/social-down-guard.json
+        --a down_on_rise=true --seeds 20 --out bench/results/ramp-ab/social-down-guard.json
+    python3 bench/ramp_ab.py --app examples/h200/social.yaml --peak 663.1 --efficiency 0.85 \\
+        --b-profiles examples/h200/profiles.refined.csv --b-efficiency 1.0 --b headroom=0.4 ...
 """
 from __future__ import annotations
 
@@ -71,7 +74,10 @@ def main() -> None:
     ap.add_argument("--headroom", type=float, default=0.5)
     ap.add_argument("--efficiency", type=float, default=1.0, help="the share of its demand a plan really serves")
     ap.add_argument("--a", nargs="*", default=[], metavar="FIELD=VALUE", help="Policy overrides for A")
-    ap.add_argument("--b", nargs="+", required=True, metavar="FIELD=VALUE", help="Policy overrides for B")
+    ap.add_argument("--b", nargs="*", default=[], metavar="FIELD=VALUE", help="Policy overrides for B")
+    ap.add_argument("--b-profiles", default=None, help="B plans from these profiles (default: --profiles)")
+    ap.add_argument("--b-efficiency", type=float, default=None,
+                    help="B's plans serve this share of their demand (default: --efficiency)")
     ap.add_argument("--seeds", type=int, default=20, help="Poisson seeds 1..N")
     ap.add_argument("--out", required=True, help="JSON; the table goes next to it as .md")
     args = ap.parse_args()
@@ -79,13 +85,17 @@ def main() -> None:
     gpu = gpu_type(default_gpu(profiles))
     base = Policy(headroom=args.headroom)
     policies = {"A": overridden(base, args.a), "B": overridden(base, args.b)}
-    setup = Setup(load_app(ROOT / args.app), profiles, gpu, PlanOptions(features=Features.parse("ast"), gpus=1),
-                  from_file(ROOT / args.inventory), base, efficiency=args.efficiency)
+    a_setup = Setup(load_app(ROOT / args.app), profiles, gpu, PlanOptions(features=Features.parse("ast"), gpus=1),
+                    from_file(ROOT / args.inventory), policies["A"], efficiency=args.efficiency)
+    b_profiles = args.b_profiles or args.profiles
+    b_efficiency = args.efficiency if args.b_efficiency is None else args.b_efficiency
+    setups = {"A": a_setup, "B": replace(a_setup, profiles=load_profiles(ROOT / b_profiles), policy=policies["B"],
+                                         efficiency=b_efficiency)}
     day = compress(scale_to_peak(synthetic_diurnal(), args.peak), args.duration)
     runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     for seed in range(1, args.seeds + 1):
-        for key, policy in policies.items():
-            r = simulate(replace(setup, policy=policy, arrivals_seed=seed), day, args.interval, args.apply)
+        for key, setup in setups.items():
+            r = simulate(replace(setup, arrivals_seed=seed), day, args.interval, args.apply)
             runs[key].append({"seed": seed, **{k: r[k] for k in ("excess_pct", "strict_pct", "mean_slices",
                                                                  "plan_changes")}})
         a, b = runs["A"][-1], runs["B"][-1]
@@ -97,11 +107,11 @@ def main() -> None:
     command = shlex.join(["python3", "bench/ramp_ab.py", *sys.argv[1:]])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
                             check=False).stdout.strip()
-    md = [f"# Policy A/B over {args.seeds} Poisson draws of the simulated day ({setup.app.name})", "",
+    md = [f"# A/B over {args.seeds} Poisson draws of the simulated day ({a_setup.app.name})", "",
           f"Command: `{command}` (code {commit})", "",
-          f"A: {policies['A']!r}", "", f"B: {policies['B']!r}", "",
-          f"Day replayed in {args.duration:g} s at a peak of {args.peak:g} req/s, applies of {args.apply:g} s, "
-          f"plans serving {args.efficiency:g} of their demand; profiles {args.profiles}.", "",
+          f"A: {policies['A']!r}; profiles {args.profiles}, plans serving {args.efficiency:g} of their demand", "",
+          f"B: {policies['B']!r}; profiles {b_profiles}, plans serving {b_efficiency:g} of their demand", "",
+          f"Day replayed in {args.duration:g} s at a peak of {args.peak:g} req/s, applies of {args.apply:g} s.", "",
           "| policy | excess mean | median | range | mean slices | plan changes |",
           "|---|---:|---:|---:|---:|---:|"]
     for key, s in sums.items():
@@ -113,6 +123,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": command, "git_commit": commit, "policies": {k: repr(p) for k, p in
                                                                                        policies.items()},
+                               "profiles": {"A": args.profiles, "B": b_profiles},
+                               "efficiency": {"A": args.efficiency, "B": b_efficiency},
                                "summary": sums, "b_better": better, "b_worse": worse, "runs": runs}, indent=1) + "\n")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
