@@ -154,13 +154,16 @@ def test_git_builds_where_an_installed_package_cannot_be_imported(tmp_path):
     when installed; the zoo hides them and builds GIT."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
+    import json
     import os
     import subprocess
     import sys
     fake = tmp_path / "scipy"
     fake.mkdir()
     (fake / "__init__.py").write_text("")  # like scipy: submodules load lazily, the package imports fine
-    (fake / "optimize.py").write_text("import numpy\nnumpy.long  # numpy 1.x under a numpy-2 build\n")
+    tried = tmp_path / "tried"
+    (fake / "optimize.py").write_text(f"open({str(tried)!r}, 'a').write('x')\n"
+                                      "import numpy\nnumpy.long  # numpy 1.x under a numpy-2 build\n")
     (tmp_path / "sklearn").mkdir()
     (tmp_path / "sklearn" / "__init__.py").write_text("import scipy\n")
     (tmp_path / "sklearn" / "metrics.py").write_text("def roc_curve(): pass\n")
@@ -170,6 +173,13 @@ def test_git_builds_where_an_installed_package_cannot_be_imported(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import scipy.optimize"], env=env, capture_output=True, text=True)
     if probe.returncode == 0:
         pytest.skip("this numpy has np.long: the fake scipy imports fine")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["GitForCausalLM", "['scipy',", "'sklearn']", "None"]
+    tried.unlink()
+    env["TMPDIR"] = str(tmp_path)  # where the first process keeps its verdict
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split() == ["GitForCausalLM", "['scipy',", "'sklearn']", "None"]
+    # the second process took the first one's verdict: it did not try scipy again
+    assert tried.read_text() == "x"
+    assert [json.loads(f.read_text()) for f in tmp_path.glob("jigsaw-unusable-*.json")] == [["scipy", "sklearn"]]

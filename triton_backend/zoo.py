@@ -25,11 +25,16 @@ What runs per family:
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import json
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -135,27 +140,69 @@ def _detector(name: str, size: int) -> Arch:
 NUMPY_BUILT = {"scipy": ("scipy.optimize", "scipy.sparse"), "sklearn": ("sklearn.metrics",), "pandas": ("pandas",),
                "numba": ("numba",), "cv2": ("cv2",)}
 HIDDEN: list[str] = []
+_SETTLED: list[bool] = []  # non-empty once this process has hidden what it must
 
 
-def hide_unusable(packages: dict[str, tuple[str, ...]] = NUMPY_BUILT) -> list[str]:
+def _verdict_path(specs: dict[str, Any], cache_dir: Path | None) -> Path:
+    """Where this environment's verdict is kept: named by the interpreter, numpy and each installed
+    package's location and modification time (an upgrade is a new environment)."""
+    parts = [sys.executable, sys.version, np.__version__, str(np.__file__)]
+    for pkg, spec in sorted(specs.items()):
+        origin = spec.origin or ""
+        parts += [pkg, origin, str(os.stat(origin).st_mtime_ns) if os.path.exists(origin) else ""]
+    digest = hashlib.sha1("\0".join(parts).encode()).hexdigest()[:16]
+    return (cache_dir or Path(tempfile.gettempdir())) / f"jigsaw-unusable-{digest}.json"
+
+
+def _hide(pkg: str) -> None:
+    for name in [m for m in sys.modules if m.split(".")[0] == pkg]:
+        del sys.modules[name]
+    sys.modules[pkg] = None  # type: ignore[assignment]
+    HIDDEN.append(pkg)
+
+
+def hide_unusable(packages: dict[str, tuple[str, ...]] = NUMPY_BUILT, cache_dir: Path | None = None) -> list[str]:
     """Make each of ``packages`` that is installed but fails to import here look absent; the hidden ones.
 
     Runner stubs put numpy 1.x first on their path (the 2.51 Python backend needs it), while the host's
     packages may be built for numpy 2 (on the H200, ``transformers.generation`` imports scikit-learn,
     which imports scipy, which raises AttributeError on ``np.long``). transformers imports such optional
     packages whenever ``importlib.util.find_spec`` finds them, and then no model can be built; with
-    ``sys.modules[pkg] = None`` find_spec says they are absent, and transformers skips them."""
+    ``sys.modules[pkg] = None`` find_spec says they are absent, and transformers skips them.
+
+    Trying the imports costs every new runner process its time (a load on the apply's path), so the
+    first process of an environment keeps its verdict in ``cache_dir`` (the temporary directory) and
+    the next ones hide the same packages without trying them."""
+    if _SETTLED:
+        return list(HIDDEN)
+    _SETTLED.append(True)
+    specs = {pkg: spec for pkg in packages if (spec := importlib.util.find_spec(pkg))}
+    path = _verdict_path(specs, cache_dir)
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = None
+    if isinstance(known, list):
+        for pkg in known:
+            if pkg in specs:
+                _hide(pkg)
+        return list(HIDDEN)
+    unusable = []
     for pkg, modules in packages.items():
-        if pkg in HIDDEN or importlib.util.find_spec(pkg) is None:
+        if pkg not in specs:
             continue
         try:
             for module in modules:
                 importlib.import_module(module)
         except Exception:  # noqa: BLE001 (ImportError, AttributeError, ValueError: any failure hides it)
-            for name in [m for m in sys.modules if m.split(".")[0] == pkg]:
-                del sys.modules[name]
-            sys.modules[pkg] = None  # type: ignore[assignment]
-            HIDDEN.append(pkg)
+            _hide(pkg)
+            unusable.append(pkg)
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    try:  # concurrent first processes write the same verdict; the rename keeps the file whole
+        partial.write_text(json.dumps(unusable))
+        partial.replace(path)
+    except OSError:
+        pass  # no cache: the next process tries the imports again
     return list(HIDDEN)
 
 
