@@ -534,15 +534,21 @@ def test_no_shedding_checks_when_they_are_off(tmp_path: Path, monkeypatch) -> No
     assert f.c.surge() is False and f.applied == [] and not f.events("shed")
 
 
-def test_no_down_replan_while_the_forecast_stays_at_the_rate_that_shed(tmp_path: Path, monkeypatch) -> None:
-    """After a shedding step-up at 20 req/s (30 -> 45 planned), a forecast of 20 would plan 30 again after
-    the cooldown (20 < 0.7 x 45): not while it stays at or above 20; at 12 it may."""
+def _stepped_up(tmp_path: Path, monkeypatch) -> Fixture:
+    """A plan for 30 req/s stepped up to 45 by its stages shedding 10% of 20 req/s."""
     f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0, down_cooldown=1))
     f.c.initial(30.0)
     f.push(20)
     f.c.step()
     f.push(20, stages={("det", "drops"): 2.0})
     assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
+    return f
+
+
+def test_no_down_replan_while_the_forecast_stays_at_the_rate_that_shed(tmp_path: Path, monkeypatch) -> None:
+    """After a shedding step-up at 20 req/s (30 -> 45 planned), a forecast of 20 would plan 30 again after
+    the cooldown (20 < 0.7 x 45): not while it stays at or above 20; at 12 it may."""
+    f = _stepped_up(tmp_path, monkeypatch)
     for _ in range(3):
         f.push(20)
         f.c.step()
@@ -555,12 +561,7 @@ def test_no_down_replan_while_the_forecast_stays_at_the_rate_that_shed(tmp_path:
 def test_down_replans_after_a_shedding_step_up_stop_at_the_demand_stepped_up_to(tmp_path: Path, monkeypatch) -> None:
     """A step-up at 20 req/s (30 -> 45), then the forecast up to 60 (90 planned): at 25 req/s, still over the
     rate that shed, the plan comes down to 45, not to 37.5 nor held at 90."""
-    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0, down_cooldown=1))
-    f.c.initial(30.0)
-    f.push(20)
-    f.c.step()
-    f.push(20, stages={("det", "drops"): 2.0})
-    assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
+    f = _stepped_up(tmp_path, monkeypatch)
     f.push(60)
     f.c.step()              # the step's rate spans the surge check's scrape too: 40 req/s
     f.push(60)
@@ -569,7 +570,6 @@ def test_down_replans_after_a_shedding_step_up_stop_at_the_demand_stepped_up_to(
     f.push(25)
     f.c.step()
     assert f.c.plan.demand_rps == pytest.approx(45.0) and f.c.shed_floor == (pytest.approx(20.0), pytest.approx(45.0))
-
 
 
 @pytest.mark.parametrize("down_on_rise, planned", [(False, 36.25), (True, 30.0)])
