@@ -46,7 +46,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -144,7 +144,9 @@ class Controller:
     # -- planning ---------------------------------------------------------------------------------
 
     def _make(self, demand: float) -> Plan:
-        return make_plan(self.app, self.profiles, self.gpu, demand, self.opts)
+        """A plan for ``demand`` whose paths fit what the stages' admission leaves of the SLO."""
+        opts = replace(self.opts, latency_reserve=self.policy.admission_reserve)
+        return make_plan(self.app, self.profiles, self.gpu, demand, opts)
 
     def _render(self, plan: Plan) -> Rendered:
         return build_configs(plan, self.inventory, admission_reserve=self.policy.admission_reserve)

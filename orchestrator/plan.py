@@ -137,7 +137,9 @@ class Plan:
                 lines.append(f"    {e.count:3d} x {e.variant:<14} mig {e.mig} mps {e.mps} batch {e.batch:<3d} "
                              f"p95 {e.latency_ms:7.1f} ms  {e.count * e.throughput_rps:9.1f} items/s  "
                              f"share {e.share:.1%}")
+        reserve = self.solver.get("latency_reserve", 0.0)
+        within = f", planned within {self.latency_slo_ms * (1 - reserve):.4g}" if reserve else ""
         for p in self.paths:
             lines.append(f"  path {' -> '.join(p['tasks'])}: worst-case {p['latency_ms']:.1f} ms "
-                         f"(SLO {self.latency_slo_ms:g}), accuracy {p['accuracy']:.4f}")
+                         f"(SLO {self.latency_slo_ms:g}{within}), accuracy {p['accuracy']:.4f}")
         return "\n".join(lines)

@@ -26,7 +26,10 @@ REFERENCE_BETA = 0.035
 @dataclass(frozen=True)
 class PlanOptions:
     """``beta`` is per slice; by default the paper's 0.035 per slice of a 28-slice testbed, scaled
-    to the cluster (``0.98 / slices``) when ``gpus`` is given. ``time_limit`` bounds the MILP."""
+    to the cluster (``0.98 / slices``) when ``gpus`` is given. ``time_limit`` bounds the MILP.
+    ``latency_reserve``: the share of the latency SLO a plan leaves unused, its paths' worst cases
+    within the rest; a plan the jigsaw runtime serves leaves its stages' admission reserve
+    (``Controller`` sets it to ``Policy.admission_reserve``), which they hold back from every request."""
 
     features: Features = Features()
     gpus: int | None = None
@@ -34,6 +37,7 @@ class PlanOptions:
     beta: float | None = None
     method: str = "auto"
     time_limit: float = 2.0
+    latency_reserve: float = 0.0
 
     def weights(self, gpu: GpuType) -> Weights:
         if self.beta is not None:
@@ -237,7 +241,12 @@ def make_plan(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float,
         raise InputError(f"--method: {opts.method!r} is not one of {', '.join(METHODS)}")
     if opts.gpus is not None and opts.gpus < 1:
         raise InputError(f"--gpus: expected at least 1, got {opts.gpus}")
+    if not 0 <= opts.latency_reserve < 1:
+        raise InputError(f"--latency-reserve: expected a share of the SLO in [0, 1), got {opts.latency_reserve:g}")
     check_coverage(app, profiles, gpu)
+    served = app
+    # the paths' worst cases within what the reserve leaves; the plan records the app's own SLO
+    app = dataclasses.replace(app, latency_slo_ms=app.latency_slo_ms * (1 - opts.latency_reserve))
     setup = _setup(app, profiles, gpu, opts)
     w = opts.weights(gpu)
     limits = setup.limits
@@ -251,7 +260,7 @@ def make_plan(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float,
         entries = _entries(sol, routing)
         placement = place([(segment_label(e, i), e.mig) for e in entries for i in range(e.count)], gpu)
         if opts.gpus is None or placement.gpus_used <= opts.gpus:
-            return _finish(app, gpu, demand, opts, entries, routing, placement, spent, method, sol.status)
+            return _finish(served, gpu, demand, opts, entries, routing, placement, spent, method, sol.status)
         over = (placement.gpus_used - opts.gpus) * gpu.slices
         limits = dataclasses.replace(limits, slices=max(0, (limits.slices or 0) - max(1, over // 2)))
     raise InfeasibleError(f"placement: the chosen segments need {placement.gpus_used} {gpu.name} GPUs under the "
@@ -269,9 +278,11 @@ def _finish(app: AppSpec, gpu: GpuType, demand: float, opts: PlanOptions, entrie
                 paths=[{"tasks": list(p.tasks), "weight": p.weight, "latency_ms": m.path_latency[p.tasks],
                         "accuracy": m.path_accuracy[p.tasks]} for p in app.paths],
                 placement=placement.to_json(), solve_seconds=seconds,
-                solver={"method": method, "status": status, "time_limit_s": opts.time_limit},
+                solver={"method": method, "status": status, "time_limit_s": opts.time_limit,
+                        **({"latency_reserve": opts.latency_reserve} if opts.latency_reserve else {})},
                 app_spec=dict(app.doc))
-    broken = violations(app, plan, opts.gpus * gpu.slices if opts.gpus else None)
+    planned_within = dataclasses.replace(app, latency_slo_ms=app.latency_slo_ms * (1 - opts.latency_reserve))
+    broken = violations(planned_within, plan, opts.gpus * gpu.slices if opts.gpus else None)
     if broken:
         raise RuntimeError("internal error: the solver's plan fails the exact check: " + "; ".join(broken))
     return plan

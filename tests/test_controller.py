@@ -586,3 +586,12 @@ def test_a_down_replan_covers_what_rising_arrivals_project(tmp_path: Path, monke
         f.c.step()
     assert f.c.plan.demand_rps == pytest.approx(planned, abs=0.01)
     assert f.events("plan")[-1]["reason"] == "forecast 20.0 req/s, down from 45.0"
+
+
+def test_plans_leave_the_stages_admission_reserve_of_the_slo(tmp_path: Path, monkeypatch) -> None:
+    """The stages hold back ``admission_reserve`` of every request's budget: the controller's plans fit
+    their paths' worst cases within the rest."""
+    f = Fixture(tmp_path, monkeypatch, Policy(admission_reserve=0.2))
+    plan = f.c.initial(20.0)
+    assert plan.solver["latency_reserve"] == 0.2
+    assert max(p["latency_ms"] for p in plan.paths) <= 0.8 * f.app.latency_slo_ms + 1e-6

@@ -188,6 +188,20 @@ def test_bad_options() -> None:
         plan_tiny(0)
     with pytest.raises(InputError, match="--method"):
         plan_tiny(10, method="magic")
+    with pytest.raises(InputError, match="--latency-reserve"):
+        plan_tiny(10, latency_reserve=1.0)
+
+
+@pytest.mark.parametrize("reserve", [0.1, 0.3])
+def test_a_latency_reserve_keeps_every_path_within_what_it_leaves(reserve: float) -> None:
+    """The plan's worst-case paths fit the SLO less the reserve (the runtime's admission holds it back);
+    the plan records the app's own SLO and the reserve."""
+    plan = plan_tiny(500, method="milp", latency_reserve=reserve)
+    assert max(p["latency_ms"] for p in plan.paths) <= 60 * (1 - reserve) + 1e-6
+    assert plan.latency_slo_ms == 60 and plan.solver["latency_reserve"] == reserve
+    assert violations(tiny_app(latency_slo_ms=60 * (1 - reserve)), plan) == []
+    assert f"(SLO 60, planned within {60 * (1 - reserve):g})" in plan.summary()
+    assert "latency_reserve" not in plan_tiny(500, method="milp").solver
 
 
 # --- optimality against brute-force enumeration ----------------------------------------------
