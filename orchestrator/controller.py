@@ -259,20 +259,23 @@ class Controller:
         if self.shed_floor is not None and forecast < self.shed_floor[0]:
             self.shed_floor = None
         if target is not None and target < self.plan.demand_rps and self.shed_floor is not None:
-            target = max(target, self.shed_floor[1])  # a plan under the step-up shed at this rate
-            if target > self.plan.demand_rps * self.policy.down_ratio_target:
-                target = None
+            target = self._down_to_at_least(target, self.shed_floor[1])  # a plan under it shed at this rate
         if target is not None and target < self.plan.demand_rps and not self.policy.down_on_rise:
             _, rise, _, projected = self.projection()
             if rise > 0:  # the forecast lags a rise that has begun: the smaller plan would meet it
-                target = max(target, projected * (1 + self.policy.headroom))
-                if target > self.plan.demand_rps * self.policy.down_ratio_target:
-                    target = None
+                target = self._down_to_at_least(target, projected * (1 + self.policy.headroom))
         if refined:
             self._replan(max(target or 0.0, self.plan.demand_rps), "profile refined: " + ", ".join(refined))
         elif target is not None:
             direction = "up" if target > self.plan.demand_rps else "down"
             self._replan(target, f"forecast {forecast:.1f} req/s, {direction} from {self.plan.demand_rps:.1f}")
+
+    def _down_to_at_least(self, target: float, floor: float) -> float | None:
+        """A down replan's target raised to ``floor``; None when that no longer shrinks the plan by
+        ``1 - down_ratio_target``."""
+        assert self.plan is not None
+        target = max(target, floor)
+        return None if target > self.plan.demand_rps * self.policy.down_ratio_target else target
 
     def _shed(self, now: Scrape) -> float:
         """Requests the stages shed so far: drops at any stage plus answers late at a sink (a request
