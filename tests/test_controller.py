@@ -490,14 +490,21 @@ def test_step_forecasts_as_far_ahead_as_the_last_apply_took(tmp_path: Path, monk
     assert f.events("plan")[-1]["demand_rps"] == pytest.approx(110.0)
 
 
-def test_shedding_steps_the_plan_up_by_its_headroom(tmp_path: Path, monkeypatch) -> None:
-    """Arrivals under the plan's demand but the stages shed 10% of them (drops anywhere, late answers at
-    a sink) over a whole window under the plan in force: the plan's demand x (1 + headroom), at once."""
-    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0))
+def _shedding(tmp_path: Path, monkeypatch, stages: dict[tuple[str, str], float], **policy) -> Fixture:
+    """A plan for 30 req/s, one step at 20 req/s under it, then 20 req/s with the ``stages`` counters
+    rising (per second); ``policy``: Policy fields besides headroom 0.5 and a 10 s surge window."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0, **policy))
     f.c.initial(30.0)
     f.push(20)
     f.c.step()
-    f.push(20, stages={("det", "drops"): 0.2})           # 1%: under the 2% limit
+    f.push(20, stages=stages)
+    return f
+
+
+def test_shedding_steps_the_plan_up_by_its_headroom(tmp_path: Path, monkeypatch) -> None:
+    """Arrivals under the plan's demand but the stages shed 10% of them (drops anywhere, late answers at
+    a sink) over a whole window under the plan in force: the plan's demand x (1 + headroom), at once."""
+    f = _shedding(tmp_path, monkeypatch, {("det", "drops"): 0.2})  # 1%: under the 2% limit
     assert f.c.surge() is False and f.c.shed_share() == (pytest.approx(0.01), pytest.approx(2.0))
     f.push(20, stages={("det", "drops"): 1.0, ("cls", "misses"): 1.0})
     assert f.c.surge() is True and len(f.applied) == 1
@@ -514,11 +521,7 @@ def test_shedding_steps_the_plan_up_by_its_headroom(tmp_path: Path, monkeypatch)
 
 
 def test_shedding_counts_late_answers_only_at_the_sinks_and_needs_enough_requests(tmp_path: Path, monkeypatch) -> None:
-    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0))
-    f.c.initial(30.0)
-    f.push(20)
-    f.c.step()
-    f.push(20, stages={("det", "misses"): 5.0})          # late leaving det, not an answer: not shed
+    f = _shedding(tmp_path, monkeypatch, {("det", "misses"): 5.0})  # late leaving det, not an answer: not shed
     assert f.c.surge() is False and f.c.shed_share() == (pytest.approx(0.0), pytest.approx(0.0))
     f.push(1, stages={("cap", "misses"): 0.5})            # 50% of 10 requests: under shed_min
     assert f.c.surge() is False and f.applied == []
@@ -526,21 +529,13 @@ def test_shedding_counts_late_answers_only_at_the_sinks_and_needs_enough_request
 
 
 def test_no_shedding_checks_when_they_are_off(tmp_path: Path, monkeypatch) -> None:
-    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0, shed_limit=0.0))
-    f.c.initial(30.0)
-    f.push(20)
-    f.c.step()
-    f.push(20, stages={("det", "drops"): 10.0})
+    f = _shedding(tmp_path, monkeypatch, {("det", "drops"): 10.0}, shed_limit=0.0)
     assert f.c.surge() is False and f.applied == [] and not f.events("shed")
 
 
 def _stepped_up(tmp_path: Path, monkeypatch) -> Fixture:
     """A plan for 30 req/s stepped up to 45 by its stages shedding 10% of 20 req/s."""
-    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0, down_cooldown=1))
-    f.c.initial(30.0)
-    f.push(20)
-    f.c.step()
-    f.push(20, stages={("det", "drops"): 2.0})
+    f = _shedding(tmp_path, monkeypatch, {("det", "drops"): 2.0}, down_cooldown=1)
     assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
     return f
 
