@@ -240,7 +240,7 @@ def apply(plan_path: str, repo_path: str, url: str, control_key: str | None, inv
               help="also print the requests by outcome per SECONDS of the replay, with the plan changes")
 def report(run_path: str, as_json: bool, bin_s: float | None) -> None:
     """Report on the run in RUN/: write summary.json and PNG plots there and print a short summary.
-    An archived run may keep its files gzipped (requests.csv.gz)."""
+    An archived run may keep its files compressed (requests.csv.gz or .xz)."""
     from tools.report import SUMMARY_FILE, format_bins, format_summary, outcomes_per_bin, plot, summarize
 
     summary = summarize(run_path)

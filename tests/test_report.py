@@ -255,6 +255,12 @@ def test_outcomes_per_bin_and_archived_requests(run_dir: Path, capsys: pytest.Ca
     assert main(["report", str(run_dir), "--bins", "4"]) == 0
     out = capsys.readouterr().out
     assert "forecast above capacity" in out and "2 dropped" in out
+    # ... or xz-compressed
+    import lzma
+    archived = run_dir / "requests.csv.gz"
+    (run_dir / "requests.csv.xz").write_bytes(lzma.compress(gzip.decompress(archived.read_bytes())))
+    archived.unlink()
+    assert outcomes_per_bin(run_dir, 4.0) == rows
     with pytest.raises(InputError, match="--bins"):
         outcomes_per_bin(run_dir, 0)
 

@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import json
+import lzma
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,12 +134,20 @@ def _parse_all(rows: list[tuple[int, T]], parse: Callable[[int, T], Any], trunca
     return out
 
 
+ARCHIVED = {".gz": gzip.decompress, ".xz": lzma.decompress}
+
+
+def _archived(path: Path) -> Path | None:
+    """The compressed copy an archived run keeps instead of ``path`` (``<file>.gz`` or ``<file>.xz``), if any."""
+    return next((a for a in (path.with_name(path.name + s) for s in ARCHIVED) if a.exists()), None)
+
+
 def _read_text(path: Path) -> str:
-    """The file's text; an archived run may keep it as ``<file>.gz`` instead."""
-    archived = path.with_name(path.name + ".gz")
+    """The file's text; an archived run may keep it as ``<file>.gz`` or ``<file>.xz`` instead."""
     try:
-        if not path.exists() and archived.exists():
-            return gzip.decompress(archived.read_bytes()).decode()
+        archived = None if path.exists() else _archived(path)
+        if archived is not None:
+            return ARCHIVED[archived.suffix](archived.read_bytes()).decode()
         return path.read_text()
     except FileNotFoundError:
         raise InputError(f"{path}: missing (a run directory holds {REQUESTS_FILE} and {EVENTS_FILE})") from None
@@ -434,7 +443,7 @@ def outcomes_per_bin(run_dir: str | Path, bin_s: float) -> list[dict[str, Any]]:
     for p in run.plans[1:]:
         rows[min(int(p.t // bin_s), n - 1)]["plans"].append(p.reason)
     host = Path(run_dir) / HOST_FILE
-    if host.exists() or host.with_name(HOST_FILE + ".gz").exists():
+    if host.exists() or _archived(host) is not None:
         t, cpu, gpu = load_host(host)
         for key, values in (("cpu_pct", cpu), ("gpu_pct", gpu)):
             for row, mean in zip(rows, _bin_means(t, values, bin_s, n)):
