@@ -21,7 +21,8 @@ others; the comparison with the measured H200 runs only for traffic A+S+T), with
 
 Capacity of the plan in effect = its ``demand_rps`` (what the planner sized it to serve within the
 SLO) times ``--efficiency`` (1 by default; below 1 for plans that serve less than their profiles
-promise, as traffic's on the H200). The requests over that capacity are the shed ones: the fake
+promise, as traffic's on the H200); with ``Setup.truth`` (``bench/ramp_ab.py --truth``) also times
+the least share of a variant's routed rate its entries serve at the truth's speed (``served_rps``). The requests over that capacity are the shed ones: the fake
 metrics count them as one stage's drops, which the controller's shedding check reads. Outcome
 proxies, integrated exactly over the pieces where rate and capacity are constant (the limit of small
 time steps): "excess" = requests over capacity, sum(max(0, rate - capacity) dt) /
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import platform
 import shlex
 import subprocess
@@ -54,11 +56,13 @@ sys.path.insert(0, str(ROOT))
 from orchestrator import controller as ctl  # noqa: E402
 from orchestrator.appspec import AppSpec, load_app  # noqa: E402
 from orchestrator.controller import Controller, EventLog, Policy  # noqa: E402
+from orchestrator.errors import InputError  # noqa: E402
 from orchestrator.features import Features  # noqa: E402
 from orchestrator.forecast import HoltQuantile  # noqa: E402
 from orchestrator.gpus import GpuType, gpu_type  # noqa: E402
 from orchestrator.inventory import Inventory, from_file  # noqa: E402
 from orchestrator.metrics import Scrape  # noqa: E402
+from orchestrator.plan import Plan  # noqa: E402
 from orchestrator.planner import PlanOptions  # noqa: E402
 from orchestrator.profiles import Profiles, default_gpu, load_profiles  # noqa: E402
 from tools.trace import Trace, arrivals, compress, scale_to_peak, synthetic_diurnal  # noqa: E402
@@ -78,6 +82,34 @@ class Setup:
     policy: Policy
     arrivals_seed: int | None = None   # count Poisson arrivals (tools.trace.arrivals) instead of the integral
     efficiency: float = 1.0            # the share of its planned demand a plan really serves
+    truth: Profiles | None = None      # the GPU as it really runs: plans serve what these profiles give them
+
+
+def _latency(profiles: Profiles, key: tuple[str, str, int, int, int]) -> float:
+    """The profiled p95 of one (variant, gpu, mig, mps, batch) row."""
+    found = [p.latency_ms for p in profiles.points if (p.variant, p.gpu, p.mig, p.mps, p.batch) == key]
+    if not found:
+        raise InputError(f"truth profiles: no row for {key}")
+    return found[0]
+
+
+def served_rps(setup: Setup, plan: Plan) -> float:
+    """The demand ``plan`` really serves: its planned demand times ``setup.efficiency``; with
+    ``setup.truth``, times the least share of its routed rate a task's variant serves when each entry
+    runs at the truth's speed for its row (profiled latency over the truth's)."""
+    if setup.truth is None:
+        return plan.demand_rps * setup.efficiency
+    share = math.inf
+    for task, routed in plan.routing.items():
+        for variant, rate in routed.items():
+            if rate <= 0:
+                continue
+            served = 0.0
+            for e in (x for x in plan.entries if (x.task, x.variant) == (task, variant)):
+                key = (setup.app.task(task).variant(variant).profile, plan.gpu_type, e.mig, e.mps, e.batch)
+                served += e.count * e.throughput_rps * _latency(setup.profiles, key) / _latency(setup.truth, key)
+            share = min(share, served / rate)
+    return plan.demand_rps * setup.efficiency * (1.0 if share == math.inf else share)
 
 
 class FakeServer:
@@ -135,14 +167,14 @@ def simulate(setup: Setup, trace: Trace, interval_s: float, apply_s: float,
         c.interval_s = interval_s                                # as Controller.run sets it
         first_bins = trace.rates[:max(1, round(interval_s / trace.interval_s))]   # as experiment.run
         plan = c.initial(max(float(first_bins.mean()), 1.0) * (1 + setup.policy.headroom))
-        timeline.append((0.0, plan.demand_rps * setup.efficiency, plan.slices, plan.accuracy))
+        timeline.append((0.0, served_rps(setup, plan), plan.slices, plan.accuracy))
         changes = []
         def applied_at(t: float, before: Any) -> float:
             """When the controller's call at ``t`` returns: after the simulated apply if it replanned."""
             if c.plan is before:
                 return t
             c.apply_s = apply_s if horizon_apply_s is None else horizon_apply_s
-            timeline.append((t + apply_s, c.plan.demand_rps * setup.efficiency, c.plan.slices, c.plan.accuracy))
+            timeline.append((t + apply_s, served_rps(setup, c.plan), c.plan.slices, c.plan.accuracy))
             changes.append({"decided_s": round(t, 3), "effective_s": round(t + apply_s, 3),
                             "demand_rps": round(c.plan.demand_rps, 2), "slices": c.plan.slices})
             return t + apply_s

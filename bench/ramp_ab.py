@@ -3,7 +3,8 @@
 the GPU is one draw: the H200's social runs of the same code went 0.4-1.5%; so is one simulated seed
 (0.3-1.4% here). Per seed, the same arrivals under A (``Policy`` as ``bench/h200_eval.py`` runs it,
 with ``--a`` overrides) and B (``--b`` overrides; ``--b-profiles`` and ``--b-efficiency`` where B plans
-from other profiles, or its plans serve another share of their demand); per side the mean, median
+from other profiles, or its plans serve another share of their demand; ``--truth`` where both sides'
+plans serve at the speed of other profiles' rows, the GPU as measured); per side the mean, median
 and range of the requests over capacity ("excess", ramp.py's proxy), the mean slices and plan changes,
 and the seeds on which B had less excess than A.
 
@@ -78,6 +79,9 @@ def main() -> None:
     ap.add_argument("--b-profiles", default=None, help="B plans from these profiles (default: --profiles)")
     ap.add_argument("--b-efficiency", type=float, default=None,
                     help="B's plans serve this share of their demand (default: --efficiency)")
+    ap.add_argument("--truth", default=None,
+                    help="both sides' plans serve what these profiles give them (the GPU as measured), "
+                         "times the efficiency")
     ap.add_argument("--seeds", type=int, default=20, help="Poisson seeds 1..N")
     ap.add_argument("--out", required=True, help="JSON; the table goes next to it as .md")
     args = ap.parse_args()
@@ -86,7 +90,8 @@ def main() -> None:
     base = Policy(headroom=args.headroom)
     policies = {"A": overridden(base, args.a), "B": overridden(base, args.b)}
     a_setup = Setup(load_app(ROOT / args.app), profiles, gpu, PlanOptions(features=Features.parse("ast"), gpus=1),
-                    from_file(ROOT / args.inventory), policies["A"], efficiency=args.efficiency)
+                    from_file(ROOT / args.inventory), policies["A"], efficiency=args.efficiency,
+                    truth=load_profiles(ROOT / args.truth) if args.truth else None)
     b_profiles = args.b_profiles or args.profiles
     b_efficiency = args.efficiency if args.b_efficiency is None else args.b_efficiency
     setups = {"A": a_setup, "B": replace(a_setup, profiles=load_profiles(ROOT / b_profiles), policy=policies["B"],
@@ -111,7 +116,9 @@ def main() -> None:
           f"Command: `{command}` (code {commit})", "",
           f"A: {policies['A']!r}; profiles {args.profiles}, plans serving {args.efficiency:g} of their demand", "",
           f"B: {policies['B']!r}; profiles {b_profiles}, plans serving {b_efficiency:g} of their demand", "",
-          f"Day replayed in {args.duration:g} s at a peak of {args.peak:g} req/s, applies of {args.apply:g} s.", "",
+          f"Day replayed in {args.duration:g} s at a peak of {args.peak:g} req/s, applies of {args.apply:g} s."
+          + (f" Plans serve at the speed of the rows of {args.truth} (``ramp.served_rps``)." if args.truth else ""),
+          "",
           "| policy | excess mean | median | range | mean slices | plan changes |",
           "|---|---:|---:|---:|---:|---:|"]
     for key, s in sums.items():
@@ -124,7 +131,7 @@ def main() -> None:
     out.write_text(json.dumps({"command": command, "git_commit": commit, "policies": {k: repr(p) for k, p in
                                                                                        policies.items()},
                                "profiles": {"A": args.profiles, "B": b_profiles},
-                               "efficiency": {"A": args.efficiency, "B": b_efficiency},
+                               "efficiency": {"A": args.efficiency, "B": b_efficiency}, "truth": args.truth,
                                "summary": sums, "b_better": better, "b_worse": worse, "runs": runs}, indent=1) + "\n")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

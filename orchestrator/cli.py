@@ -267,12 +267,15 @@ def report(run_path: str, as_json: bool, bin_s: float | None) -> None:
 @click.option("--min-batches", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--min-busy", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="count a step only when the runner's processes were in batches this share of it")
+@click.option("--extend", is_flag=True,
+              help="scale a shape that never ran by the ratio of the same variant's nearest shape (MIG size) "
+                   "with the same process count, the larger of two as near")
 def refine_profiles(run_paths: tuple[str, ...], profiles_path: str, out: str, quantile: float, min_ratio: float,
-                    min_steps: int, min_batches: int, min_busy: float) -> None:
+                    min_steps: int, min_batches: int, min_busy: float, extend: bool) -> None:
     """Scale the profile rows of every variant x segment shape that ran slower than profiled in the
     recorded runs RUN... (their events.jsonl) by its measured slowdown; write the result to --out."""
     from .profiles import save_profiles
-    from tools.runner_speed import observations, refined, slowdowns
+    from tools.runner_speed import extended, observations, refined, slowdowns
 
     profiles = load_profiles(profiles_path)
     obs = [o for run in run_paths for o in observations(Path(run), profiles, min_batches=min_batches)]
@@ -284,9 +287,15 @@ def refine_profiles(run_paths: tuple[str, ...], profiles_path: str, out: str, qu
     for (variant, gpu, mig, mps), (ratio, steps) in found.items():
         action = f"x{ratio:.3f}" if ratio > min_ratio else "kept"
         click.echo(f"{variant:<28} {gpu:<12} {f'{mig}g x{mps}':<8} {steps:>5} {ratio:>6.3f}  {action}")
-    save_profiles(refined(profiles, found, min_ratio), out)
+    borrowed = extended(profiles, found) if extend else {}
+    for (variant, gpu, mig, mps), ((_, _, m, n), ratio) in borrowed.items():
+        action = f"x{ratio:.3f} (from {m}g x{n})" if ratio > min_ratio else "kept"
+        click.echo(f"{variant:<28} {gpu:<12} {f'{mig}g x{mps}':<8} {'-':>5} {ratio:>6.3f}  {action}")
+    save_profiles(refined(profiles, {**found, **{s: (r, 0) for s, (_, r) in borrowed.items()}}, min_ratio), out)
     click.echo(f"wrote {out}: {sum(r > min_ratio for r, _ in found.values())} of {len(found)} shapes seen scaled "
-               f"(p{100 * quantile:g} of their steps' ratios over {min_ratio:g})")
+               f"(p{100 * quantile:g} of their steps' ratios over {min_ratio:g})"
+               + (f", {sum(r > min_ratio for _, r in borrowed.values())} not seen scaled like a neighbour"
+                  if extend else ""))
 
 
 @cli.command()

@@ -66,3 +66,8 @@ def test_runner_loads_per_architecture() -> None:
     assert share == pytest.approx(18.0 / 20.0)
     assert runner_loads.breakdown(lines) == {"resnet50": {"context": 0.5, "build": 1.0, "capture": 1.5},
                                              "vits": {"context": 0.5, "imports": 3.0, "build": 1.0, "capture": 1.0}}
+
+
+def test_the_capture_threshold_is_named_as_the_runners_read_it() -> None:
+    zoo = pytest.importorskip("triton_backend.zoo")
+    assert h200_eval.CHEAP_CAPTURE_ENV == zoo.CHEAP_CAPTURE_ENV

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,10 @@ from orchestrator.appspec import load_app
 from orchestrator.cli import main
 from orchestrator.gpus import gpu_type
 from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import load_profiles, save_profiles
+from orchestrator.profiles import ProfilePoint, Profiles, load_profiles, save_profiles
 from orchestrator.refinement import expected_ms
 from orchestrator.render import runner_name
-from tools.runner_speed import observations, refined, slowdowns
+from tools.runner_speed import extended, observations, refined, slowdowns
 
 CPU = ROOT / "examples" / "cpu"
 
@@ -98,3 +99,33 @@ def test_refine_profiles_command_writes_the_refined_csv_and_says_what_it_scaled(
     assert "busy 1 of the time" in capsys.readouterr().err
     assert main(["refine-profiles", str(tmp_path), "--profiles", profiles, "--out", str(tmp_path / "x.csv")]) == 1
     assert "no events.jsonl" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+
+
+def test_extended_borrows_the_nearest_seen_shape_with_the_same_process_count() -> None:
+    shapes = [("v", 1, 1), ("v", 2, 1), ("v", 3, 1), ("v", 1, 2), ("v", 4, 2), ("w", 1, 1), ("w", 1, 2)]
+    profiles = Profiles(tuple(ProfilePoint(v, "g", mig, mps, 1, 10.0, 100.0) for v, mig, mps in shapes))
+    found = {("v", "g", 1, 1): (1.2, 3), ("v", "g", 3, 1): (1.1, 3), ("v", "g", 1, 2): (1.3, 3),
+             ("w", "g", 1, 1): (1.4, 3)}
+    assert extended(profiles, found) == {
+        ("v", "g", 2, 1): (("v", "g", 1, 1), 1.2),   # 1g and 3g as near: the larger ratio
+        ("v", "g", 4, 2): (("v", "g", 1, 2), 1.3),
+    }                                                # w 1g x2: no x2 shape of w seen, kept
+
+
+def test_refine_profiles_extend_scales_unseen_shapes_like_their_neighbour(tmp_path: Path, capsys) -> None:
+    run, det = _run(tmp_path, slow=1.3)
+    app = load_app(CPU / "app.yaml")
+    profile = app.task("det").variant(det.variant).profile
+    base = load_profiles(CPU / "profiles.csv")
+    # the same rows once more as a 2-slice shape no run used
+    wider = [replace(p, mig=2) for p in base.points if p.variant == profile]
+    src = tmp_path / "profiles.csv"
+    save_profiles(Profiles(base.points + tuple(wider)), src)
+    out = tmp_path / "refined.csv"
+    assert main(["refine-profiles", str(run), "--profiles", str(src), "--out", str(out), "--min-busy", "0",
+                 "--extend"]) == 0
+    printed = capsys.readouterr().out
+    assert "(from 1g x1)" in printed and "1 not seen scaled like a neighbour" in printed
+    again = {(p.variant, p.mig, p.batch): p.latency_ms for p in load_profiles(out).points}
+    for p in wider:
+        assert again[(p.variant, 2, p.batch)] == pytest.approx(1.3 * p.latency_ms, rel=1e-4)

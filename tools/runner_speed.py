@@ -8,7 +8,9 @@ ratios of the steps it was busy at least half the time (the median by default). 
 runs fast (alone on a quiet GPU, small batches); what a plan's capacity depends on is its speed busy.
 ``jigsaw refine-profiles`` scales the profile rows of every shape that ran slower than ``min_ratio`` by
 that ratio: the slowdowns a busy GPU showed (on the H200, MIG emulated with MPS: neighbours share
-memory bandwidth and caches) carried into the next day's plans. Shapes that never ran keep their rows.
+memory bandwidth and caches) carried into the next day's plans. Shapes that never ran keep their rows,
+or with ``--extend`` take the ratio of the nearest shape of the same variant and process count
+(``extended``).
 """
 from __future__ import annotations
 
@@ -98,6 +100,23 @@ def slowdowns(obs: list[Observation], quantile: float = 0.5, min_steps: int = 3,
             by_shape.setdefault(o.shape, []).append(o.ratio)
     return {shape: (float(np.quantile(r, quantile)), len(r)) for shape, r in sorted(by_shape.items())
             if len(r) >= min_steps}
+
+
+def extended(profiles: Profiles, found: dict[Shape, tuple[float, int]]) -> dict[Shape, tuple[Shape, float]]:
+    """For each profiled shape not in ``found`` whose variant ran on a shape with the same process count:
+    (that shape, its ratio), taking the nearest MIG size, and of two as near the larger ratio. A busy
+    GPU slows a variant down alike on segments shared alike (on the H200, every emulated segment shares
+    the memory bandwidth); a shape a plan never chose would otherwise keep its quiet-GPU rows, and the
+    planner would favour it for that alone."""
+    out: dict[Shape, tuple[Shape, float]] = {}
+    for shape in sorted({(p.variant, p.gpu, p.mig, p.mps) for p in profiles.points} - set(found)):
+        variant, gpu, mig, mps = shape
+        seen = [(abs(m - mig), -r, (v, g, m, n)) for (v, g, m, n), (r, _) in found.items()
+                if (v, g, n) == (variant, gpu, mps)]
+        if seen:
+            _, neg_ratio, source = min(seen)
+            out[shape] = (source, -neg_ratio)
+    return out
 
 
 def refined(profiles: Profiles, found: dict[Shape, tuple[float, int]], min_ratio: float = 1.05) -> Profiles:

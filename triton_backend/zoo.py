@@ -321,6 +321,21 @@ ARCHS: dict[str, Callable[[], Arch]] = {
 # EfficientNets, where cuDNN builds its plans per shape in each new process; 0.04-0.6 s for the other
 # architectures measured
 CHEAP_CAPTURE_S = 1.0
+CHEAP_CAPTURE_ENV = "JIGSAW_CHEAP_CAPTURE_S"  # overrides it for the runners of a server started with it set
+
+
+def cheap_capture_s() -> float:
+    """``CHEAP_CAPTURE_S``, or the seconds ``$JIGSAW_CHEAP_CAPTURE_S`` gives (a large value captures every size)."""
+    text = os.environ.get(CHEAP_CAPTURE_ENV)
+    if text is None:
+        return CHEAP_CAPTURE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise ValueError(f"{CHEAP_CAPTURE_ENV}: expected seconds >= 0, got {text!r}")
+    return value
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -370,10 +385,10 @@ class GraphRunner:
         # batch 1 and the max first; without ``sizes`` given, the sizes in between only where a capture is
         # cheap (``CHEAP_CAPTURE_S``): a batch between two captured sizes runs padded to the larger one,
         # never slower than the full batch the plan budgets, while each size costs load time on every apply
-        ends, between = sorted({planned[0], planned[-1]}), planned[1:-1]
+        ends, between, cheap = sorted({planned[0], planned[-1]}), planned[1:-1], cheap_capture_s()
         with torch.inference_mode():
             for b in ends + between:
-                if not sizes and b in between and self.load_times[f"b{planned[-1]}"] > CHEAP_CAPTURE_S:
+                if not sizes and b in between and self.load_times[f"b{planned[-1]}"] > cheap:
                     break
                 started = time.monotonic()
                 self.graphs[b] = self._capture(b)
