@@ -359,25 +359,37 @@ class Controller:
 
     def shed_share(self) -> tuple[float, float] | None:
         """(share, requests): of the requests that arrived over the last ``surge_window_s``, the share the
-        stages shed; None until the plan in force has been seen for a whole window."""
+        stages shed; None until the plan in force has been seen for two whole windows (the first is its
+        runners' first seconds: their first batches, and a new plan's applies, run slow)."""
         ts, counts, shed = zip(*self.arrivals)
         w = self.policy.surge_window_s
-        if self.plan_seen_since is None or ts[-1] - max(ts[0], self.plan_seen_since) < w:
+        if self.plan_seen_since is None or ts[-1] - max(ts[0], self.plan_seen_since) < 2 * w:
             return None
         c0, s0 = np.interp(ts[-1] - w, ts, counts), np.interp(ts[-1] - w, ts, shed)
         arrived, lost = counts[-1] - c0, shed[-1] - s0
         return (float(lost / arrived) if arrived > 0 else 0.0), float(lost)
 
+    def peak_rate(self) -> float:
+        """The highest arrival rate between two consecutive scrapes of the last ``surge_window_s``."""
+        ts, counts, _ = zip(*self.arrivals)
+        start = ts[-1] - self.policy.surge_window_s
+        rates = [(c2 - c1) / (t2 - t1) for t1, t2, c1, c2 in zip(ts, ts[1:], counts, counts[1:])
+                 if t2 > start and t2 > t1]
+        return max(rates, default=0.0)
+
     def shedding(self) -> bool:
         """Step the plan up by the headroom when, under its demand, its stages shed more than ``shed_limit``
-        of the requests over the last window (and at least ``shed_min``); whether it replanned."""
+        of the requests over the last window (and at least ``shed_min``); whether it replanned. Under its
+        demand all through the window: a burst between two scrapes over it explains the shedding."""
         assert self.plan is not None
         seen = self.shed_share() if self.policy.shed_limit else None
         if seen is None or seen[0] <= self.policy.shed_limit or seen[1] < self.policy.shed_min:
             return False
+        planned = self.plan.demand_rps
+        if self.peak_rate() > planned:  # a burst over the plan explains it: the surge checks' business
+            return False
         share, lost = seen
         rate, _ = self.arrival_trend()
-        planned = self.plan.demand_rps
         self.events.write("shed", share=round(share, 4), shed=lost, demand_rps=round(rate, 3), planned_rps=planned)
         self.shed_floor = (rate, planned * (1 + self.policy.headroom))
         return self._replan_up(self.shed_floor[1],

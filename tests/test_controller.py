@@ -491,12 +491,15 @@ def test_step_forecasts_as_far_ahead_as_the_last_apply_took(tmp_path: Path, monk
 
 
 def _shedding(tmp_path: Path, monkeypatch, stages: dict[tuple[str, str], float], **policy) -> Fixture:
-    """A plan for 30 req/s, one step at 20 req/s under it, then 20 req/s with the ``stages`` counters
-    rising (per second); ``policy``: Policy fields besides headroom 0.5 and a 10 s surge window."""
+    """A plan for 30 req/s, one step at 20 req/s under it, a window of 20 req/s for the plan to settle
+    (shedding is not judged on it), then 20 req/s with the ``stages`` counters rising (per second);
+    ``policy``: Policy fields besides headroom 0.5 and a 10 s surge window."""
     f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0, **policy))
     f.c.initial(30.0)
     f.push(20)
     f.c.step()
+    f.push(20, stages={key: 10 * per_s for key, per_s in stages.items()})  # settling: not judged
+    assert f.c.surge() is False and f.c.shed_share() is None
     f.push(20, stages=stages)
     return f
 
@@ -513,11 +516,28 @@ def test_shedding_steps_the_plan_up_by_its_headroom(tmp_path: Path, monkeypatch)
     plan = f.events("plan")[-1]
     assert plan["demand_rps"] == pytest.approx(45.0)
     assert plan["reason"] == "shedding: 10.0% of 20.0 req/s dropped or late over 10 s, under the 30.0 planned"
-    # the new plan is judged only on a whole window of its own
-    f.push(20, stages={("det", "drops"): 2.0})
-    assert f.c.surge() is False and f.c.shed_share() is None
+    # the new plan is judged only on a whole window of its own, after one to settle
+    for _ in range(2):
+        f.push(20, stages={("det", "drops"): 2.0})
+        assert f.c.surge() is False and f.c.shed_share() is None
     f.push(20, stages={("det", "drops"): 2.0})
     assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(67.5)
+
+
+def test_no_shedding_step_up_when_a_burst_over_the_plan_explains_it(tmp_path: Path, monkeypatch) -> None:
+    """Over a 20 s window, 40 req/s for 10 s (over the 30 planned) then 5: 22.5 req/s on average, under the
+    plan, with 10% shed. The burst is what shed, not a plan serving less than it promises."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=20.0, surge_rise_z=1e9))
+    f.c.initial(30.0)
+    for rps in (20, 20, 20, 20):
+        f.push(rps)
+        f.c.step() if f.pushed == 1 else f.c.surge()
+    f.push(40, stages={("det", "drops"): 4.0})
+    f.push(5, stages={("det", "drops"): 0.5})
+    assert f.c.surge() is False and f.c.surge() is False and f.applied == []
+    assert f.c.shed_share() == (pytest.approx(0.1), pytest.approx(45.0)) and f.c.peak_rate() == pytest.approx(40.0)
+    f.push(20, stages={("det", "drops"): 2.0})   # 20 s of 5 and 20 req/s, 10% shed: a step-up
+    assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
 
 
 def test_shedding_counts_late_answers_only_at_the_sinks_and_needs_enough_requests(tmp_path: Path, monkeypatch) -> None:
