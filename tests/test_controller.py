@@ -491,15 +491,12 @@ def test_step_forecasts_as_far_ahead_as_the_last_apply_took(tmp_path: Path, monk
 
 
 def _shedding(tmp_path: Path, monkeypatch, stages: dict[tuple[str, str], float], **policy) -> Fixture:
-    """A plan for 30 req/s, one step at 20 req/s under it, a window of 20 req/s for the plan to settle
-    (shedding is not judged on it), then 20 req/s with the ``stages`` counters rising (per second);
-    ``policy``: Policy fields besides headroom 0.5 and a 10 s surge window."""
+    """A plan for 30 req/s, one step at 20 req/s under it, then 20 req/s with the ``stages`` counters
+    rising (per second); ``policy``: Policy fields besides headroom 0.5 and a 10 s surge window."""
     f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=10.0, **policy))
     f.c.initial(30.0)
     f.push(20)
     f.c.step()
-    f.push(20, stages={key: 10 * per_s for key, per_s in stages.items()})  # settling: not judged
-    assert f.c.surge() is False and f.c.shed_share() is None
     f.push(20, stages=stages)
     return f
 
@@ -516,18 +513,30 @@ def test_shedding_steps_the_plan_up_by_its_headroom(tmp_path: Path, monkeypatch)
     plan = f.events("plan")[-1]
     assert plan["demand_rps"] == pytest.approx(45.0)
     assert plan["reason"] == "shedding: 10.0% of 20.0 req/s dropped or late over 10 s, under the 30.0 planned"
-    # the new plan is judged only on a whole window of its own, after one to settle
-    for _ in range(2):
-        f.push(20, stages={("det", "drops"): 2.0})
-        assert f.c.surge() is False and f.c.shed_share() is None
+    # the new plan is judged only on a whole window of its own
+    f.push(20, stages={("det", "drops"): 2.0})
+    assert f.c.surge() is False and f.c.shed_share() is None
     f.push(20, stages={("det", "drops"): 2.0})
     assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(67.5)
 
 
-def test_no_shedding_step_up_when_a_burst_over_the_plan_explains_it(tmp_path: Path, monkeypatch) -> None:
+def test_the_servers_first_plan_can_settle_before_its_shedding_counts(tmp_path: Path, monkeypatch) -> None:
+    """With ``shed_first_windows=2`` the first window under the server's first plan is not judged (its first
+    requests shed); a later plan's first window is."""
+    f = _shedding(tmp_path, monkeypatch, {("det", "drops"): 20.0}, shed_first_windows=2)
+    assert f.c.surge() is False and f.c.shed_share() is None
+    f.push(20, stages={("det", "drops"): 2.0})
+    assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
+    for _ in range(2):   # the new plan: first seen, then a whole window of its own
+        f.push(20, stages={("det", "drops"): 2.0})
+    assert f.c.surge() is False and f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(67.5)
+
+
+def test_no_shedding_step_up_past_a_burst_over_the_plan_when_asked(tmp_path: Path, monkeypatch) -> None:
     """Over a 20 s window, 40 req/s for 10 s (over the 30 planned) then 5: 22.5 req/s on average, under the
-    plan, with 10% shed. The burst is what shed, not a plan serving less than it promises."""
-    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=20.0, surge_rise_z=1e9))
+    plan, with 10% shed. With ``shed_past_bursts=False`` the burst is taken for what shed."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=20.0, surge_rise_z=1e9,
+                                              shed_past_bursts=False))
     f.c.initial(30.0)
     for rps in (20, 20, 20, 20):
         f.push(rps)
