@@ -132,8 +132,9 @@ def write_report(results: list[dict], out: Path) -> None:
     app, device, peak, cap = first["app"], first["device"], first["peak_rps"], first["capacity_ast_rps"]
     total = first["slices_total"]
     lines = [f"# {app} on {device}, {first['gpus']} GPU(s), MIG emulated with MPS", "",
-             f"Trace: synthetic diurnal day scaled to peak {peak:.1f} req/s ({peak / cap:.2g} x the A+S+T "
-             f"capacity {cap:.1f}), replayed in {first['duration_s']:g} s; controller every "
+             f"Trace: synthetic diurnal day scaled to peak {peak:.1f} req/s "
+             + (f"({peak / cap:.2g} x the A+S+T capacity {cap:.1f})" if cap > 0 else "(A+S+T capacity not found)")
+             + f", replayed in {first['duration_s']:g} s; controller every "
              f"{first['interval_s']:g} s, planning for the forecast x {1 + first['headroom']:g}"
              + (f", refining profiles {100 * first['refine_drift']:g}% slower" if first.get("refine_drift") else "")
              + (f", stepping up past {100 * first['shed_limit']:g}% shed" if first.get("shed_limit") else "")
