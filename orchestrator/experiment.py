@@ -28,7 +28,6 @@ from .planner import PlanOptions
 from .profiles import Profiles
 
 FORECASTERS = {"holt": HoltQuantile, "moving-average": MovingAverage}
-SETTLE_S = 3.0  # s: the load generator's process starts, and connects, before the replay's origin
 
 
 @dataclass
@@ -105,28 +104,33 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         stack.callback(applier.wait)
         controller.apply_plan = applier
         stop = threading.Event()
-        start_at = time.time() + SETTLE_S  # the load and the controller's clock start together
-        events.origin = start_at
-        stack.enter_context(HostSampler(out / HOST_FILE, start_at))
+        threads: list[threading.Thread] = []
 
-        def control() -> None:
-            time.sleep(max(0.0, start_at - time.time()))
-            controller.run(exp.interval_s, stop)
+        def start(start_at: float) -> None:
+            """The load's origin, once its generator is connected: the controller's clock starts with it."""
+            events.origin = start_at
+            stack.enter_context(HostSampler(out / HOST_FILE, start_at))
 
-        thread = threading.Thread(target=control, daemon=True)
-        stack.callback(thread.join)
-        stack.callback(stop.set)
-        thread.start()
+            def control() -> None:
+                time.sleep(max(0.0, start_at - time.time()))
+                controller.run(exp.interval_s, stop)
+
+            threads.append(threading.Thread(target=control, daemon=True))
+            stack.callback(threads[0].join)
+            stack.callback(stop.set)
+            threads[0].start()
+
         progress(f"replaying {len(times)} requests over {trace.duration_s:.0f} s (controller every "
                  f"{exp.interval_s:g} s), peak {trace.peak_rps:.1f} req/s")
         # the load in a process of its own: the controller's Python work (planning) would otherwise
         # hold the GIL against the generator's event loop and make answers look late
         result = run_load_apart(server.grpc_url, exp.app.name, times, items=1, width=None, slo_ms=None,
-                                on_progress=lambda p: progress(f"  load: {p.line()}"), start_at=start_at,
+                                on_progress=lambda p: progress(f"  load: {p.line()}"), on_start=start,
                                 progress_s=max(5.0, exp.interval_s), timeout_s=30.0, seed=exp.seed)
         result.write_csv(out / "requests.csv")
         stop.set()
-        thread.join()
+        for thread in threads:
+            thread.join()
         time.sleep(0.3)  # the stages' counters reach the server within 0.1 s
         try:
             controller.record_metrics()

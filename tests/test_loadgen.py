@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,6 +193,18 @@ def test_load_apart_returns_the_same_records_and_raises_the_same_errors(url: str
     assert len(_csv(tmp_path / "requests.csv")) == len(times)
     with pytest.raises(InputError, match="model 'nope'.*unknown model"):
         run_load_apart(url, "nope", np.array([0.0]), 1, None, 100.0)
+
+
+def test_load_apart_starts_its_origin_once_the_generator_is_connected(url: str) -> None:
+    """With ``on_start`` the replay's origin comes after the spawned process connected (however long it took to
+    start), so the first arrivals are not sent late in a burst; ``on_start`` gets it before any send."""
+    times = poisson(20.0, 1.0, seed=3)
+    started: list[float] = []
+    before = time.time()
+    result = run_load_apart(url, "cpudemo", times, items=1, width=None, slo_ms=None, on_start=started.append)
+    assert len(started) == 1 and before < started[0] < time.time()
+    assert result.summary()["ok"] == len(times)
+    assert max(r.sent_s - r.scheduled_s for r in result.records) < 0.3
 
 
 def test_bad_model_and_width(url: str) -> None:

@@ -296,12 +296,14 @@ async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int,
                          slo_ms: float | None, deadline_ms: float | None = None,
                          on_progress: Callable[[Progress], None] | None = None, *,
                          start_at: float | None = None, stream_to: str | Path | None = None,
-                         progress_s: float = 5.0, timeout_s: float = 60.0, seed: int = 0) -> LoadResult:
+                         progress_s: float = 5.0, timeout_s: float = 60.0, seed: int = 0,
+                         wait_start: Callable[[], float] | None = None) -> LoadResult:
     """Send one request of ``items`` items at each arrival time (s from the origin), open loop.
 
     ``width`` / ``slo_ms`` None: read from the served model (its INPUT shape, the SLO its steps stamp).
     ``deadline_ms`` is sent as the request parameter of that name. The origin is now, or the wall-clock
-    time ``start_at`` (``time.time()`` seconds; arrivals already past are sent at once, as lag).
+    time ``start_at`` (``time.time()`` seconds; arrivals already past are sent at once, as lag), or the
+    one ``wait_start`` returns, called once connected and ready to send.
     ``on_progress`` is called every ``progress_s`` seconds and at the end; ``stream_to`` gets each
     record as a CSV row as it completes (completion order). A request not answered within
     ``timeout_s`` is an error.
@@ -317,6 +319,8 @@ async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int,
         slo_ms = slo_ms or info.slo_ms
         if slo_ms is None:
             raise InputError(f"slo_ms: model {model!r} does not say its SLO (it is not a jigsaw graph model); give one")
+        if wait_start is not None:
+            start_at = await asyncio.get_running_loop().run_in_executor(None, wait_start)
         origin = time.monotonic() + (start_at - time.time() if start_at is not None else 0.0)
         with open(stream_to, "w", newline="") if stream_to else nullcontext() as out:  # noqa: ASYNC230
             run = _Run(client, model, info, times, items, width or info.width, min(slo_ms, deadline_ms or slo_ms),
@@ -337,16 +341,29 @@ async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int,
 def run_load(url: str, model: str, arrivals: np.ndarray, items: int, width: int | None, slo_ms: float | None,
              deadline_ms: float | None = None, on_progress: Callable[[Progress], None] | None = None, *,
              start_at: float | None = None, stream_to: str | Path | None = None, progress_s: float = 5.0,
-             timeout_s: float = 60.0, seed: int = 0) -> LoadResult:
+             timeout_s: float = 60.0, seed: int = 0, wait_start: Callable[[], float] | None = None) -> LoadResult:
     """``run_load_async`` in a new event loop (for synchronous callers and threads)."""
     return asyncio.run(run_load_async(url, model, arrivals, items, width, slo_ms, deadline_ms, on_progress,
                                       start_at=start_at, stream_to=stream_to, progress_s=progress_s,
-                                      timeout_s=timeout_s, seed=seed))
+                                      timeout_s=timeout_s, seed=seed, wait_start=wait_start))
 
 
-def _load_child(results: multiprocessing.Queue, args: tuple, kwargs: dict) -> None:
+@dataclass(frozen=True)
+class Ready:
+    """The load generator's process is connected and waits for its origin."""
+
+
+START_LEAD_S = 0.5  # s: from the generator's process reporting ready to the replay's origin
+
+
+def _load_child(results: multiprocessing.Queue, starts: multiprocessing.Queue | None, args: tuple,
+                kwargs: dict) -> None:
+    def wait_start() -> float:
+        results.put(Ready())
+        return starts.get()
+
     try:
-        results.put(run_load(*args, on_progress=results.put, **kwargs))
+        results.put(run_load(*args, on_progress=results.put, wait_start=wait_start if starts else None, **kwargs))
     except BaseException as exc:  # noqa: BLE001 -- handed to the parent, which raises it
         failure = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
         try:
@@ -360,17 +377,19 @@ def run_load_apart(url: str, model: str, arrivals: np.ndarray, items: int, width
                    slo_ms: float | None, deadline_ms: float | None = None,
                    on_progress: Callable[[Progress], None] | None = None, *, start_at: float | None = None,
                    stream_to: str | Path | None = None, progress_s: float = 5.0, timeout_s: float = 60.0,
-                   seed: int = 0) -> LoadResult:
-    """``run_load`` in a process of its own (spawned: it starts in about a second, give ``start_at``
-    room for that), so that nothing the caller's process does meanwhile delays the sends or the
-    timing of the answers; ``on_progress`` is called here. The process is stopped when this returns
-    or raises."""
+                   seed: int = 0, on_start: Callable[[float], None] | None = None) -> LoadResult:
+    """``run_load`` in a process of its own, so that nothing the caller's process does meanwhile delays
+    the sends or the timing of the answers; ``on_progress`` is called here. The origin is ``start_at``
+    (the process needs a few seconds to start: on a cold host more than three), or with ``on_start``,
+    ``START_LEAD_S`` after the process reports it is connected: ``on_start`` gets that origin first.
+    The process is stopped when this returns or raises."""
     ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
+    results, starts = ctx.Queue(), (ctx.Queue() if on_start else None)
     kwargs = {"start_at": start_at, "stream_to": str(stream_to) if stream_to else None, "progress_s": progress_s,
               "timeout_s": timeout_s, "seed": seed}
     child = ctx.Process(target=_load_child, name="jigsaw-load", daemon=True,
-                        args=(results, (url, model, np.asarray(arrivals), items, width, slo_ms, deadline_ms), kwargs))
+                        args=(results, starts, (url, model, np.asarray(arrivals), items, width, slo_ms, deadline_ms),
+                              kwargs))
     child.start()
     try:
         while True:
@@ -381,7 +400,11 @@ def run_load_apart(url: str, model: str, arrivals: np.ndarray, items: int, width
                     raise RuntimeError(f"the load generator's process (pid {child.pid}) exited with code "
                                        f"{child.exitcode} before its result") from None
                 continue
-            if isinstance(got, Progress):
+            if isinstance(got, Ready) and on_start and starts:
+                origin = time.time() + START_LEAD_S
+                on_start(origin)
+                starts.put(origin)
+            elif isinstance(got, Progress):
                 if on_progress:
                     on_progress(got)
             elif isinstance(got, LoadResult):
