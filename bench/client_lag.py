@@ -174,7 +174,7 @@ def one(config: str, grpc_url: str, metrics_url: str, times: np.ndarray) -> dict
         with planner or _Nothing():
             if config.startswith("own process"):
                 result = loadgen.run_load_apart(grpc_url, "cpudemo", times, 1, None, None,
-                                                start_at=time.time() + 3.0)
+                                                on_start=lambda origin: None)  # once it is connected
             else:
                 result = loadgen.run_load(grpc_url, "cpudemo", times, 1, None, None)
     finally:
