@@ -37,7 +37,7 @@ from orchestrator.inventory import detect  # noqa: E402
 from orchestrator.planner import PlanOptions  # noqa: E402
 from orchestrator.profiles import default_gpu, load_profiles  # noqa: E402
 
-CHEAP_CAPTURE_ENV = "JIGSAW_CHEAP_CAPTURE_S"  # triton_backend.zoo.CHEAP_CAPTURE_ENV, without importing torch here
+CAPTURE_ENV = "JIGSAW_CAPTURE"  # triton_backend.zoo.CAPTURE_ENV, without importing torch here
 from tools.trace import compress, scale_to_peak, synthetic_diurnal  # noqa: E402
 
 SYSTEMS = {"ast": "JigsawServe (A+S+T)", "at": "A+T (Loki-like)", "st": "S+T (ParvaGPU-like)",
@@ -96,7 +96,7 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                  "duration_s": args.duration, "interval_s": args.interval, "headroom": args.headroom,
                  "surge_poll_s": args.surge_poll, "admission_reserve": args.admission_reserve,
                  "refine_drift": args.refine_drift, "shed_limit": args.shed_limit,
-                 "profiles": str(args.profiles), "cheap_capture_s": args.cheap_capture, "run_dir": str(run_dir)}
+                 "profiles": str(args.profiles), "capture": args.capture, "run_dir": str(run_dir)}
         log(f"--- {app.name}: {label}")
         try:
             exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=inventory, trace=trace,
@@ -139,8 +139,7 @@ def write_report(results: list[dict], out: Path) -> None:
              + (f", refining profiles {100 * first['refine_drift']:g}% slower" if first.get("refine_drift") else "")
              + (f", stepping up past {100 * first['shed_limit']:g}% shed" if first.get("shed_limit") else "")
              + (f"; profiles {first['profiles']}" if first.get("profiles") else "")  # recorded since the eighth session
-             + (f"; runners capture every batch size when the max's capture takes under {first['cheap_capture_s']:g} s"
-                if first.get("cheap_capture_s") is not None else "")
+             + (f"; runners' captures: {first['capture']}" if first.get("capture") else "")
              + ".", "",
              "| system | requests | SLO violations (drops count) | late / dropped | late at the server "
              "| mean slices | accuracy / max | plan changes | applies (mean / max s) |",
@@ -168,7 +167,7 @@ def merge(paths: list[str]) -> list[dict]:
     on the same trace (peak, replay length) and controller settings."""
     entries = [e for p in paths for e in json.loads(Path(p).read_text())]
     keys = ("app", "peak_rps", "duration_s", "interval_s", "headroom", "refine_drift", "shed_limit", "slices_total",
-            "profiles", "cheap_capture_s")
+            "profiles", "capture")
     for e in entries[1:]:
         differ = [k for k in keys if e.get(k) != entries[0].get(k)]
         if differ:
@@ -199,9 +198,10 @@ def main() -> None:
     ap.add_argument("--shed-limit", type=float, default=Policy().shed_limit,
                     help="step the plan up when its stages shed more than this share of the requests over "
                          "the surge window (0: never)")
-    ap.add_argument("--cheap-capture", type=float, default=None, metavar="SECONDS",
-                    help="the runners capture the batch sizes between 1 and their max only when the max's capture "
-                         "took under this (default: the runtime's, zoo.CHEAP_CAPTURE_S; 1e9: every size)")
+    ap.add_argument("--capture", choices=("cheap", "half", "all"), default=None,
+                    help="the batch sizes the runners capture (zoo.capture_policy; default: the runtime's, cheap: "
+                         "between 1 and the max only where the max's capture was cheap; half: a costly "
+                         "architecture also the largest size below its max; all: every size)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
     ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
@@ -215,8 +215,8 @@ def main() -> None:
         return
     if not args.app or not args.profiles:
         ap.error("--app and --profiles are required (unless --merge)")
-    if args.cheap_capture is not None:  # the servers pass their environment to the runners
-        os.environ[CHEAP_CAPTURE_ENV] = f"{args.cheap_capture:g}"
+    if args.capture is not None:  # the servers pass their environment to the runners
+        os.environ[CAPTURE_ENV] = args.capture
     for app_path in args.app:
         evaluate(app_path, args, out / Path(app_path).stem if len(args.app) > 1 else out)
 

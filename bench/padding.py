@@ -7,8 +7,8 @@ batch 16 ran 10-row batches as 16, back to back, and its requests waited 17.6-27
 (``bench/results/h200-eval/results.md``, ninth session). This bench serves a two-task app (a source
 fanning out 3 items per request to a "car" task) whose car runner is a numpy stand-in that sleeps
 like a batch of the padded size (``NumpyMlp.pad_to``: ``delay_ms + delay_per_item_ms x rows``, scaled
-by ``--scale``), planned by the real planner from a profile of every size, once padding to {1, max}
-and once to {1, 2, 4, ..., max}; the same Poisson arrivals at each rate, the load generator in a
+by ``--scale``), planned by the real planner from a profile of every size, padding to {1, max},
+{1, max / 2, max} or {1, 2, 4, ..., max}; the same Poisson arrivals at each rate, the load generator in a
 process of its own. Per run: outcomes, latency percentiles, and the car runner's rows per batch, padded
 rows and mean queue wait (Triton's counters).
 
@@ -118,11 +118,15 @@ def main() -> None:
     ap.add_argument("--demand", type=float, default=None, help="req/s the plan is made for (default: the "
                     "highest rate / 0.9)")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--settings", nargs="+", default=["max only", "half and max", "powers of two"],
+                    help="the car runner pads to: 'max only' {1, 16}, 'half and max' {1, 8, 16}, 'powers of two'")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     demand = args.demand or max(args.rates) / 0.9
     prof = profiles(args.scale)
-    settings = {"max only": [1, MAX_BATCH], "powers of two": [1, 2, 4, 8, MAX_BATCH]}
+    settings = {"max only": [1, MAX_BATCH], "half and max": [1, MAX_BATCH // 2, MAX_BATCH],
+                "powers of two": [1, 2, 4, 8, MAX_BATCH]}
+    settings = {k: v for k, v in settings.items() if k in args.settings}
     runs = []
     for rnd in range(args.rounds):
         for rate in args.rates:

@@ -59,11 +59,13 @@ def test_a_costly_architecture_captures_batch_1_and_the_max_only(zoo, small, mon
     assert out.shape == (3, 16) and np.isfinite(out).all()
     np.testing.assert_array_equal(zoo.GraphRunner(small, width=16, max_batch=4, device="cpu")(rows), out)
     assert zoo.GraphRunner(small, width=16, max_batch=4, device="cpu", sizes=[1, 2, 4]).sizes == [1, 2, 4]
-    # the server's environment can move the threshold: every size captured, or a clear error
-    monkeypatch.setenv(zoo.CHEAP_CAPTURE_ENV, "1e9")
-    assert zoo.GraphRunner(small, width=16, max_batch=4, device="cpu").sizes == [1, 2, 4]
-    monkeypatch.setenv(zoo.CHEAP_CAPTURE_ENV, "soon")
-    with pytest.raises(ValueError, match="JIGSAW_CHEAP_CAPTURE_S: expected seconds >= 0, got 'soon'"):
+    # the server's environment picks the policy: the largest size below the max too, every size, or an error
+    monkeypatch.setenv(zoo.CAPTURE_ENV, "half")
+    assert zoo.GraphRunner(small, width=16, max_batch=8, device="cpu").sizes == [1, 4, 8]
+    monkeypatch.setenv(zoo.CAPTURE_ENV, "all")
+    assert zoo.GraphRunner(small, width=16, max_batch=8, device="cpu").sizes == [1, 2, 4, 8]
+    monkeypatch.setenv(zoo.CAPTURE_ENV, "most")
+    with pytest.raises(ValueError, match="JIGSAW_CAPTURE: expected one of cheap, half, all, got 'most'"):
         zoo.GraphRunner(small, width=16, max_batch=4, device="cpu")
 
 

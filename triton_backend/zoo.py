@@ -321,21 +321,18 @@ ARCHS: dict[str, Callable[[], Arch]] = {
 # EfficientNets, where cuDNN builds its plans per shape in each new process; 0.04-0.6 s for the other
 # architectures measured
 CHEAP_CAPTURE_S = 1.0
-CHEAP_CAPTURE_ENV = "JIGSAW_CHEAP_CAPTURE_S"  # overrides it for the runners of a server started with it set
+# which sizes a serving runner captures (``$JIGSAW_CAPTURE`` of the server, read by each runner):
+# "cheap" every size where the max's capture was cheap, else batch 1 and the max; "half" as "cheap", but
+# a costly architecture also captures the largest size below its max; "all" every size
+CAPTURE_ENV, CAPTURE_POLICIES = "JIGSAW_CAPTURE", ("cheap", "half", "all")
 
 
-def cheap_capture_s() -> float:
-    """``CHEAP_CAPTURE_S``, or the seconds ``$JIGSAW_CHEAP_CAPTURE_S`` gives (a large value captures every size)."""
-    text = os.environ.get(CHEAP_CAPTURE_ENV)
-    if text is None:
-        return CHEAP_CAPTURE_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0:
-        raise ValueError(f"{CHEAP_CAPTURE_ENV}: expected seconds >= 0, got {text!r}")
-    return value
+def capture_policy() -> str:
+    """The runners' capture policy: ``$JIGSAW_CAPTURE``, "cheap" when unset."""
+    policy = os.environ.get(CAPTURE_ENV, "cheap")
+    if policy not in CAPTURE_POLICIES:
+        raise ValueError(f"{CAPTURE_ENV}: expected one of {', '.join(CAPTURE_POLICIES)}, got {policy!r}")
+    return policy
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -382,13 +379,18 @@ class GraphRunner:
         self._result = torch.zeros(self.max_batch, self.width, pin_memory=pinned)
         self._done = torch.cuda.Event(blocking=True) if pinned else None
         self.load_times["build"] = time.monotonic() - started
-        # batch 1 and the max first; without ``sizes`` given, the sizes in between only where a capture is
-        # cheap (``CHEAP_CAPTURE_S``): a batch between two captured sizes runs padded to the larger one,
-        # never slower than the full batch the plan budgets, while each size costs load time on every apply
-        ends, between, cheap = sorted({planned[0], planned[-1]}), planned[1:-1], cheap_capture_s()
+        # batch 1 and the max first; without ``sizes`` given, the sizes in between as ``capture_policy()``
+        # says: by default only where the max's capture was cheap (``CHEAP_CAPTURE_S``). A batch between
+        # two captured sizes runs padded to the larger one, never slower than the full batch the plan
+        # budgets, but a runner that pads every batch to its max is busy at any load and every request
+        # waits for the batch in progress (bench/padding.py); each size costs load time on every apply
+        policy = "all" if sizes else capture_policy()
+        ends, between = sorted({planned[0], planned[-1]}), planned[1:-1]
+        half = between[-1:] if policy == "half" else []
         with torch.inference_mode():
-            for b in ends + between:
-                if not sizes and b in between and self.load_times[f"b{planned[-1]}"] > cheap:
+            for b in ends + half + [x for x in between if x not in half]:
+                if (policy != "all" and b in between and b not in half
+                        and self.load_times[f"b{planned[-1]}"] > CHEAP_CAPTURE_S):
                     break
                 started = time.monotonic()
                 self.graphs[b] = self._capture(b)
