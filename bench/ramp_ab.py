@@ -60,7 +60,8 @@ def summary(runs: list[dict[str, Any]], slices: int) -> dict[str, Any]:
     return {"excess_mean_pct": round(float(excess.mean()), 3), "excess_median_pct": round(float(np.median(excess)), 3),
             "excess_min_pct": round(float(excess.min()), 3), "excess_max_pct": round(float(excess.max()), 3),
             "slices_mean_pct": round(float(np.mean([r["mean_slices"] for r in runs])) / slices * 100, 2),
-            "plan_changes_mean": round(float(np.mean([r["plan_changes"] for r in runs])), 2)}
+            "plan_changes_mean": round(float(np.mean([r["plan_changes"] for r in runs])), 2),
+            "accuracy_mean": round(float(np.mean([r["accuracy"] for r in runs])), 4)}
 
 
 def main() -> None:
@@ -102,7 +103,7 @@ def main() -> None:
         for key, setup in setups.items():
             r = simulate(replace(setup, arrivals_seed=seed), day, args.interval, args.apply)
             runs[key].append({"seed": seed, **{k: r[k] for k in ("excess_pct", "strict_pct", "mean_slices",
-                                                                 "plan_changes")}})
+                                                                 "plan_changes", "accuracy")}})
         a, b = runs["A"][-1], runs["B"][-1]
         print(f"seed {seed:>3}: excess A {a['excess_pct']:.2f}% B {b['excess_pct']:.2f}%, slices A "
               f"{a['mean_slices']:.2f} B {b['mean_slices']:.2f}", flush=True)
@@ -119,12 +120,12 @@ def main() -> None:
           f"Day replayed in {args.duration:g} s at a peak of {args.peak:g} req/s, applies of {args.apply:g} s."
           + (f" Plans serve at the speed of the rows of {args.truth} (``ramp.served_rps``)." if args.truth else ""),
           "",
-          "| policy | excess mean | median | range | mean slices | plan changes |",
-          "|---|---:|---:|---:|---:|---:|"]
+          "| policy | excess mean | median | range | mean slices | plan changes | accuracy / max |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
     for key, s in sums.items():
         md.append(f"| {key} | {s['excess_mean_pct']:.2f}% | {s['excess_median_pct']:.2f}% | "
                   f"{s['excess_min_pct']:.2f}-{s['excess_max_pct']:.2f}% | {s['slices_mean_pct']:.1f}% | "
-                  f"{s['plan_changes_mean']:.1f} |")
+                  f"{s['plan_changes_mean']:.1f} | {s['accuracy_mean']:.4f} |")
     md += ["", f"B had less excess than A on {better} of {args.seeds} seeds, more on {worse}."]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
