@@ -91,8 +91,6 @@ class Policy:
     shed_first_windows: int = 1  # the server's first plan: windows in force before its shedding counts
     shed_past_bursts: bool = True  # step up also when a burst between two scrapes passed the plan's demand
     down_on_rise: bool = False   # allow a down replan below what rising arrivals project (``projection``)
-    spare: float = 0.0           # plan for demand x (1 + spare) instead where that takes no more slices ...
-    spare_accuracy: float = 0.01  # ... and costs at most this much of the pipeline accuracy (of the max)
     admission_reserve: float = ADMISSION_RESERVE  # of a request's budget, held back by the stages' admission
 
 
@@ -149,21 +147,9 @@ class Controller:
     # -- planning ---------------------------------------------------------------------------------
 
     def _make(self, demand: float) -> Plan:
-        """A plan for ``demand`` whose paths fit what the stages' admission leaves of the SLO; with
-        ``Policy.spare``, the plan for demand x (1 + spare) where it takes no more slices and costs at most
-        ``spare_accuracy`` (where the slices are fixed, as at the least an app can use, the planner spends
-        spare capacity on accuracy; this spends up to that much accuracy on capacity for bursts)."""
+        """A plan for ``demand`` whose paths fit what the stages' admission leaves of the SLO."""
         opts = replace(self.opts, latency_reserve=self.policy.admission_reserve)
-        plan = make_plan(self.app, self.profiles, self.gpu, demand, opts)
-        if self.policy.spare <= 0:
-            return plan
-        try:
-            wider = make_plan(self.app, self.profiles, self.gpu, demand * (1 + self.policy.spare), opts)
-        except InfeasibleError:
-            return plan
-        if wider.slices <= plan.slices and wider.accuracy >= plan.accuracy - self.policy.spare_accuracy:
-            return wider
-        return plan
+        return make_plan(self.app, self.profiles, self.gpu, demand, opts)
 
     def _render(self, plan: Plan) -> Rendered:
         return build_configs(plan, self.inventory, admission_reserve=self.policy.admission_reserve)

@@ -620,25 +620,3 @@ def test_plans_leave_the_stages_admission_reserve_of_the_slo(tmp_path: Path, mon
     assert plan.solver["latency_reserve"] == 0.2
     assert max(p["latency_ms"] for p in plan.paths) <= 0.8 * f.app.latency_slo_ms + 1e-6
 
-
-def _spare_controller(tmp_path: Path, policy: Policy) -> Controller:
-    """One task whose accurate variant serves 100 items/s per slice and whose cheap one (95%) 200."""
-    from orchestrator.appspec import parse_app
-    app = parse_app({"name": "spare", "latency_slo_ms": 500, "accuracy_slo": 0.9, "tensor_width": 16,
-                     "tasks": {"t": {"variants": {"big": {"accuracy": 1.0}, "small": {"accuracy": 0.95}}}}},
-                    origin="test_spare")
-    profiles = Profiles((ProfilePoint("big", "cpu", 1, 1, 1, 10.0, 100.0), ProfilePoint("small", "cpu", 1, 1, 1, 5.0, 200.0)))
-    return Controller(app, profiles, gpu_type("cpu"), PlanOptions(beta=0.1), Inventory(gpus=(), source="test: cpu"),
-                      tmp_path / "repo", "http://fake/metrics", MovingAverage(window=1, slack=0.0),
-                      EventLog(tmp_path / "events.jsonl", origin=0.0), policy, progress=lambda line: None)
-
-
-def test_spare_capacity_is_taken_where_it_costs_no_slice_and_little_accuracy(tmp_path: Path) -> None:
-    """At 80 req/s one slice of the accurate variant serves it; 120 needs the cheap one on that slice (or two
-    slices): with spare 0.5 and up to 5 points of accuracy to give, the plan covers 120 on one slice."""
-    assert _spare_controller(tmp_path, Policy()).initial(80.0).demand_rps == pytest.approx(80.0)
-    plan = _spare_controller(tmp_path, Policy(spare=0.5, spare_accuracy=0.05)).initial(80.0)
-    assert plan.demand_rps == pytest.approx(120.0) and plan.slices == 1 and plan.accuracy == pytest.approx(0.95)
-    # not for more accuracy than allowed, nor where the wider plan takes more slices
-    assert _spare_controller(tmp_path, Policy(spare=0.5, spare_accuracy=0.01)).initial(80.0).demand_rps == 80.0
-    assert _spare_controller(tmp_path, Policy(spare=2.0, spare_accuracy=0.05)).initial(80.0).demand_rps == 80.0
