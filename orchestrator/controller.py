@@ -88,8 +88,6 @@ class Policy:
     surge_rise_z: float = 1.0    # a rise within this many standard deviations of Poisson noise counts as none
     shed_limit: float = 0.02     # between steps, step the plan up when the stages shed more than this share (0: never)
     shed_min: int = 20           # ... and at least this many requests, over the last surge window
-    shed_first_windows: int = 1  # the server's first plan: windows in force before its shedding counts
-    shed_past_bursts: bool = True  # step up also when a burst between two scrapes passed the plan's demand
     down_on_rise: bool = False   # allow a down replan below what rising arrivals project (``projection``)
     admission_reserve: float = ADMISSION_RESERVE  # of a request's budget, held back by the stages' admission
 
@@ -139,7 +137,6 @@ class Controller:
         self.surge_failed = False             # a surge found no larger plan: not again until the next step
         self.arrivals: deque[tuple[float, float, float]] = deque()  # (time, requests, shed so far) per scrape
         self.plan_seen_since: float | None = None  # the first scrape under the plan in force
-        self.fresh = False  # the plan in force is the one the server started with
         # after a shedding step-up: (the arrival rate that shed, the demand stepped up to); down replans
         # stop at that demand while the forecast stays at or above that rate
         self.shed_floor: tuple[float, float] | None = None
@@ -156,7 +153,7 @@ class Controller:
 
     def initial(self, demand: float) -> Plan:
         """Plan for ``demand`` and write the repository the server will start from."""
-        self.plan, self.fresh = self._make(demand), True
+        self.plan = self._make(demand)
         write_repository(self._render(self.plan), self.repo)
         self.events.write("plan", plan=self.plan.to_json(), demand_rps=demand, capacity_rps=demand, reason="initial")
         self.progress(f"initial plan for {demand:.1f} req/s: {self.plan.slices} slices, "
@@ -192,7 +189,7 @@ class Controller:
             self.events.write("apply_failed", demand_rps=demand, reason=str(exc))
             self.progress(f"apply failed, old plan keeps serving: {exc}")
             return
-        self.plan, self.intervals_in_plan, self.plan_seen_since, self.fresh = plan, 0, None, False
+        self.plan, self.intervals_in_plan, self.plan_seen_since = plan, 0, None
         self.apply_s = time.time() - started
         self.events.write("plan", plan=plan.to_json(), demand_rps=demand, capacity_rps=demand, reason=reason,
                           apply_s=round(self.apply_s, 2))
@@ -362,38 +359,25 @@ class Controller:
 
     def shed_share(self) -> tuple[float, float] | None:
         """(share, requests): of the requests that arrived over the last ``surge_window_s``, the share the
-        stages shed; None until the plan in force has been seen for a whole window (for the plan the
-        server started with, ``shed_first_windows``: the first requests through a fresh server shed)."""
+        stages shed; None until the plan in force has been seen for a whole window."""
         ts, counts, shed = zip(*self.arrivals)
         w = self.policy.surge_window_s
-        need = w * (self.policy.shed_first_windows if self.fresh else 1)
-        if self.plan_seen_since is None or ts[-1] - max(ts[0], self.plan_seen_since) < need:
+        if self.plan_seen_since is None or ts[-1] - max(ts[0], self.plan_seen_since) < w:
             return None
         c0, s0 = np.interp(ts[-1] - w, ts, counts), np.interp(ts[-1] - w, ts, shed)
         arrived, lost = counts[-1] - c0, shed[-1] - s0
         return (float(lost / arrived) if arrived > 0 else 0.0), float(lost)
 
-    def peak_rate(self) -> float:
-        """The highest arrival rate between two consecutive scrapes of the last ``surge_window_s``."""
-        ts, counts, _ = zip(*self.arrivals)
-        start = ts[-1] - self.policy.surge_window_s
-        rates = [(c2 - c1) / (t2 - t1) for t1, t2, c1, c2 in zip(ts, ts[1:], counts, counts[1:])
-                 if t2 > start and t2 > t1]
-        return max(rates, default=0.0)
-
     def shedding(self) -> bool:
         """Step the plan up by the headroom when, under its demand, its stages shed more than ``shed_limit``
-        of the requests over the last window (and at least ``shed_min``); whether it replanned. Without
-        ``shed_past_bursts``, only when under its demand between every two scrapes of the window."""
+        of the requests over the last window (and at least ``shed_min``); whether it replanned."""
         assert self.plan is not None
         seen = self.shed_share() if self.policy.shed_limit else None
         if seen is None or seen[0] <= self.policy.shed_limit or seen[1] < self.policy.shed_min:
             return False
-        planned = self.plan.demand_rps
-        if not self.policy.shed_past_bursts and self.peak_rate() > planned:  # a burst over the plan shed
-            return False
         share, lost = seen
         rate, _ = self.arrival_trend()
+        planned = self.plan.demand_rps
         self.events.write("shed", share=round(share, 4), shed=lost, demand_rps=round(rate, 3), planned_rps=planned)
         self.shed_floor = (rate, planned * (1 + self.policy.headroom))
         return self._replan_up(self.shed_floor[1],

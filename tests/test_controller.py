@@ -520,35 +520,6 @@ def test_shedding_steps_the_plan_up_by_its_headroom(tmp_path: Path, monkeypatch)
     assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(67.5)
 
 
-def test_the_servers_first_plan_can_settle_before_its_shedding_counts(tmp_path: Path, monkeypatch) -> None:
-    """With ``shed_first_windows=2`` the first window under the server's first plan is not judged (its first
-    requests shed); a later plan's first window is."""
-    f = _shedding(tmp_path, monkeypatch, {("det", "drops"): 20.0}, shed_first_windows=2)
-    assert f.c.surge() is False and f.c.shed_share() is None
-    f.push(20, stages={("det", "drops"): 2.0})
-    assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
-    for _ in range(2):   # the new plan: first seen, then a whole window of its own
-        f.push(20, stages={("det", "drops"): 2.0})
-    assert f.c.surge() is False and f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(67.5)
-
-
-def test_no_shedding_step_up_past_a_burst_over_the_plan_when_asked(tmp_path: Path, monkeypatch) -> None:
-    """Over a 20 s window, 40 req/s for 10 s (over the 30 planned) then 5: 22.5 req/s on average, under the
-    plan, with 10% shed. With ``shed_past_bursts=False`` the burst is taken for what shed."""
-    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_window_s=20.0, surge_rise_z=1e9,
-                                              shed_past_bursts=False))
-    f.c.initial(30.0)
-    for rps in (20, 20, 20, 20):
-        f.push(rps)
-        f.c.step() if f.pushed == 1 else f.c.surge()
-    f.push(40, stages={("det", "drops"): 4.0})
-    f.push(5, stages={("det", "drops"): 0.5})
-    assert f.c.surge() is False and f.c.surge() is False and f.applied == []
-    assert f.c.shed_share() == (pytest.approx(0.1), pytest.approx(45.0)) and f.c.peak_rate() == pytest.approx(40.0)
-    f.push(20, stages={("det", "drops"): 2.0})   # 20 s of 5 and 20 req/s, 10% shed: a step-up
-    assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
-
-
 def test_shedding_counts_late_answers_only_at_the_sinks_and_needs_enough_requests(tmp_path: Path, monkeypatch) -> None:
     f = _shedding(tmp_path, monkeypatch, {("det", "misses"): 5.0})  # late leaving det, not an answer: not shed
     assert f.c.surge() is False and f.c.shed_share() == (pytest.approx(0.0), pytest.approx(0.0))
@@ -619,4 +590,3 @@ def test_plans_leave_the_stages_admission_reserve_of_the_slo(tmp_path: Path, mon
     plan = f.c.initial(20.0)
     assert plan.solver["latency_reserve"] == 0.2
     assert max(p["latency_ms"] for p in plan.paths) <= 0.8 * f.app.latency_slo_ms + 1e-6
-
