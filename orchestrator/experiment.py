@@ -104,7 +104,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         stack.callback(applier.wait)
         controller.apply_plan = applier
         stop = threading.Event()
-        threads: list[threading.Thread] = []
+        controlling: list[threading.Thread] = []  # the controller's thread, once the load's origin is set
 
         def start(start_at: float) -> None:
             """The load's origin, once its generator is connected: the controller's clock starts with it."""
@@ -115,10 +115,11 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
                 time.sleep(max(0.0, start_at - time.time()))
                 controller.run(exp.interval_s, stop)
 
-            threads.append(threading.Thread(target=control, daemon=True))
-            stack.callback(threads[0].join)
+            thread = threading.Thread(target=control, daemon=True)
+            controlling.append(thread)
+            stack.callback(thread.join)
             stack.callback(stop.set)
-            threads[0].start()
+            thread.start()
 
         progress(f"replaying {len(times)} requests over {trace.duration_s:.0f} s (controller every "
                  f"{exp.interval_s:g} s), peak {trace.peak_rps:.1f} req/s")
@@ -129,7 +130,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
                                 progress_s=max(5.0, exp.interval_s), timeout_s=30.0, seed=exp.seed)
         result.write_csv(out / "requests.csv")
         stop.set()
-        for thread in threads:
+        for thread in controlling:
             thread.join()
         time.sleep(0.3)  # the stages' counters reach the server within 0.1 s
         try:
