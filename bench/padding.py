@@ -40,6 +40,7 @@ from orchestrator.metrics import increase, scrape  # noqa: E402
 from orchestrator.plan import Plan  # noqa: E402
 from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
 from orchestrator.profiles import ProfilePoint, Profiles  # noqa: E402
+from orchestrator.refinement import batch_times_ms  # noqa: E402
 from orchestrator.render import build_configs, runner_name, write_repository  # noqa: E402
 from orchestrator.server import TritonServer, free_ports  # noqa: E402
 from orchestrator.tritonenv import prepare_backend_dir, server_env  # noqa: E402
@@ -96,6 +97,7 @@ def serve_once(spec: AppSpec, prof: Profiles, demand: float, rate: float, second
         time.sleep(0.3)
         after = car_counters(srv.metrics_url, plan, spec)
     d = {k: increase(before[k], after[k]) for k in before}
+    batch_ms, _ = batch_times_ms(spec, prof, "cpu", car, d) or (0.0, None)  # as the controller judges runners
     s = result.summary()
     return {"rate_rps": rate, "car_entry": {"batch": car.batch, "count": car.count, "mps": car.mps},
             "requests": s["requests"], "ok": s["ok"], "late": s["late"], "dropped": s["dropped"], "error": s["error"],
@@ -104,8 +106,8 @@ def serve_once(spec: AppSpec, prof: Profiles, demand: float, rate: float, second
             "car_batches": d["batches"], "car_rows_per_batch": round(d["rows"] / max(1, d["batches"]), 2),
             "car_padded_rows_per_batch": round(d["padding"] / max(1, d["batches"]), 2),
             "car_queue_ms": round(d["queue_us"] / max(1, d["requests"]) / 1000, 2),
-            "car_batch_ms": round(d["compute_us"] / max(1, d["requests"]) / 1000, 2),
-            "car_busy": round(d["batches"] * d["compute_us"] / max(1, d["requests"]) / 1e6 / seconds / car.count, 3)}
+            "car_batch_ms": round(batch_ms, 2),
+            "car_busy": round(d["batches"] * batch_ms / 1000 / seconds / (car.count * car.mps), 3)}
 
 
 def main() -> None:
