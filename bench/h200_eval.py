@@ -199,9 +199,9 @@ def main() -> None:
                     help="step the plan up when its stages shed more than this share of the requests over "
                          "the surge window (0: never)")
     ap.add_argument("--capture", choices=("cheap", "half", "all"), default=None,
-                    help="the batch sizes the runners capture (zoo.capture_policy; default: the runtime's, cheap: "
-                         "between 1 and the max only where the max's capture was cheap; half: a costly "
-                         "architecture also the largest size below its max; all: every size)")
+                    help="the batch sizes the runners capture (zoo.capture_policy; default: the runtime's, all: every "
+                         "size; cheap: between 1 and the max only where the max's capture was cheap; half: a "
+                         "costly architecture also the largest size below its max)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
     ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",

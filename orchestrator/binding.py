@@ -32,7 +32,8 @@ VISIBLE = "CUDA_VISIBLE_DEVICES"
 
 @dataclass(frozen=True)
 class ProcessBinding:
-    """Where one process of a segment runs and the environment that puts it there."""
+    """Where one process of a segment runs and the environment that puts it there; ``gpu_index`` is
+    the plan's GPU (the inventory's position), descriptions name NVML's index."""
 
     kind: Literal["mig", "mps", "cpu", "gpu"]
     gpu_index: int | None
@@ -86,7 +87,7 @@ def _segments(placement: Mapping[str, Any], gpu: GpuType) -> list[_Placed]:
 
 def _mig(seg: _Placed, mig: MigDevice) -> tuple[ProcessBinding, ...]:
     env = {VISIBLE: mig.uuid}
-    where = f"MIG {mig.profile} {mig.uuid} on GPU {seg.gpu}"
+    where = f"MIG {mig.profile} {mig.uuid} on GPU {mig.gpu_index}"
     if seg.key.mps == 1:
         return (ProcessBinding("mig", seg.gpu, env, where),)
     pct = 100 // seg.key.mps
@@ -99,15 +100,15 @@ def _emulated(seg: _Placed, device: GpuDevice, gpu: GpuType) -> tuple[ProcessBin
     shape, mps = gpu.shapes[seg.size], seg.key.mps
     env = {VISIBLE: device.uuid}
     if seg.size == gpu.slices and mps == 1:
-        return (ProcessBinding("gpu", seg.gpu, env, f"whole GPU {seg.gpu} ({device.name})"),)
+        return (ProcessBinding("gpu", seg.gpu, env, f"whole GPU {device.index} ({device.name})"),)
     total_sms = device.sms or gpu.whole.sms
     if not total_sms:
         raise InputError(f"segment {seg.label!r}: GPU {seg.gpu} has no known SM count to emulate "
                          f"{shape.name} with MPS")
     env |= emulation_env(gpu, seg.size, mps, total_sms, device.memory_mb)
     pct, mem = env[SM_PERCENT], env[MEM_LIMIT].split("=", 1)[1]
-    what = (f"MPS share of whole GPU {seg.gpu}" if seg.size == gpu.slices else
-            f"emulated MIG {shape.name} via MPS SM cap on GPU {seg.gpu}")
+    what = (f"MPS share of whole GPU {device.index}" if seg.size == gpu.slices else
+            f"emulated MIG {shape.name} via MPS SM cap on GPU {device.index}")
     return tuple(ProcessBinding("mps", seg.gpu, dict(env),
                                 f"{what}: process {p + 1}/{mps}, {pct}% of {total_sms} SMs, {mem}")
                  for p in range(mps))
@@ -141,7 +142,7 @@ def bind(placement: Mapping[str, Any], gpu: GpuType, inventory: Inventory) -> di
     if needed > len(inventory.gpus):
         raise InputError(f"placement needs {needed} GPUs but the inventory ({inventory.source}) "
                          f"has {len(inventory.gpus)}")
-    free = {d.index: list(d.mig_devices) for d in inventory.gpus}
+    free = {g: list(d.mig_devices) for g, d in enumerate(inventory.gpus)}  # by the plan's GPU, not NVML's index
     out: dict[str, SegmentBinding] = {}
     for seg in segments:
         device = inventory.gpus[seg.gpu]

@@ -109,7 +109,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         def start(start_at: float) -> None:
             """The load's origin, once its generator is connected: the controller's clock starts with it."""
             events.origin = start_at
-            stack.enter_context(HostSampler(out / HOST_FILE, start_at))
+            stack.enter_context(HostSampler(out / HOST_FILE, start_at, gpus=[d.index for d in exp.inventory.gpus]))
 
             def control() -> None:
                 time.sleep(max(0.0, start_at - time.time()))

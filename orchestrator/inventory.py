@@ -2,7 +2,9 @@
 
 The orchestrator never creates or changes MIG instances: it reads what exists and binds plan
 segments to it (``orchestrator.binding``). A machine without NVML (no driver, no GPU) gives an
-empty, CPU-only inventory rather than an error.
+empty, CPU-only inventory rather than an error. As CUDA does, NVML's GPUs are narrowed to those
+``CUDA_VISIBLE_DEVICES`` names, when set (``visible``): one run per GPU of a machine, each in an
+environment naming its GPU, binds only to it.
 
 Simulated inventory file (JSON); every field is required unless marked optional, and other keys
 (e.g. "_comment") are ignored::
@@ -26,6 +28,7 @@ See ``examples/inventory/`` for complete files.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +39,8 @@ from .errors import InputError
 
 @dataclass(frozen=True)
 class MigDevice:
-    """A MIG device (GPU instance + compute instance) of GPU ``gpu_index``: ``size`` compute slices."""
-
+    """A MIG device (GPU instance + compute instance) of GPU ``gpu_index`` (NVML's index): ``size``
+    compute slices."""
     uuid: str
     gpu_index: int
     size: int
@@ -48,7 +51,8 @@ class MigDevice:
 
 @dataclass(frozen=True)
 class GpuDevice:
-    """A physical GPU; ``sms`` is 0 when unknown, ``mig_devices`` is empty unless MIG is enabled."""
+    """A physical GPU; ``index`` is NVML's (a plan's GPU g is the inventory's g-th GPU, whatever its
+    index), ``sms`` is 0 when unknown, ``mig_devices`` is empty unless MIG is enabled."""
 
     index: int
     uuid: str
@@ -73,10 +77,34 @@ class Inventory:
 
 
 _PROFILE = re.compile(r"\d+g\.\d+gb")
+VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+
+
+def visible(gpus: tuple[GpuDevice, ...], value: str | None) -> tuple[GpuDevice, ...]:
+    """The GPUs a ``CUDA_VISIBLE_DEVICES`` value names, in its order: each entry an NVML index or a
+    GPU's UUID (or a prefix of it, as CUDA takes them); all GPUs when unset, none when empty.
+    InputError for an entry that names no GPU, or more than one, or a MIG device (the inventory holds
+    whole GPUs: a run's MIG devices are those of its GPUs)."""
+    if value is None:
+        return gpus
+    known = ", ".join(f"{g.index}: {g.uuid}" for g in gpus) or "none"
+    out: list[GpuDevice] = []
+    for entry in (e.strip() for e in value.split(",") if e.strip()):
+        if entry.startswith("MIG-"):
+            raise InputError(f"{VISIBLE_ENV}: {entry!r} is a MIG device; name whole GPUs (an index or a GPU UUID)")
+        found = [g for g in gpus if (str(g.index) == entry if entry.isdigit() else g.uuid.startswith(entry))]
+        if len(found) != 1:
+            what = "names no GPU" if not found else "names several GPUs"
+            raise InputError(f"{VISIBLE_ENV}: {entry!r} {what} of this machine (GPUs {known})")
+        if found[0] in out:
+            raise InputError(f"{VISIBLE_ENV}: GPU {found[0].index} named twice in {value!r}")
+        out.append(found[0])
+    return tuple(out)
 
 
 def from_nvml() -> Inventory:
-    """Read GPUs and MIG devices through NVML (``pynvml``, package nvidia-ml-py).
+    """Read GPUs and MIG devices through NVML (``pynvml``, package nvidia-ml-py), narrowed to those
+    ``CUDA_VISIBLE_DEVICES`` names when it is set (``visible``).
 
     Never raises because NVML is missing or cannot be initialised: that gives an empty,
     CPU-only inventory whose ``source`` is "nvml unavailable: <reason>".
@@ -91,7 +119,10 @@ def from_nvml() -> Inventory:
         return Inventory((), f"nvml unavailable: {exc}")
     try:
         gpus = tuple(_nvml_gpu(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount()))
-        return Inventory(gpus, "nvml")
+        value = os.environ.get(VISIBLE_ENV)
+        if value is None:
+            return Inventory(gpus, "nvml")
+        return Inventory(visible(gpus, value), f"nvml, {VISIBLE_ENV}={value}")
     finally:
         pynvml.nvmlShutdown()
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ import pytest
 from orchestrator.binding import MEM_LIMIT, SM_PERCENT, VISIBLE, bind, uses_mps
 from orchestrator.errors import InputError
 from orchestrator.gpus import gpu_type
-from orchestrator.inventory import GpuDevice, Inventory, detect, from_file, from_nvml
+from orchestrator.inventory import GpuDevice, Inventory, detect, from_file, from_nvml, visible
 from orchestrator.placement import place
 from orchestrator.plan import Entry, segment_label
 
@@ -184,6 +185,31 @@ def test_from_nvml_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (l4.name, l4.mig_enabled, l4.mig_devices, l4.memory_mb) == ("NVIDIA L4", False, (), 23034)
 
 
+def test_from_nvml_narrowed_by_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    inv = from_nvml()
+    assert [(g.index, g.uuid) for g in inv.gpus] == [(1, "GPU-1")]
+    assert inv.source == "nvml, CUDA_VISIBLE_DEVICES=1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert from_nvml().is_cpu_only   # CUDA sees no GPU either
+
+
+def test_visible_entries() -> None:
+    gpus = from_file(A100X2).gpus
+    g0, g1 = gpus
+    assert visible(gpus, None) == gpus
+    assert visible(gpus, "1,0") == (g1, g0)
+    assert visible(gpus, f" {g1.uuid} ") == (g1,)
+    assert visible(gpus, g1.uuid[:-3]) == (g1,)     # a UUID prefix, as CUDA takes it
+    for value, message in [("2", "'2' names no GPU of this machine (GPUs 0: GPU-"),
+                           ("GPU-a100a100", "names several GPUs"),
+                           ("0,0", "GPU 0 named twice"),
+                           ("MIG-a100a100-0000-4000-8000-000000000001", "is a MIG device; name whole GPUs")]:
+        with pytest.raises(InputError, match="CUDA_VISIBLE_DEVICES: .*" + re.escape(message)):
+            visible(gpus, value)
+
+
 def test_from_nvml_init_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _fake_nvml(init_fails=True)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
@@ -249,6 +275,21 @@ def test_bind_runs_out_of_mig_devices() -> None:
     with pytest.raises(InputError, match=r"'a/v/1g/mps1/b4#2' needs a free MIG device of size 1 on "
                                          r"GPU 1, which has sizes \[1, 1, 2, 3\] \(still free: \[2, 3\]\)"):
         bind(plan, gpu_type("a100-80gb"), from_file(A100X2))
+
+
+def test_bind_on_a_narrowed_inventory() -> None:
+    """A run given only NVML's GPU 1 binds the plan's GPU 0 to it: its MIG devices, its UUID."""
+    a100 = from_file(A100X2)
+    only1 = Inventory(visible(a100.gpus, "1"), "nvml, CUDA_VISIBLE_DEVICES=1")
+    bindings = bind(placement("a100-80gb", entry("a", 2)), gpu_type("a100-80gb"), only1)
+    (p,) = next(iter(bindings.values())).processes
+    assert p.env[VISIBLE] == next(m.uuid for m in a100.gpus[1].mig_devices if m.size == 2)
+    assert p.gpu_index == 0 and p.description.endswith("on GPU 1")
+    h200 = from_file(H200).gpus[0]
+    moved = Inventory((GpuDevice(1, "GPU-second", h200.name, h200.sms, h200.memory_mb, False, ()),), "nvml")
+    (p, _) = next(iter(bind(placement("h200-141gb", entry("a", 1, mps=2)), gpu_type("h200-141gb"),
+                            moved).values())).processes
+    assert p.env[VISIBLE] == "GPU-second" and "on GPU 1:" in p.description
 
 
 def test_bind_too_few_gpus() -> None:

@@ -297,6 +297,24 @@ def test_host_sampler_writes_cpu_busy_share(tmp_path: Path) -> None:
     assert list(t) == sorted(t) and 0.0 < t[0] < 0.3 and all(0.0 <= c <= 100.0 for c in cpu)
 
 
+def test_host_sampler_reads_only_its_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run sharing its machine samples only its GPUs (NVML's indices), in columns named by index."""
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from tools.hostload import HostSampler
+    fake = SimpleNamespace(NVMLError=RuntimeError, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+                           nvmlDeviceGetCount=lambda: 2, nvmlDeviceGetHandleByIndex=lambda i: i,
+                           nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=10 * (h + 1)),
+                           nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=(h + 1) * 2**30))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    with HostSampler(tmp_path / "host.csv", time.time(), period_s=0.05, gpus=[1]):
+        time.sleep(0.2)
+    header, first = (tmp_path / "host.csv").read_text().splitlines()[:2]
+    assert header == "t_s,cpu_busy_pct,gpu1_util_pct,gpu1_mem_mib" and first.endswith(",20,2048")
+
+
 def test_apply_times_are_summarized(tmp_path: Path, plans: dict) -> None:
     evs = events(plans)
     evs[1]["apply_s"] = 12.5

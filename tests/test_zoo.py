@@ -47,11 +47,14 @@ def test_tts_runner_gives_a_fixed_length_waveform(zoo, small):
     np.testing.assert_array_equal(zoo.GraphRunner(small, width=16, max_batch=2, device="cpu")(rows), out)
 
 
-def test_a_costly_architecture_captures_batch_1_and_the_max_only(zoo, small, monkeypatch):
-    """Sizes between 1 and the max batch are captured when the max batch's capture was cheap; otherwise a
-    batch of 3 runs padded to 4. Given ``sizes`` (the profiler's) are always all captured."""
-    assert zoo.GraphRunner(small, width=16, max_batch=4, device="cpu").sizes == [1, 2, 4]
+def test_capture_policies(zoo, small, monkeypatch):
+    """By default every size is captured. Under "cheap", sizes between 1 and the max batch are captured when
+    the max batch's capture was cheap; otherwise a batch of 3 runs padded to 4. Given ``sizes`` (the
+    profiler's) are always all captured."""
     monkeypatch.setattr(zoo, "CHEAP_CAPTURE_S", 0.0)
+    monkeypatch.delenv(zoo.CAPTURE_ENV, raising=False)
+    assert zoo.GraphRunner(small, width=16, max_batch=4, device="cpu").sizes == [1, 2, 4]
+    monkeypatch.setenv(zoo.CAPTURE_ENV, "cheap")
     runner = zoo.GraphRunner(small, width=16, max_batch=4, device="cpu")
     assert runner.sizes == [1, 4] and list(runner.load_times)[3:] == ["b1", "b4"]
     rows = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)

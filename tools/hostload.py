@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Sequence
 
 FILE = "host.csv"
 
@@ -32,22 +32,24 @@ def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
     return total - idle, total
 
 
-def _nvml_handles() -> tuple[Any, list[Any]]:
-    """pynvml and a handle per GPU, or (None, []) without NVML."""
+def _nvml_handles(indices: Sequence[int] | None) -> tuple[Any, list[tuple[int, Any]]]:
+    """pynvml and (index, handle) per GPU of ``indices`` (NVML's; None: all), or (None, []) without NVML."""
     try:
         import pynvml
         pynvml.nvmlInit()
-        return pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        chosen = range(pynvml.nvmlDeviceGetCount()) if indices is None else indices
+        return pynvml, [(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in chosen]
     except Exception:  # noqa: BLE001 (ImportError, NVMLError: no NVML here)
         return None, []
 
 
 class HostSampler:
     """Samples every ``period_s`` in a thread while entered; times in seconds from ``origin``
-    (``time.time()``), each row covering the period before it."""
+    (``time.time()``), each row covering the period before it; the GPUs of NVML's ``gpus`` indices
+    (None: all; a run shares its machine with another on the other GPUs), columns named by index."""
 
-    def __init__(self, path: Path, origin: float, period_s: float = 1.0) -> None:
-        self.path, self.origin, self.period_s = Path(path), origin, period_s
+    def __init__(self, path: Path, origin: float, period_s: float = 1.0, gpus: Sequence[int] | None = None) -> None:
+        self.path, self.origin, self.period_s, self.gpus = Path(path), origin, period_s, gpus
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="host-sampler", daemon=True)
         self.rows = 0
@@ -61,12 +63,12 @@ class HostSampler:
         self._thread.join()
 
     def _run(self) -> None:
-        nvml, gpus = _nvml_handles()
+        nvml, gpus = _nvml_handles(self.gpus)
         try:
             with self.path.open("w", newline="") as f:
                 out = csv.writer(f)
                 out.writerow(["t_s", "cpu_busy_pct"]
-                             + [c for i in range(len(gpus)) for c in (f"gpu{i}_util_pct", f"gpu{i}_mem_mib")])
+                             + [c for i, _ in gpus for c in (f"gpu{i}_util_pct", f"gpu{i}_mem_mib")])
                 last = cpu_times()
                 while not self._stop.wait(self.period_s):
                     now = cpu_times()
@@ -75,7 +77,7 @@ class HostSampler:
                         cpu = f"{100.0 * (now[0] - last[0]) / (now[1] - last[1]):.1f}"
                     last = now
                     row = [f"{time.time() - self.origin:.2f}", cpu]
-                    for h in gpus:
+                    for _, h in gpus:
                         try:
                             row += [nvml.nvmlDeviceGetUtilizationRates(h).gpu,
                                     nvml.nvmlDeviceGetMemoryInfo(h).used // 2**20]

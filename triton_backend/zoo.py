@@ -321,15 +321,18 @@ ARCHS: dict[str, Callable[[], Arch]] = {
 # EfficientNets, where cuDNN builds its plans per shape in each new process; 0.04-0.6 s for the other
 # architectures measured
 CHEAP_CAPTURE_S = 1.0
-# which sizes a serving runner captures (``$JIGSAW_CAPTURE`` of the server, read by each runner):
-# "cheap" every size where the max's capture was cheap, else batch 1 and the max; "half" as "cheap", but
-# a costly architecture also captures the largest size below its max; "all" every size
+# which sizes a serving runner captures (``$JIGSAW_CAPTURE`` of the server, read by each runner): "all"
+# (the default) every size; "cheap" every size where the max's capture was cheap, else batch 1 and the
+# max; "half" as "cheap", but a costly architecture also captures the largest size below its max. On the
+# H200, traffic's EfficientNet car runners padded every batch to their max under "cheap" (a request waited
+# 17.6-27 ms in their queue); under "all" 1.8-7.6 ms, for applies of 13.4 s instead of 9-10 s on average
+# (bench/results/h200-eval/results.md, tenth session)
 CAPTURE_ENV, CAPTURE_POLICIES = "JIGSAW_CAPTURE", ("cheap", "half", "all")
 
 
 def capture_policy() -> str:
-    """The runners' capture policy: ``$JIGSAW_CAPTURE``, "cheap" when unset."""
-    policy = os.environ.get(CAPTURE_ENV, "cheap")
+    """The runners' capture policy: ``$JIGSAW_CAPTURE``, "all" when unset."""
+    policy = os.environ.get(CAPTURE_ENV, "all")
     if policy not in CAPTURE_POLICIES:
         raise ValueError(f"{CAPTURE_ENV}: expected one of {', '.join(CAPTURE_POLICIES)}, got {policy!r}")
     return policy
@@ -380,10 +383,10 @@ class GraphRunner:
         self._done = torch.cuda.Event(blocking=True) if pinned else None
         self.load_times["build"] = time.monotonic() - started
         # batch 1 and the max first; without ``sizes`` given, the sizes in between as ``capture_policy()``
-        # says: by default only where the max's capture was cheap (``CHEAP_CAPTURE_S``). A batch between
-        # two captured sizes runs padded to the larger one, never slower than the full batch the plan
-        # budgets, but a runner that pads every batch to its max is busy at any load and every request
-        # waits for the batch in progress (bench/padding.py); each size costs load time on every apply
+        # says (by default all of them). A batch between two captured sizes runs padded to the larger one,
+        # never slower than the full batch the plan budgets, but a runner that pads every batch to its max
+        # is busy at any load and every request waits for the batch in progress (bench/padding.py); each
+        # size costs load time on every apply
         policy = "all" if sizes else capture_policy()
         ends, between = sorted({planned[0], planned[-1]}), planned[1:-1]
         half = between[-1:] if policy == "half" else []
