@@ -37,7 +37,8 @@ from orchestrator.inventory import detect  # noqa: E402
 from orchestrator.planner import PlanOptions  # noqa: E402
 from orchestrator.profiles import default_gpu, load_profiles  # noqa: E402
 
-CAPTURE_ENV = "JIGSAW_CAPTURE"  # triton_backend.zoo.CAPTURE_ENV, without importing torch here
+# triton_backend.zoo.CAPTURE_ENV and CAPTURE_POLICIES, without importing torch here
+CAPTURE_ENV, CAPTURE_POLICIES = "JIGSAW_CAPTURE", ("cheap", "half", "all", "background")
 from tools.trace import compress, scale_to_peak, synthetic_diurnal  # noqa: E402
 
 SYSTEMS = {"ast": "JigsawServe (A+S+T)", "at": "A+T (Loki-like)", "st": "S+T (ParvaGPU-like)",
@@ -198,10 +199,11 @@ def main() -> None:
     ap.add_argument("--shed-limit", type=float, default=Policy().shed_limit,
                     help="step the plan up when its stages shed more than this share of the requests over "
                          "the surge window (0: never)")
-    ap.add_argument("--capture", choices=("cheap", "half", "all"), default=None,
+    ap.add_argument("--capture", choices=CAPTURE_POLICIES, default=None,
                     help="the batch sizes the runners capture (zoo.capture_policy; default: the runtime's, all: every "
                          "size; cheap: between 1 and the max only where the max's capture was cheap; half: a "
-                         "costly architecture also the largest size below its max)")
+                         "costly architecture also the largest size below its max; background: 1 and the max "
+                         "before ready, the rest while serving)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
     ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",

@@ -70,4 +70,4 @@ def test_runner_loads_per_architecture() -> None:
 
 def test_the_capture_threshold_is_named_as_the_runners_read_it() -> None:
     zoo = pytest.importorskip("triton_backend.zoo")
-    assert h200_eval.CAPTURE_ENV == zoo.CAPTURE_ENV
+    assert (h200_eval.CAPTURE_ENV, h200_eval.CAPTURE_POLICIES) == (zoo.CAPTURE_ENV, zoo.CAPTURE_POLICIES)

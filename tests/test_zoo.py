@@ -68,8 +68,42 @@ def test_capture_policies(zoo, small, monkeypatch):
     monkeypatch.setenv(zoo.CAPTURE_ENV, "all")
     assert zoo.GraphRunner(small, width=16, max_batch=8, device="cpu").sizes == [1, 2, 4, 8]
     monkeypatch.setenv(zoo.CAPTURE_ENV, "most")
-    with pytest.raises(ValueError, match="JIGSAW_CAPTURE: expected one of cheap, half, all, got 'most'"):
+    with pytest.raises(ValueError, match="JIGSAW_CAPTURE: expected one of cheap, half, all, background, got 'most'"):
         zoo.GraphRunner(small, width=16, max_batch=4, device="cpu")
+
+
+def test_background_captures(zoo, small, monkeypatch):
+    """Policy "background": ready with batch 1 and the max, the sizes in between captured in a thread while
+    the runner serves (padded meanwhile), largest first; ``close`` lets the capture in progress finish and
+    starts no other."""
+    import threading
+    monkeypatch.setenv(zoo.CAPTURE_ENV, "background")
+    rows = np.random.default_rng(2).normal(size=(3, 16)).astype(np.float32)
+    runner = zoo.GraphRunner(small, width=16, max_batch=8, device="cpu")
+    assert runner.wait_captures(timeout_s=60) and runner.sizes == [1, 2, 4, 8]
+    assert list(runner.load_times)[3:] == ["b1", "b8"] and list(runner.background_times) == ["b4", "b2"]
+    out = runner(rows)
+    assert out.shape == (3, 16) and np.isfinite(out).all()
+    assert runner.padded_rows == 1 and runner.capture_error is None
+    entered, gate = threading.Event(), threading.Event()
+    capture = zoo.GraphRunner._capture
+
+    def held(self, batch, thread_local=False):
+        if thread_local:
+            entered.set()
+            gate.wait(60)
+        return capture(self, batch, thread_local)
+    monkeypatch.setattr(zoo.GraphRunner, "_capture", held)
+    runner = zoo.GraphRunner(small, width=16, max_batch=8, device="cpu")
+    assert entered.wait(60) and runner.sizes == [1, 8]
+    assert runner(rows).shape == (3, 16) and runner.padded_rows == 5   # served meanwhile, padded to 8
+    closing = threading.Thread(target=runner.close)
+    closing.start()
+    while not runner._stop.is_set():
+        closing.join(0.01)
+    gate.set()
+    closing.join(60)
+    assert runner.sizes == [1, 4, 8] and list(runner.background_times) == ["b4"]
 
 
 @pytest.mark.parametrize("arch", TTS)

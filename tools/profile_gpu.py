@@ -458,7 +458,7 @@ def run(apps: list[AppSpec], gpu: GpuType, out: str, progress: Callable[[str], N
         raise RuntimeError("no NVIDIA GPU found through NVML: the GPU profiler needs one")
     device = inventory.gpus[0]
     if device.mig_enabled:
-        raise RuntimeError(f"GPU 0 ({device.name}) has MIG enabled: profile on its MIG devices is not "
+        raise RuntimeError(f"GPU {device.index} ({device.name}) has MIG enabled: profile on its MIG devices is not "
                            "implemented; this profiler emulates MIG with MPS on a GPU without MIG")
     total_sms = device.sms or gpu.whole.sms
     earlier = load_isolated(reuse, gpu) if reuse else None

@@ -398,6 +398,18 @@ class _Runner:
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", part)]))
         return responses
 
+    def close(self, model_name: str, instance_name: str) -> None:
+        """Stop the runner's background captures, if any (``zoo.GraphRunner.close``), and log what they did."""
+        close = getattr(self.run, "close", None)
+        if close is None:
+            return
+        close()
+        done, error = getattr(self.run, "background_times", {}), getattr(self.run, "capture_error", None)
+        if done or error:
+            times = ", ".join(f"{k} {v:.2f}" for k, v in done.items())
+            pb_utils.Logger.log_info(f"jigsaw runner {model_name} {instance_name}: captured in the background: "
+                                     f"{times or 'nothing'}" + (f"; stopped by {error}" if error else ""))
+
     def flush(self) -> None:
         padded = getattr(self.run, "padded_rows", 0)
         if padded > self.sent_padded:
@@ -417,6 +429,7 @@ class TritonPythonModel:
             self.impl: Any = _Graph(cfg, args["model_instance_name"], args["model_repository"])
         elif role == "runner":
             self.impl = _Runner(cfg, args["model_name"], args["model_instance_name"])
+            self.names = (args["model_name"], args["model_instance_name"])
         else:
             raise ValueError(f"jigsaw: unknown role {role!r} in model {args['model_name']}")
         self.is_async = role == "graph"
@@ -431,10 +444,11 @@ class TritonPythonModel:
         return self.impl.execute(requests)
 
     def finalize(self) -> None:
-        """Send the counter increments still held back and give the backlog row back (the model is
-        being unloaded)."""
+        """Send the counter increments still held back and give the backlog row back, or stop a runner's
+        background captures (the model is being unloaded)."""
         if self.is_async:
             self.impl.counters.flush()
             self.impl.backlog.close()
         else:
+            self.impl.close(*self.names)
             self.impl.flush()

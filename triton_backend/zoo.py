@@ -32,6 +32,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,8 +327,10 @@ CHEAP_CAPTURE_S = 1.0
 # max; "half" as "cheap", but a costly architecture also captures the largest size below its max. On the
 # H200, traffic's EfficientNet car runners padded every batch to their max under "cheap" (a request waited
 # 17.6-27 ms in their queue); under "all" 1.8-7.6 ms, for applies of 13.4 s instead of 9-10 s on average
-# (bench/results/h200-eval/results.md, tenth session)
-CAPTURE_ENV, CAPTURE_POLICIES = "JIGSAW_CAPTURE", ("cheap", "half", "all")
+# (bench/results/h200-eval/results.md, tenth session). "background": batch 1 and the max before the runner
+# is ready, every size in between after it, in a thread, while it serves (each in use once captured):
+# applies as short as "cheap"'s, batches as "all"'s a few seconds later
+CAPTURE_ENV, CAPTURE_POLICIES = "JIGSAW_CAPTURE", ("cheap", "half", "all", "background")
 
 
 def capture_policy() -> str:
@@ -390,18 +393,62 @@ class GraphRunner:
         policy = "all" if sizes else capture_policy()
         ends, between = sorted({planned[0], planned[-1]}), planned[1:-1]
         half = between[-1:] if policy == "half" else []
+        self.padded_rows = 0  # rows added to fill batches up to a captured size (what the runner exports)
+        self._stop = threading.Event()
+        self._background: threading.Thread | None = None
+        # the background captures' times (seconds, per size) and error, apart from ``load_times``, which
+        # the server logs as the runner becomes ready, while they go on
+        self.background_times: dict[str, float] = {}
+        self.capture_error: str | None = None
         with torch.inference_mode():
             for b in ends + half + [x for x in between if x not in half]:
+                if policy == "background" and b in between:
+                    break
                 if (policy != "all" and b in between and b not in half
                         and self.load_times[f"b{planned[-1]}"] > CHEAP_CAPTURE_S):
                     break
-                started = time.monotonic()
-                self.graphs[b] = self._capture(b)
-                self.load_times[f"b{b}"] = time.monotonic() - started
-        self.sizes = sorted(self.graphs)
-        self.padded_rows = 0  # rows added to fill batches up to a captured size (what the runner exports)
+                self._add(b)
+        if policy == "background" and between:
+            self._background = threading.Thread(target=self._capture_rest, args=(between,), daemon=True,
+                                                name="jigsaw-capture")
+            self._background.start()
 
-    def _capture(self, batch: int) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor]:
+    def _add(self, batch: int, thread_local: bool = False) -> None:
+        """Capture ``batch`` and put it in use: ``sizes`` is replaced, never changed in place, so that a
+        batch being served picks from a consistent list."""
+        started = time.monotonic()
+        self.graphs[batch] = self._capture(batch, thread_local)
+        (self.background_times if thread_local else self.load_times)[f"b{batch}"] = time.monotonic() - started
+        self.sizes = sorted(self.graphs)
+
+    def _capture_rest(self, batches: list[int]) -> None:
+        """The background captures (policy "background"), largest first (a batch pads to the next size
+        up: the largest gap closes first), until ``close``. A failed capture ends them: the runner keeps
+        serving at the sizes it has."""
+        try:
+            with torch.inference_mode():
+                for b in sorted(batches, reverse=True):
+                    if self._stop.is_set():
+                        return
+                    self._add(b, thread_local=True)
+        except Exception as exc:  # noqa: BLE001 (any failure: serving goes on, padded)
+            self.capture_error = f"{type(exc).__name__}: {exc}"
+
+    def wait_captures(self, timeout_s: float | None = None) -> bool:
+        """Wait for the background captures; whether they are done."""
+        if self._background is not None:
+            self._background.join(timeout_s)
+            return not self._background.is_alive()
+        return True
+
+    def close(self) -> None:
+        """Stop the background captures after the one in progress (the model is being unloaded)."""
+        self._stop.set()
+        self.wait_captures()
+
+    def _capture(self, batch: int, thread_local: bool = False) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor]:
+        """One batch size's graph, its static inputs and output. ``thread_local``: captured while another
+        thread serves (CUDA's thread-local capture mode: only this thread's calls are checked)."""
         inputs = self.spec.inputs(batch, self.device, self.dtype)
         if self.device.type != "cuda":
             return None, inputs, self.spec.forward(self.model, inputs)
@@ -416,7 +463,7 @@ class GraphRunner:
                     self.spec.forward(self.model, inputs)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local" if thread_local else "global"):
                 out = self.spec.forward(self.model, inputs)
         return graph, inputs, out
 
