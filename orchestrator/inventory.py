@@ -81,15 +81,18 @@ VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 
 
 def visible(gpus: tuple[GpuDevice, ...], value: str | None) -> tuple[GpuDevice, ...]:
-    """The GPUs a ``CUDA_VISIBLE_DEVICES`` value names, in its order: each entry an NVML index or a
-    GPU's UUID (or a prefix of it, as CUDA takes them); all GPUs when unset, none when empty.
-    InputError for an entry that names no GPU, or more than one, or a MIG device (the inventory holds
-    whole GPUs: a run's MIG devices are those of its GPUs)."""
+    """The GPUs a ``CUDA_VISIBLE_DEVICES`` value names, in its order: each entry an NVML index (CUDA's
+    ordinal too under ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; a UUID is unambiguous either way) or a GPU's UUID
+    (or a prefix of it, as CUDA takes them); all GPUs when unset, none when empty. As in CUDA, a negative
+    number ends the list ("-1": no GPU). InputError for an entry that names no GPU, or more than one, or
+    a MIG device (the inventory holds whole GPUs: a run's MIG devices are those of its GPUs)."""
     if value is None:
         return gpus
     known = ", ".join(f"{g.index}: {g.uuid}" for g in gpus) or "none"
     out: list[GpuDevice] = []
     for entry in (e.strip() for e in value.split(",") if e.strip()):
+        if entry.startswith("-") and entry[1:].isdigit():
+            break
         if entry.startswith("MIG-"):
             raise InputError(f"{VISIBLE_ENV}: {entry!r} is a MIG device; name whole GPUs (an index or a GPU UUID)")
         found = [g for g in gpus if (str(g.index) == entry if entry.isdigit() else g.uuid.startswith(entry))]
@@ -107,7 +110,8 @@ def from_nvml() -> Inventory:
     ``CUDA_VISIBLE_DEVICES`` names when it is set (``visible``).
 
     Never raises because NVML is missing or cannot be initialised: that gives an empty,
-    CPU-only inventory whose ``source`` is "nvml unavailable: <reason>".
+    CPU-only inventory whose ``source`` is "nvml unavailable: <reason>". InputError for a
+    ``CUDA_VISIBLE_DEVICES`` that names what this machine does not have (``visible``).
     """
     try:
         import pynvml

@@ -202,6 +202,7 @@ def test_visible_entries() -> None:
     assert visible(gpus, "1,0") == (g1, g0)
     assert visible(gpus, f" {g1.uuid} ") == (g1,)
     assert visible(gpus, g1.uuid[:-3]) == (g1,)     # a UUID prefix, as CUDA takes it
+    assert visible(gpus, "-1") == () and visible(gpus, "1,-1,0") == (g1,)   # as CUDA: a negative number ends the list
     for value, message in [("2", "'2' names no GPU of this machine (GPUs 0: GPU-"),
                            ("GPU-a100a100", "names several GPUs"),
                            ("0,0", "GPU 0 named twice"),

@@ -97,7 +97,7 @@ def test_background_captures(zoo, small, monkeypatch):
     runner = zoo.GraphRunner(small, width=16, max_batch=8, device="cpu")
     assert entered.wait(60) and runner.sizes == [1, 8]
     assert runner(rows).shape == (3, 16) and runner.padded_rows == 5   # served meanwhile, padded to 8
-    closing = threading.Thread(target=runner.close)
+    closing = threading.Thread(target=runner.close, daemon=True)
     closing.start()
     while not runner._stop.is_set():
         closing.join(0.01)

@@ -399,16 +399,18 @@ class _Runner:
         return responses
 
     def close(self, model_name: str, instance_name: str) -> None:
-        """Stop the runner's background captures, if any (``zoo.GraphRunner.close``), and log what they did."""
+        """Stop the runner's background captures, if any (``zoo.GraphRunner.close``), and log what they did:
+        per size its wall-clock start (to match with the requests it may have delayed) and seconds."""
         close = getattr(self.run, "close", None)
         if close is None:
             return
-        close()
+        stopped = close()
         done, error = getattr(self.run, "background_times", {}), getattr(self.run, "capture_error", None)
-        if done or error:
-            times = ", ".join(f"{k} {v:.2f}" for k, v in done.items())
+        if done or error or not stopped:
+            times = ", ".join(f"{k} at {at:.3f} for {s:.2f}" for k, (at, s) in done.items())
             pb_utils.Logger.log_info(f"jigsaw runner {model_name} {instance_name}: captured in the background: "
-                                     f"{times or 'nothing'}" + (f"; stopped by {error}" if error else ""))
+                                     f"{times or 'nothing'}" + (f"; stopped by {error}" if error else "")
+                                     + ("" if stopped else "; still capturing at unload"))
 
     def flush(self) -> None:
         padded = getattr(self.run, "padded_rows", 0)

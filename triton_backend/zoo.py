@@ -25,6 +25,7 @@ What runs per family:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -396,9 +397,13 @@ class GraphRunner:
         self.padded_rows = 0  # rows added to fill batches up to a captured size (what the runner exports)
         self._stop = threading.Event()
         self._background: threading.Thread | None = None
-        # the background captures' times (seconds, per size) and error, apart from ``load_times``, which
-        # the server logs as the runner becomes ready, while they go on
-        self.background_times: dict[str, float] = {}
+        # a capture and a replay never overlap: torch (to 2.11 at least) flags the default generator during
+        # any capture, and a replay meanwhile raises (pytorch#172390); the warm-ups before a capture do not
+        # hold it
+        self._replaying = threading.Lock()
+        # the background captures (per size: wall-clock start, seconds) and their error, apart from
+        # ``load_times``, which the server logs as the runner becomes ready, while they go on
+        self.background_times: dict[str, tuple[float, float]] = {}
         self.capture_error: str | None = None
         with torch.inference_mode():
             for b in ends + half + [x for x in between if x not in half]:
@@ -416,9 +421,12 @@ class GraphRunner:
     def _add(self, batch: int, thread_local: bool = False) -> None:
         """Capture ``batch`` and put it in use: ``sizes`` is replaced, never changed in place, so that a
         batch being served picks from a consistent list."""
-        started = time.monotonic()
+        started, at = time.monotonic(), time.time()
         self.graphs[batch] = self._capture(batch, thread_local)
-        (self.background_times if thread_local else self.load_times)[f"b{batch}"] = time.monotonic() - started
+        if thread_local:
+            self.background_times[f"b{batch}"] = (at, time.monotonic() - started)
+        else:
+            self.load_times[f"b{batch}"] = time.monotonic() - started
         self.sizes = sorted(self.graphs)
 
     def _capture_rest(self, batches: list[int]) -> None:
@@ -426,7 +434,10 @@ class GraphRunner:
         up: the largest gap closes first), until ``close``. A failed capture ends them: the runner keeps
         serving at the sizes it has."""
         try:
-            with torch.inference_mode():
+            # a stream of this thread's own: the captures' warm-ups must not queue behind, or ahead of, the
+            # batches the serving thread runs on the default stream
+            side = torch.cuda.stream(torch.cuda.Stream()) if self.device.type == "cuda" else contextlib.nullcontext()
+            with torch.inference_mode(), side:
                 for b in sorted(batches, reverse=True):
                     if self._stop.is_set():
                         return
@@ -441,10 +452,11 @@ class GraphRunner:
             return not self._background.is_alive()
         return True
 
-    def close(self) -> None:
-        """Stop the background captures after the one in progress (the model is being unloaded)."""
+    def close(self, timeout_s: float = 60.0) -> bool:
+        """Stop the background captures after the one in progress (the model is being unloaded); whether
+        they stopped within ``timeout_s``."""
         self._stop.set()
-        self.wait_captures()
+        return self.wait_captures(timeout_s)
 
     def _capture(self, batch: int, thread_local: bool = False) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor]:
         """One batch size's graph, its static inputs and output. ``thread_local``: captured while another
@@ -463,7 +475,7 @@ class GraphRunner:
                     self.spec.forward(self.model, inputs)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local" if thread_local else "global"):
+            with self._replaying, torch.cuda.graph(graph, capture_error_mode="thread_local" if thread_local else "global"):
                 out = self.spec.forward(self.model, inputs)
         return graph, inputs, out
 
@@ -490,7 +502,8 @@ class GraphRunner:
             x = inputs["x"]
             shift = shift.to(self.device, self.dtype, non_blocking=True).view(n, *(1,) * (x.dim() - 1))
             x[:n].copy_(x[:n] * 0.5 + shift)
-            out = self.run_batch(batch)
+            with self._replaying:
+                out = self.run_batch(batch)
             flat = out[:n].reshape(n, -1)[:, :self.width].float()
             result = self._result[:n]
             result[:, :flat.shape[1]].copy_(flat, non_blocking=True)
