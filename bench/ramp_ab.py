@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--peak", type=float, required=True, help="req/s at the day's peak")
     ap.add_argument("--duration", type=float, default=450.0, help="the day replayed in this many seconds")
     ap.add_argument("--apply", type=float, default=12.0, help="seconds an apply takes")
+    ap.add_argument("--b-apply", type=float, default=None,
+                    help="seconds B's applies take (default: --apply), e.g. runners that capture fewer sizes")
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--headroom", type=float, default=0.5)
     ap.add_argument("--efficiency", type=float, default=1.0, help="the share of its demand a plan really serves")
@@ -98,10 +100,11 @@ def main() -> None:
     setups = {"A": a_setup, "B": replace(a_setup, profiles=load_profiles(ROOT / b_profiles), policy=policies["B"],
                                          efficiency=b_efficiency)}
     day = compress(scale_to_peak(synthetic_diurnal(), args.peak), args.duration)
+    applies = {"A": args.apply, "B": args.apply if args.b_apply is None else args.b_apply}
     runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     for seed in range(1, args.seeds + 1):
         for key, setup in setups.items():
-            r = simulate(replace(setup, arrivals_seed=seed), day, args.interval, args.apply)
+            r = simulate(replace(setup, arrivals_seed=seed), day, args.interval, applies[key])
             runs[key].append({"seed": seed, **{k: r[k] for k in ("excess_pct", "strict_pct", "mean_slices",
                                                                  "plan_changes", "accuracy")}})
         a, b = runs["A"][-1], runs["B"][-1]
@@ -117,7 +120,8 @@ def main() -> None:
           f"Command: `{command}` (code {commit})", "",
           f"A: {policies['A']!r}; profiles {args.profiles}, plans serving {args.efficiency:g} of their demand", "",
           f"B: {policies['B']!r}; profiles {b_profiles}, plans serving {b_efficiency:g} of their demand", "",
-          f"Day replayed in {args.duration:g} s at a peak of {args.peak:g} req/s, applies of {args.apply:g} s."
+          f"Day replayed in {args.duration:g} s at a peak of {args.peak:g} req/s, applies of {applies['A']:g} s"
+          + (f" (B: {applies['B']:g} s)." if applies["B"] != applies["A"] else ".")
           + (f" Plans serve at the speed of the rows of {args.truth} (``ramp.served_rps``)." if args.truth else ""),
           "",
           "| policy | excess mean | median | range | mean slices | plan changes | accuracy / max |",
@@ -132,7 +136,8 @@ def main() -> None:
     out.write_text(json.dumps({"command": command, "git_commit": commit, "policies": {k: repr(p) for k, p in
                                                                                        policies.items()},
                                "profiles": {"A": args.profiles, "B": b_profiles},
-                               "efficiency": {"A": args.efficiency, "B": b_efficiency}, "truth": args.truth,
+                               "efficiency": {"A": args.efficiency, "B": b_efficiency}, "apply_s": applies,
+                               "truth": args.truth,
                                "summary": sums, "b_better": better, "b_worse": worse, "runs": runs}, indent=1) + "\n")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
