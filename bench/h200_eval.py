@@ -96,7 +96,7 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                  "peak_rps": peak, "capacity_ast_rps": cap.max_demand_rps, "slices_total": total,
                  "duration_s": args.duration, "interval_s": args.interval, "headroom": args.headroom,
                  "surge_poll_s": args.surge_poll, "admission_reserve": args.admission_reserve,
-                 "refine_drift": args.refine_drift, "shed_limit": args.shed_limit,
+                 "refine_drift": args.refine_drift, "shed_limit": args.shed_limit, "surge_headroom": args.surge_headroom,
                  "profiles": str(args.profiles), "capture": args.capture, "run_dir": str(run_dir)}
         log(f"--- {app.name}: {label}")
         try:
@@ -104,7 +104,8 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                              interval_s=args.interval, out=run_dir, system=label, ready_timeout_s=300.0,
                              policy=Policy(headroom=args.headroom, surge_poll_s=args.surge_poll,
                                            admission_reserve=args.admission_reserve,
-                                           refine_drift=args.refine_drift, shed_limit=args.shed_limit),
+                                           refine_drift=args.refine_drift, shed_limit=args.shed_limit,
+                                           surge_headroom=args.surge_headroom),
                              notes="bench/h200_eval.py; MIG emulated with MPS SM caps and memory limits")
             entry["summary"] = run(exp, progress=log)
             s = entry["summary"]
@@ -137,6 +138,7 @@ def write_report(results: list[dict], out: Path) -> None:
              + (f"({peak / cap:.2g} x the A+S+T capacity {cap:.1f})" if cap > 0 else "(A+S+T capacity not found)")
              + f", replayed in {first['duration_s']:g} s; controller every "
              f"{first['interval_s']:g} s, planning for the forecast x {1 + first['headroom']:g}"
+             + (f" (surges: x {1 + first['surge_headroom']:g})" if first.get("surge_headroom") is not None else "")
              + (f", refining profiles {100 * first['refine_drift']:g}% slower" if first.get("refine_drift") else "")
              + (f", stepping up past {100 * first['shed_limit']:g}% shed" if first.get("shed_limit") else "")
              + (f"; profiles {first['profiles']}" if first.get("profiles") else "")  # recorded since the eighth session
@@ -199,6 +201,9 @@ def main() -> None:
     ap.add_argument("--shed-limit", type=float, default=Policy().shed_limit,
                     help="step the plan up when its stages shed more than this share of the requests over "
                          "the surge window (0: never)")
+    ap.add_argument("--surge-headroom", type=float, default=None,
+                    help="a surge's plan is for the projected rate x (1 + this) (default: --headroom); the "
+                         "projection already looks ahead over the apply")
     ap.add_argument("--capture", choices=CAPTURE_POLICIES, default=None,
                     help="the batch sizes the runners capture (zoo.capture_policy; default: the runtime's, all: every "
                          "size; cheap: between 1 and the max only where the max's capture was cheap; half: a "

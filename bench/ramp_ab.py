@@ -50,7 +50,7 @@ def overridden(policy: Policy, items: list[str]) -> Policy:
         name, _, text = item.partition("=")
         if name not in kinds:
             raise SystemExit(f"{item!r}: Policy has no field {name!r} (fields: {', '.join(kinds)})")
-        kind = kinds[name]
+        kind = float if kinds[name] is type(None) else kinds[name]  # an optional number, None by default
         changes[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
     return replace(policy, **changes)
 

@@ -15,7 +15,8 @@ with ``decide``:
   made now would be in place (the rate over the last ``surge_window_s``, plus its rise since the window
   before times half a window, the last apply's duration and one poll) exceeds the demand the plan was made for
   (``surge``): on a steep ramp the next step would come too late, and a plan for today's rate would be
-  outrun by the time it is applied;
+  outrun by the time it is applied. Its plan takes ``surge_headroom`` over the projection when given
+  (the projection already looks ahead; by default the headroom);
 - between steps too, up at once by the headroom (the plan's demand x (1 + ``headroom``)) when the stages
   shed more than ``shed_limit`` of the requests that arrived over the last ``surge_window_s`` (drops at
   any stage plus late answers at the sinks), the arrivals under the plan's demand and the plan in force
@@ -89,6 +90,7 @@ class Policy:
     shed_limit: float = 0.02     # between steps, step the plan up when the stages shed more than this share (0: never)
     shed_min: int = 20           # ... and at least this many requests, over the last surge window
     down_on_rise: bool = False   # allow a down replan below what rising arrivals project (``projection``)
+    surge_headroom: float | None = None  # a surge's plan is for the projection x (1 + this); None: ``headroom``
     admission_reserve: float = ADMISSION_RESERVE  # of a request's budget, held back by the stages' admission
 
 
@@ -327,9 +329,9 @@ class Controller:
         """Between steps: project the arrival rate to when a plan made now would be in place (the rate over
         the last window, plus its rise times half a window, the last apply's duration and one poll); when
         that exceeds the demand the plan was made for, replan up at once rather than at the next step, for
-        the larger of the projection and the forecast, plus headroom. The forecaster is not fed (it sees
-        one rate per interval). Whether it replanned; after a surge that found no larger plan (the GPUs are
-        full), none until the next step."""
+        the larger of the projection and the forecast, plus headroom (``surge_headroom`` when given). The
+        forecaster is not fed (it sees one rate per interval). Whether it replanned; after a surge that found
+        no larger plan (the GPUs are full), none until the next step."""
         assert self.plan is not None
         if self.last is None or self.surge_failed or not self.policy.surge_poll_s:
             return False
@@ -345,7 +347,8 @@ class Controller:
         self.events.write("surge", demand_rps=round(rate, 3), rise_rps_per_s=round(rise, 3), lead_s=round(lead, 2),
                           projected_rps=round(projected, 3), forecast_rps=round(forecast, 3), planned_rps=planned)
         rising = f", rising {rise:.1f}/s: {projected:.1f} in {lead:.0f} s" if rise > 0 else ""
-        return self._replan_up(forecast * (1 + self.policy.headroom),
+        headroom = self.policy.headroom if self.policy.surge_headroom is None else self.policy.surge_headroom
+        return self._replan_up(forecast * (1 + headroom),
                                f"surge: {rate:.1f} req/s now{rising}, over the {planned:.1f} planned")
 
     def _replan_up(self, demand: float, reason: str) -> bool:

@@ -447,6 +447,17 @@ def test_surge_before_any_forecast_plans_for_the_rate(tmp_path: Path, monkeypatc
     assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
 
 
+def test_a_surge_plans_with_its_own_headroom_when_given(tmp_path: Path, monkeypatch) -> None:
+    """``surge_headroom``: the projection already looks ahead over the apply, so a surge's plan may take less
+    margin than the steps' forecasts (here 10% instead of 50%); a step's plan keeps the headroom."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, surge_headroom=0.1))
+    f.c.initial(10.0)
+    f.push(5)
+    f.c.step()
+    f.push(30)
+    assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(33.0)
+
+
 def test_a_surge_that_finds_no_plan_is_not_retried_before_the_next_step(tmp_path: Path, monkeypatch) -> None:
     f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, fallback=()))
     f.c.initial(10.0)
