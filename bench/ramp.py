@@ -12,7 +12,9 @@ others; the comparison with the measured H200 runs only for traffic A+S+T), with
   rate up to the simulated time (deterministic, no Poisson noise, every arrival counted once), or with
   ``--poisson-seed`` the count of the arrivals the load generator would send (``tools.trace.arrivals``,
   a Poisson process with that seed: the noise the controller's surge checks see on the GPU);
-- apply: ``apply_plan`` returns at once, but the simulated apply takes ``apply_s``: the new plan
+- apply: ``apply_plan`` returns at once, but the simulated apply takes ``apply_s`` (with
+  ``Policy.sample_applies``, the arrivals are sampled every poll within it, as ``Controller._apply``
+  does): the new plan
   takes effect ``apply_s`` after the decision (the old one serves until then), the controller's
   loop is blocked meanwhile and resumes as ``Controller.run`` schedules it
   (``max(next + interval, apply end + interval / 2)``). ``Controller._replan`` measures the apply with
@@ -173,6 +175,11 @@ def simulate(setup: Setup, trace: Trace, interval_s: float, apply_s: float,
             """When the controller's call at ``t`` returns: after the simulated apply if it replanned."""
             if c.plan is before:
                 return t
+            if setup.policy.sample_applies and setup.policy.surge_poll_s:  # Controller._apply's sampler
+                for at in np.arange(t + setup.policy.surge_poll_s, t + apply_s, setup.policy.surge_poll_s):
+                    server.now = float(at)
+                    c.sample()
+                c.plan_seen_since = None  # as after a real apply: the new plan is seen from the next scrape
             c.apply_s = apply_s if horizon_apply_s is None else horizon_apply_s
             timeline.append((t + apply_s, served_rps(setup, c.plan), c.plan.slices, c.plan.accuracy))
             changes.append({"decided_s": round(t, 3), "effective_s": round(t + apply_s, 3),

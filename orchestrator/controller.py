@@ -26,6 +26,8 @@ with ``decide``:
   above the rate that shed (a smaller plan would shed again);
 - the new plan is made for forecast x (1 + ``headroom``) and moved onto the server with
   ``control.apply`` (no failed requests; a failed load rolls back and the old plan keeps serving);
+  while an apply blocks the controller, a thread keeps sampling the arrivals every ``surge_poll_s``
+  (``sample_applies``), so that the surge checks after it measure the windows it spanned;
 - the forecast looks as far ahead as a plan made now must last: until the one after it can be in
   place, one interval plus an apply later (the last apply's duration), so
   ``max(forecast(1), forecast(1 + ceil(apply_s / interval)))``: on a ramp, applies that take several
@@ -91,6 +93,7 @@ class Policy:
     shed_min: int = 20           # ... and at least this many requests, over the last surge window
     down_on_rise: bool = False   # allow a down replan below what rising arrivals project (``projection``)
     surge_headroom: float | None = None  # a surge's plan is for the projection x (1 + this); None: ``headroom``
+    sample_applies: bool = True  # while an apply blocks the controller, sample arrivals every surge_poll_s (``sample``)
     admission_reserve: float = ADMISSION_RESERVE  # of a request's budget, held back by the stages' admission
 
 
@@ -185,8 +188,7 @@ class Controller:
         plan, demand = found
         started = time.time()
         try:
-            assert self.apply_plan is not None
-            self.apply_plan(self._render(plan))
+            self._apply(self._render(plan))
         except RuntimeError as exc:  # rolled back: the old plan keeps serving
             self.events.write("apply_failed", demand_rps=demand, reason=str(exc))
             self.progress(f"apply failed, old plan keeps serving: {exc}")
@@ -197,6 +199,35 @@ class Controller:
                           apply_s=round(self.apply_s, 2))
         self.progress(f"replanned for {demand:.1f} req/s ({reason}): {plan.slices} slices, accuracy "
                       f"{plan.accuracy:.3f}, applied in {time.time() - started:.1f} s")
+
+    def _apply(self, rendered: Rendered) -> None:
+        """``apply_plan``, while a thread samples the arrivals every ``surge_poll_s`` (``sample``): the
+        surge checks after a long apply then see the windows it spanned, not a line drawn across them
+        (on the H200 a rise that began during a 14 s apply was seen 5-7 s after it)."""
+        assert self.apply_plan is not None
+        if not (self.policy.sample_applies and self.policy.surge_poll_s):
+            self.apply_plan(rendered)
+            return
+        stop = threading.Event()
+
+        def sampling() -> None:
+            while not stop.wait(self.policy.surge_poll_s):
+                try:
+                    self.sample()
+                except Exception:  # noqa: BLE001 (a missed sample: the checks interpolate across it, as before)
+                    pass
+
+        sampler = threading.Thread(target=sampling, name="arrival-sampler", daemon=True)
+        sampler.start()
+        try:
+            self.apply_plan(rendered)
+        finally:
+            stop.set()
+            sampler.join()
+
+    def sample(self) -> None:
+        """Keep one scrape's arrival and shed counts for the surge checks, acting on nothing."""
+        self._arrived(scrape(self.metrics_url, time.time()))
 
     # -- one interval -----------------------------------------------------------------------------
 

@@ -447,6 +447,34 @@ def test_surge_before_any_forecast_plans_for_the_rate(tmp_path: Path, monkeypatc
     assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
 
 
+def test_arrivals_are_sampled_while_an_apply_blocks_the_controller(tmp_path: Path, monkeypatch) -> None:
+    """A surge's apply blocks the controller's thread; meanwhile a sampler keeps scraping every poll, so
+    the checks after it see the rate of the windows it spanned (60 req/s), not a line drawn to the first
+    scrape after it. Off (``sample_applies=False``), nothing is scraped during the apply."""
+    import time as clock
+    for sampled in (True, False):
+        f = Fixture(tmp_path / str(sampled), monkeypatch,
+                    Policy(headroom=0.1, surge_window_s=10.0, surge_poll_s=0.02, sample_applies=sampled))
+        f.c.initial(22.0)
+        f.push(20)
+        f.c.step()
+        f.push(40)                           # the surge check's scrape: a rise, over the 22 planned
+        f.push(60)
+        f.push(60)                           # two scrapes for the sampler, if it runs
+
+        def slow_apply(rendered, f=f) -> None:
+            deadline = clock.monotonic() + 1.0
+            while len(f.scrapes) > 0 and clock.monotonic() < deadline:
+                clock.sleep(0.01)
+            f.applied.append(rendered)
+        f.c.apply_plan = slow_apply
+        assert f.c.surge() is True and len(f.applied) == 1
+        if sampled:
+            assert f.scrapes == [] and f.c.arrival_trend()[0] == pytest.approx(60.0)
+        else:
+            assert len(f.scrapes) == 2 and f.c.arrival_trend()[0] == pytest.approx(40.0)
+
+
 def test_a_surge_plans_with_its_own_headroom_when_given(tmp_path: Path, monkeypatch) -> None:
     """``surge_headroom``: the projection already looks ahead over the apply, so a surge's plan may take less
     margin than the steps' forecasts (here 10% instead of 50%); a step's plan keeps the headroom."""
