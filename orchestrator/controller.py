@@ -202,8 +202,9 @@ class Controller:
 
     def _apply(self, rendered: Rendered) -> None:
         """``apply_plan``, while a thread samples the arrivals every ``surge_poll_s`` (``sample``): the
-        surge checks after a long apply then see the windows it spanned, not a line drawn across them
-        (on the H200 a rise that began during a 14 s apply was seen 5-7 s after it)."""
+        surge checks after a long apply then see the windows it spanned, not a line drawn across them (on
+        the H200 a rise that began during a 14 s apply fired the surge 7 s after it; the sampled windows
+        would have shown it at the first check, bench/README.md)."""
         assert self.apply_plan is not None
         if not (self.policy.sample_applies and self.policy.surge_poll_s):
             self.apply_plan(rendered)
