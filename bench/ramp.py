@@ -24,12 +24,13 @@ others; the comparison with the measured H200 runs only for traffic A+S+T), with
 Capacity of the plan in effect = its ``demand_rps`` (what the planner sized it to serve within the
 SLO) times ``--efficiency`` (1 by default; below 1 for plans that serve less than their profiles
 promise, as traffic's on the H200); with ``Setup.truth`` (``bench/ramp_ab.py --truth``) also times
-the least share of a variant's routed rate its entries serve at the truth's speed (``served_rps``). The requests over that capacity are the shed ones: the fake
-metrics count them as one stage's drops, which the controller's shedding check reads. Outcome
-proxies, integrated exactly over the pieces where rate and capacity are constant (the limit of small
-time steps): "excess" = requests over capacity, sum(max(0, rate - capacity) dt) /
-sum(rate dt); "strict" = every request arriving while rate > capacity. Neither models queueing
-tails, backlog, refinement replans or a plan's true (integer, measured) throughput.
+the least share of a variant's routed rate its entries serve at the truth's speed (``served_rps``).
+The requests over that capacity are the shed ones: the fake metrics count them as one stage's drops,
+which the controller's shedding check reads. Outcome proxies, integrated exactly over the pieces
+where rate and capacity are constant (the limit of small time steps): "excess" = requests over
+capacity, sum(max(0, rate - capacity) dt) / sum(rate dt); "strict" = every request arriving while
+rate > capacity. Neither models queueing tails, backlog, refinement replans or a plan's true
+(integer, measured) throughput.
 
     python3 bench/ramp.py [--out bench/results/ramp.json] [--app APP.yaml --features st --peak RPS]
 """

@@ -475,7 +475,8 @@ class GraphRunner:
                     self.spec.forward(self.model, inputs)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with self._replaying, torch.cuda.graph(graph, capture_error_mode="thread_local" if thread_local else "global"):
+            mode = "thread_local" if thread_local else "global"
+            with self._replaying, torch.cuda.graph(graph, capture_error_mode=mode):
                 out = self.spec.forward(self.model, inputs)
         return graph, inputs, out
 
