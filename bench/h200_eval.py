@@ -97,7 +97,8 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                  "duration_s": args.duration, "interval_s": args.interval, "headroom": args.headroom,
                  "surge_poll_s": args.surge_poll, "admission_reserve": args.admission_reserve,
                  "refine_drift": args.refine_drift, "shed_limit": args.shed_limit, "surge_headroom": args.surge_headroom,
-                 "profiles": str(args.profiles), "capture": args.capture, "run_dir": str(run_dir)}
+                 "profiles": str(args.profiles), "capture": args.capture, "client_deadline": args.client_deadline,
+                 "run_dir": str(run_dir)}
         log(f"--- {app.name}: {label}")
         try:
             exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=inventory, trace=trace,
@@ -106,7 +107,8 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                                            admission_reserve=args.admission_reserve,
                                            refine_drift=args.refine_drift, shed_limit=args.shed_limit,
                                            surge_headroom=args.surge_headroom),
-                             notes="bench/h200_eval.py; MIG emulated with MPS SM caps and memory limits")
+                             notes="bench/h200_eval.py; MIG emulated with MPS SM caps and memory limits",
+                             send_deadline=args.client_deadline)
             entry["summary"] = run(exp, progress=log)
             s = entry["summary"]
             log(f"{label}: violations {100 * (s['slo_violation_rate'] or 0):.2f}%, slices mean {s['slices']['mean']:.2f}"
@@ -143,6 +145,8 @@ def write_report(results: list[dict], out: Path) -> None:
              + (f", stepping up past {100 * first['shed_limit']:g}% shed" if first.get("shed_limit") else "")
              + (f"; profiles {first['profiles']}" if first.get("profiles") else "")  # recorded since the eighth session
              + (f"; runners' captures: {first['capture']}" if first.get("capture") else "")
+             + {True: "; requests carry the client's deadline (deadline_ns)",
+                False: "; requests carry no client deadline"}.get(first.get("client_deadline"), "")
              + ".", "",
              "| system | requests | SLO violations (drops count) | late / dropped | late at the server "
              "| mean slices | accuracy / max | plan changes | applies (mean / max s) |",
@@ -209,6 +213,9 @@ def main() -> None:
                          "size; cheap: between 1 and the max only where the max's capture was cheap; half: a "
                          "costly architecture also the largest size below its max; background: 1 and the max "
                          "before ready, the rest while serving)")
+    ap.add_argument("--no-client-deadline", dest="client_deadline", action="store_false",
+                    help="the load generator sends no deadline_ns: a request's deadline starts when a graph "
+                         "instance takes it (as before the eleventh session)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
     ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",

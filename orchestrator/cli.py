@@ -318,13 +318,16 @@ def refine_profiles(run_paths: tuple[str, ...], profiles_path: str, out: str, qu
               help="answers slower than this are 'late' (default: the SLO the served app stamps)")
 @click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               help="send this tighter deadline with each request")
+@click.option("--send-deadline/--no-send-deadline", default=True, show_default=True,
+              help="send each request's absolute deadline (deadline_ns, this host's clock): only for a server "
+                   "on this host or on a clock in step with it")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the arrival times")
 @click.option("--out", type=click.Path(), default="requests.csv", show_default=True,
               help="per-request CSV, written as requests complete")
 @click.option("--json", "as_json", is_flag=True, help="print the summary JSON as the last line")
 def load(url: str, model: str, rate: float | None, duration: float | None, trace_path: str | None,
          peak: float | None, compress: float | None, items: int, width: int | None, slo_ms: float | None,
-         deadline_ms: float | None, seed: int, out: str, as_json: bool) -> None:
+         deadline_ms: float | None, send_deadline: bool, seed: int, out: str, as_json: bool) -> None:
     """Open-loop load on the app MODEL at URL: Poisson (--rate, --duration) or a trace (--trace)."""
     from tools import trace as traces
     from tools.loadgen import run_load, summary_text
@@ -346,7 +349,8 @@ def load(url: str, model: str, rate: float | None, duration: float | None, trace
                 f"peak {demand.peak_rps:.1f} req/s, {demand.duration_s:g} s")
     click.echo(f"sending {len(times)} requests of {items} item(s) to {model} at {url} ({what}); log {out}", err=True)
     result = run_load(url, model, times, items, width, slo_ms, deadline_ms,
-                      on_progress=lambda p: click.echo(p.line(), err=True), stream_to=out, progress_s=3.0)
+                      on_progress=lambda p: click.echo(p.line(), err=True), stream_to=out, progress_s=3.0,
+                      send_deadline=send_deadline)
     summary = result.summary()
     click.echo(summary_text(summary))
     if as_json:

@@ -46,6 +46,7 @@ class Experiment:
     seed: int = 0
     ready_timeout_s: float = 120.0
     notes: str = ""
+    send_deadline: bool = True      # requests carry the client's deadline (tools.loadgen, deadline_ns)
 
 
 def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, Any]:
@@ -127,7 +128,8 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         # hold the GIL against the generator's event loop and make answers look late
         result = run_load_apart(server.grpc_url, exp.app.name, times, items=1, width=None, slo_ms=None,
                                 on_progress=lambda p: progress(f"  load: {p.line()}"), on_start=start,
-                                progress_s=max(5.0, exp.interval_s), timeout_s=30.0, seed=exp.seed)
+                                progress_s=max(5.0, exp.interval_s), timeout_s=30.0, seed=exp.seed,
+                                send_deadline=exp.send_deadline)
         result.write_csv(out / "requests.csv")
         stop.set()
         for thread in controlling:

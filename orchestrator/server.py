@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Sequence
 
-import tritonclient.http as httpclient
+import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from .tritonenv import find_runtime, server_env
@@ -169,7 +169,7 @@ class TritonServer:
         if not self._proc:
             raise RuntimeError("tritonserver not started")
         deadline = time.monotonic() + timeout_s
-        client = httpclient.InferenceServerClient(self.http_url, connection_timeout=2.0, network_timeout=2.0)
+        client = grpcclient.InferenceServerClient(self.grpc_url)
         try:
             while True:
                 code = self._proc.poll()
@@ -177,7 +177,7 @@ class TritonServer:
                     raise RuntimeError(f"tritonserver exited with code {code}; last lines of {self.log_path}:\n"
                                        f"{self.log_tail()}")
                 try:
-                    if client.is_server_ready():
+                    if client.is_server_ready(client_timeout=2.0):
                         return
                 except (OSError, InferenceServerException):
                     pass  # not listening yet

@@ -2,6 +2,7 @@
 ``jigsaw load``) against a real tritonserver serving examples/cpu (started once for the module)."""
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import math
@@ -22,7 +23,7 @@ from orchestrator.profiles import load_profiles
 from orchestrator.render import build_configs, write_repository
 from orchestrator.server import TritonServer, free_ports
 from orchestrator.tritonenv import prepare_backend_dir, server_env
-from tools.loadgen import COLUMNS, describe, run_load, run_load_apart
+from tools.loadgen import COLUMNS, ModelInfo, _Run, describe, run_load, run_load_apart
 from tools.trace import Trace, arrivals, compress, load_trace, poisson, scale_to_peak, synthetic_diurnal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,6 +181,40 @@ def test_outcomes_late_and_dropped(url: str) -> None:
     dropped = run_load(url, "cpudemo", times, 1, 16, slo_ms=None, deadline_ms=1).records
     assert [r.outcome for r in dropped] == ["dropped"] * 3
     assert "jigsaw: request dropped at stage det" in dropped[0].error
+
+
+class _Recording:
+    """A stand-in for the gRPC client that keeps each request's parameters."""
+
+    def __init__(self) -> None:
+        self.params: list[dict | None] = []
+
+    async def infer(self, model, inputs, outputs=None, parameters=None, client_timeout=None):
+        self.params.append(parameters)
+        return type("Result", (), {"as_numpy": lambda self, name: np.zeros((1, 1, 16), np.float32)})()
+
+
+@pytest.mark.parametrize("send, slo_ms, deadline_ms, budget_ms", [
+    (True, 100.0, None, 250.0),    # the served SLO, whatever the client calls late
+    (True, 100.0, 40.0, 40.0),     # a tighter deadline_ms
+    (False, 100.0, 40.0, None),
+])
+def test_requests_carry_the_clients_deadline(send: bool, slo_ms: float, deadline_ms: float | None,
+                                             budget_ms: float | None) -> None:
+    """``deadline_ns``: the send time on this host's clock plus what the server enforces."""
+    client = _Recording()
+    run = _Run(client, "app", ModelInfo(16, ("OUT",), 250.0), np.array([0.0]), 1, 16,
+               min(slo_ms, deadline_ms or slo_ms), deadline_ms, send, time.monotonic(), 5.0, 0, None)
+    before = time.time_ns()
+    asyncio.run(run.one(0))
+    after = time.time_ns()
+    params = client.params[0] or {}
+    assert params.get("deadline_ms") == deadline_ms
+    if budget_ms is None:
+        assert "deadline_ns" not in params
+    else:
+        assert before + budget_ms * 1e6 <= params["deadline_ns"] <= after + budget_ms * 1e6
+    assert run.records[0].outcome == "ok"
 
 
 def test_load_apart_returns_the_same_records_and_raises_the_same_errors(url: str, tmp_path: Path) -> None:

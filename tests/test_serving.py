@@ -272,6 +272,37 @@ def test_non_numeric_deadline_is_rejected(served: Served) -> None:
         _grpc_infer(served, 1, parameters={"deadline_ms": "soon"})
 
 
+def test_clients_deadline_counts_time_spent_before_the_graph(served: Served) -> None:
+    """``deadline_ns``: the client's absolute deadline. One 5 ms away (as if the request had spent the
+    rest of its SLO on the way) is dropped at the first stage, though the SLO alone would admit it."""
+    with pytest.raises(InferenceServerException) as exc:
+        _grpc_infer(served, 1, parameters={"deadline_ns": time.time_ns() + 5_000_000})
+    message = str(exc.value)
+    assert "jigsaw: request dropped at stage det" in message, message
+    left = re.search(r"(-?\d+\.\d) ms left before its deadline", message)
+    assert left and float(left.group(1)) <= 5.0, message
+
+
+def test_clients_deadline_later_than_the_slo_keeps_the_slo(served: Served) -> None:
+    before = _scrape(served)
+    result = _grpc_infer(served, 1, parameters={"deadline_ns": time.time_ns() + 10**10})
+    _check_outputs(result.as_numpy("cls_OUTPUT"), result.as_numpy("cap_OUTPUT"), 1,
+                   _served_by(served, before, 1))
+    with pytest.raises(InferenceServerException, match="dropped at stage det"):  # the tighter of the two
+        _grpc_infer(served, 1, parameters={"deadline_ns": time.time_ns() + 10**10, "deadline_ms": 1})
+
+
+@pytest.mark.parametrize("value, match", [
+    ("soon", r"deadline_ns must be an integer \(ns since the Unix epoch\), got 'soon'"),
+    (True, r"deadline_ns must be an integer"),
+    (1_700_000_000_000, r"deadline_ns=1700000000000 is \d+ s before the server's clock: it must be ns since "
+                        r"the Unix epoch \(not ms or s\)"),
+])
+def test_bad_clients_deadline_is_rejected(served: Served, value: object, match: str) -> None:
+    with pytest.raises(InferenceServerException, match=match):
+        _grpc_infer(served, 1, parameters={"deadline_ns": value})
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. weighted routing
 

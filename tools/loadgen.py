@@ -7,7 +7,11 @@ error`` (times in seconds from the run's origin; latency from sending to the ans
 ``ok``; ``late`` (answered after min(SLO, deadline_ms)); ``dropped`` (the error says
 "jigsaw: request dropped", or Triton rejected it from the graph model's queue after its timeout,
 "Request timeout expired"); ``error`` (anything else). ``sent_s - scheduled_s`` is how far the
-generator fell behind its schedule.
+generator fell behind its schedule. Each request carries its absolute deadline as the request
+parameter ``deadline_ns`` (``send_deadline``): its send time on this host's clock plus the served
+model's SLO, or ``deadline_ms`` when tighter. The graph model then counts a request's wait in
+Triton's queue, which its stages cannot see otherwise. Only for a server on this host or on a clock
+in step with it. (``slo_ms`` only sets when an answer counts as late here.)
 
 The generator times answers on one event loop, so anything that stops that loop makes answers look
 late: during a replay Python's collector only runs young collections, once a second (full ones
@@ -110,6 +114,7 @@ class LoadResult:
     slo_ms: float
     deadline_ms: float | None
     records: list[Record] = field(default_factory=list)
+    send_deadline: bool = False
 
     def summary(self) -> dict:
         """Counts per outcome, scheduled and achieved send rate, latency of the answered requests
@@ -119,7 +124,7 @@ class LoadResult:
                 **{k: sum(r.outcome == k for r in self.records) for k in OUTCOMES},
                 "scheduled_rps": round(_rate([r.scheduled_s for r in self.records]), 3),
                 "send_rps": round(_rate([r.sent_s for r in self.records]), 3),
-                "slo_ms": self.slo_ms, "deadline_ms": self.deadline_ms,
+                "slo_ms": self.slo_ms, "deadline_ms": self.deadline_ms, "send_deadline": self.send_deadline,
                 "latency_ms": _pcts(answered),
                 "lag_ms": _pcts([(r.sent_s - r.scheduled_s) * 1000 for r in self.records])}
 
@@ -210,15 +215,17 @@ class _Run:
     """One open-loop run's sender: requests, counters and the streamed log."""
 
     def __init__(self, client: grpcaio.InferenceServerClient, model: str, info: ModelInfo, times: np.ndarray,
-                 items: int, width: int, limit_ms: float, deadline_ms: float | None, origin: float,
-                 timeout_s: float, seed: int, out: TextIO | None) -> None:
+                 items: int, width: int, limit_ms: float, deadline_ms: float | None, send_deadline: bool,
+                 origin: float, timeout_s: float, seed: int, out: TextIO | None) -> None:
         self.client, self.model, self.info, self.times, self.items = client, model, info, times, items
         self.limit_ms, self.origin, self.timeout_s = limit_ms, origin, timeout_s
         data = np.random.default_rng(seed).random((1, items, width), dtype=np.float32)
         self.inputs = [grpcaio.InferInput(INPUT, list(data.shape), "FP32")]
         self.inputs[0].set_data_from_numpy(data)   # requests are built from it synchronously: shareable
         self.outputs = [grpcaio.InferRequestedOutput(name) for name in info.outputs]
-        self.params = {"deadline_ms": deadline_ms} if deadline_ms else None
+        self.params = {"deadline_ms": deadline_ms} if deadline_ms else {}
+        budget_ms = min(info.slo_ms or limit_ms, deadline_ms or math.inf)  # what the server enforces
+        self.budget_ns = int(budget_ms * 1e6) if send_deadline else None
         self.records: list[Record | None] = [None] * len(times)
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self.sent, self.lag_ms = 0, 0.0
@@ -230,11 +237,12 @@ class _Run:
     async def one(self, i: int) -> None:
         """Send request ``i`` now and record its fate."""
         sent = time.monotonic()
+        params = self.params if self.budget_ns is None else {**self.params, "deadline_ns": time.time_ns() + self.budget_ns}
         self.sent += 1
         self.lag_ms = (sent - self.origin - self.times[i]) * 1000
         error = ""
         try:
-            result = await self.client.infer(self.model, self.inputs, outputs=self.outputs, parameters=self.params,
+            result = await self.client.infer(self.model, self.inputs, outputs=self.outputs, parameters=params or None,
                                              client_timeout=self.timeout_s)
             latency_ms = (time.monotonic() - sent) * 1000
             missing = [name for name in self.info.outputs if result.as_numpy(name) is None]
@@ -297,11 +305,12 @@ async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int,
                          on_progress: Callable[[Progress], None] | None = None, *,
                          start_at: float | None = None, stream_to: str | Path | None = None,
                          progress_s: float = 5.0, timeout_s: float = 60.0, seed: int = 0,
-                         wait_start: Callable[[], float] | None = None) -> LoadResult:
+                         wait_start: Callable[[], float] | None = None, send_deadline: bool = True) -> LoadResult:
     """Send one request of ``items`` items at each arrival time (s from the origin), open loop.
 
     ``width`` / ``slo_ms`` None: read from the served model (its INPUT shape, the SLO its steps stamp).
-    ``deadline_ms`` is sent as the request parameter of that name. The origin is now, or the wall-clock
+    ``deadline_ms`` is sent as the request parameter of that name, and with ``send_deadline`` each
+    request's absolute deadline as ``deadline_ns`` (module docstring). The origin is now, or the wall-clock
     time ``start_at`` (``time.time()`` seconds; arrivals already past are sent at once, as lag), or the
     one ``wait_start`` returns, called once connected and ready to send.
     ``on_progress`` is called every ``progress_s`` seconds and at the end; ``stream_to`` gets each
@@ -324,7 +333,7 @@ async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int,
         origin = time.monotonic() + (start_at - time.time() if start_at is not None else 0.0)
         with open(stream_to, "w", newline="") if stream_to else nullcontext() as out:  # noqa: ASYNC230
             run = _Run(client, model, info, times, items, width or info.width, min(slo_ms, deadline_ms or slo_ms),
-                       deadline_ms, origin, timeout_s, seed, out)
+                       deadline_ms, send_deadline, origin, timeout_s, seed, out)
             reporter = asyncio.create_task(run.report(on_progress, progress_s)) if on_progress else None
             try:
                 await run.schedule()
@@ -333,7 +342,7 @@ async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int,
                     reporter.cancel()
         if on_progress:
             on_progress(run.progress())
-        return LoadResult(model, slo_ms, deadline_ms, [r for r in run.records if r is not None])
+        return LoadResult(model, slo_ms, deadline_ms, [r for r in run.records if r is not None], send_deadline)
     finally:
         await client.close()
 
@@ -341,11 +350,13 @@ async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int,
 def run_load(url: str, model: str, arrivals: np.ndarray, items: int, width: int | None, slo_ms: float | None,
              deadline_ms: float | None = None, on_progress: Callable[[Progress], None] | None = None, *,
              start_at: float | None = None, stream_to: str | Path | None = None, progress_s: float = 5.0,
-             timeout_s: float = 60.0, seed: int = 0, wait_start: Callable[[], float] | None = None) -> LoadResult:
+             timeout_s: float = 60.0, seed: int = 0, wait_start: Callable[[], float] | None = None,
+             send_deadline: bool = True) -> LoadResult:
     """``run_load_async`` in a new event loop (for synchronous callers and threads)."""
     return asyncio.run(run_load_async(url, model, arrivals, items, width, slo_ms, deadline_ms, on_progress,
                                       start_at=start_at, stream_to=stream_to, progress_s=progress_s,
-                                      timeout_s=timeout_s, seed=seed, wait_start=wait_start))
+                                      timeout_s=timeout_s, seed=seed, wait_start=wait_start,
+                                      send_deadline=send_deadline))
 
 
 @dataclass(frozen=True)
@@ -377,7 +388,8 @@ def run_load_apart(url: str, model: str, arrivals: np.ndarray, items: int, width
                    slo_ms: float | None, deadline_ms: float | None = None,
                    on_progress: Callable[[Progress], None] | None = None, *, start_at: float | None = None,
                    stream_to: str | Path | None = None, progress_s: float = 5.0, timeout_s: float = 60.0,
-                   seed: int = 0, on_start: Callable[[float], None] | None = None) -> LoadResult:
+                   seed: int = 0, on_start: Callable[[float], None] | None = None,
+                   send_deadline: bool = True) -> LoadResult:
     """``run_load`` in a process of its own, so that nothing the caller's process does meanwhile delays
     the sends or the timing of the answers; ``on_progress`` is called here. The origin is ``start_at``
     (the process needs a few seconds to start: on a cold host more than three), or with ``on_start``,
@@ -386,7 +398,7 @@ def run_load_apart(url: str, model: str, arrivals: np.ndarray, items: int, width
     ctx = multiprocessing.get_context("spawn")
     results, starts = ctx.Queue(), (ctx.Queue() if on_start else None)
     kwargs = {"start_at": start_at, "stream_to": str(stream_to) if stream_to else None, "progress_s": progress_s,
-              "timeout_s": timeout_s, "seed": seed}
+              "timeout_s": timeout_s, "seed": seed, "send_deadline": send_deadline}
     child = ctx.Process(target=_load_child, name="jigsaw-load", daemon=True,
                         args=(results, starts, (url, model, np.asarray(arrivals), items, width, slo_ms, deadline_ms),
                               kwargs))

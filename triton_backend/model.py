@@ -4,8 +4,9 @@ Installed as ``<backend-dir>/jigsaw/model.py``; a model selects it with ``backen
 its role and settings come from the JSON in the config parameter ``jigsaw``:
 
 - ``graph``: the model clients call, named after the app. It stamps each request's absolute
-  deadline (arrival + latency SLO, or the tighter ``deadline_ms`` request parameter) and runs the
-  app's task graph: per task, earliest-deadline-first admission, early drop, weighted routing among
+  deadline (arrival + latency SLO, or the tighter ``deadline_ms`` / ``deadline_ns`` request
+  parameters) and runs the app's task graph: per task, earliest-deadline-first admission, early
+  drop, weighted routing among
   the plan's variant runners (async BLS, chunked to each runner's max batch; a chunk whose runner is
   too far behind to answer in time goes to another runner of the plan that can, or the request is
   dropped) and fan-out to the
@@ -39,6 +40,7 @@ from triton_backend.scheduling import (DropDecision, FanOut, Route, WeightedRoun
 from triton_backend.variants import PADDING_METRIC, build
 
 _FAMILIES: dict[str, Any] = {}
+STALE_DEADLINE_NS = 3_600 * 10**9  # a deadline_ns this far behind the server's clock is a unit or clock error
 
 
 def _counter(name: str, description: str) -> Any:
@@ -53,18 +55,33 @@ def _error(message: str) -> Any:
 
 
 def _stamp(request: Any, slo_ns: int) -> tuple[int, int] | str:
-    """Absolute deadline (ns) of a request arriving now and its budget (ns), or an error message for a
-    bad parameter."""
-    budget = slo_ns
+    """Absolute deadline (ns since the epoch) of a request arriving now and its budget (ns), or an error
+    message for a bad parameter.
+
+    The budget is the SLO or the tighter ``deadline_ms``. A client whose clock agrees with the server's
+    (same host, or synchronised) may also send ``deadline_ns``, its own absolute deadline, which then
+    counts the time the request spent in Triton's queue before a graph instance took it (no stage can
+    see that wait otherwise); the deadline is the earlier of the two."""
+    now, budget, deadline = time.time_ns(), slo_ns, None
     params = request.parameters()
     if params and params != "{}":
-        value = json.loads(params).get("deadline_ms")
+        given = json.loads(params)
+        value = given.get("deadline_ms")
         if value is not None:
             try:
                 budget = min(budget, int(float(value) * 1e6))
             except (TypeError, ValueError):
                 return f"jigsaw: request parameter deadline_ms must be a number of milliseconds, got {value!r}"
-    return time.time_ns() + budget, budget
+        deadline = given.get("deadline_ns")
+        if deadline is not None:
+            if isinstance(deadline, bool) or not isinstance(deadline, int):
+                return (f"jigsaw: request parameter deadline_ns must be an integer (ns since the Unix epoch), "
+                        f"got {deadline!r}")
+            if deadline < now - STALE_DEADLINE_NS:
+                return (f"jigsaw: request parameter deadline_ns={deadline} is {(now - deadline) / 1e9:.0f} s "
+                        f"before the server's clock: it must be ns since the Unix epoch (not ms or s), "
+                        f"from a clock in step with the server's")
+    return (now + budget if deadline is None else min(now + budget, deadline)), budget
 
 
 class _Counters:
