@@ -88,7 +88,7 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
     results = []
     for key in args.systems.split(","):
         label = SYSTEMS[key]
-        opts = PlanOptions(features=Features.parse(key), gpus=args.gpus)
+        opts = PlanOptions(features=Features.parse(key), gpus=args.gpus, queueing=args.queueing)
         run_dir = Path(args.runs) / f"{app.name}-{key}"
         if run_dir.exists():
             shutil.rmtree(run_dir)
@@ -98,6 +98,7 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                  "surge_poll_s": args.surge_poll, "admission_reserve": args.admission_reserve,
                  "refine_drift": args.refine_drift, "shed_limit": args.shed_limit, "surge_headroom": args.surge_headroom,
                  "profiles": str(args.profiles), "capture": args.capture, "client_deadline": args.client_deadline,
+                 "queueing": args.queueing,
                  "run_dir": str(run_dir)}
         log(f"--- {app.name}: {label}")
         try:
@@ -145,6 +146,7 @@ def write_report(results: list[dict], out: Path) -> None:
              + (f", stepping up past {100 * first['shed_limit']:g}% shed" if first.get("shed_limit") else "")
              + (f"; profiles {first['profiles']}" if first.get("profiles") else "")  # recorded since the eighth session
              + (f"; runners' captures: {first['capture']}" if first.get("capture") else "")
+             + ("; plans with the queueing term" if first.get("queueing") else "")
              + {True: "; requests carry the client's deadline (deadline_ns)",
                 False: "; requests carry no client deadline"}.get(first.get("client_deadline"), "")
              + ".", "",
@@ -213,6 +215,8 @@ def main() -> None:
                          "size; cheap: between 1 and the max only where the max's capture was cheap; half: a "
                          "costly architecture also the largest size below its max; background: 1 and the max "
                          "before ready, the rest while serving)")
+    ap.add_argument("--queueing", action="store_true",
+                    help="plan with the queueing term (PlanOptions.queueing, docs/planning.md)")
     ap.add_argument("--no-client-deadline", dest="client_deadline", action="store_false",
                     help="the load generator sends no deadline_ns: a request's deadline starts when a graph "
                          "instance takes it (as before the eleventh session)")

@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--a", nargs="*", default=[], metavar="FIELD=VALUE", help="Policy overrides for A")
     ap.add_argument("--b", nargs="*", default=[], metavar="FIELD=VALUE", help="Policy overrides for B")
     ap.add_argument("--b-profiles", default=None, help="B plans from these profiles (default: --profiles)")
+    ap.add_argument("--b-queueing", action="store_true", help="B plans with the queueing term (PlanOptions.queueing)")
     ap.add_argument("--b-efficiency", type=float, default=None,
                     help="B's plans serve this share of their demand (default: --efficiency)")
     ap.add_argument("--truth", default=None,
@@ -98,7 +99,8 @@ def main() -> None:
     b_profiles = args.b_profiles or args.profiles
     b_efficiency = args.efficiency if args.b_efficiency is None else args.b_efficiency
     setups = {"A": a_setup, "B": replace(a_setup, profiles=load_profiles(ROOT / b_profiles), policy=policies["B"],
-                                         efficiency=b_efficiency)}
+                                         efficiency=b_efficiency,
+                                         opts=replace(a_setup.opts, queueing=args.b_queueing))}
     day = compress(scale_to_peak(synthetic_diurnal(), args.peak), args.duration)
     applies = {"A": args.apply, "B": args.apply if args.b_apply is None else args.b_apply}
     runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
@@ -119,7 +121,8 @@ def main() -> None:
     md = [f"# A/B over {args.seeds} Poisson draws of the simulated day ({a_setup.app.name})", "",
           f"Command: `{command}` (code {commit})", "",
           f"A: {policies['A']!r}; profiles {args.profiles}, plans serving {args.efficiency:g} of their demand", "",
-          f"B: {policies['B']!r}; profiles {b_profiles}, plans serving {b_efficiency:g} of their demand", "",
+          f"B: {policies['B']!r}; profiles {b_profiles}, plans serving {b_efficiency:g} of their demand"
+          + ("; planned with the queueing term" if args.b_queueing else ""), "",
           f"Day replayed in {args.duration:g} s at a peak of {args.peak:g} req/s, applies of {applies['A']:g} s"
           + (f" (B: {applies['B']:g} s)." if applies["B"] != applies["A"] else ".")
           + (f" Plans serve at the speed of the rows of {args.truth} (``ramp.served_rps``)." if args.truth else ""),
@@ -137,6 +140,7 @@ def main() -> None:
                                                                                        policies.items()},
                                "profiles": {"A": args.profiles, "B": b_profiles},
                                "efficiency": {"A": args.efficiency, "B": b_efficiency}, "apply_s": applies,
+                               "b_queueing": args.b_queueing,
                                "truth": args.truth,
                                "summary": sums, "b_better": better, "b_worse": worse, "runs": runs}, indent=1) + "\n")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")

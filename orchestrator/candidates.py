@@ -9,6 +9,11 @@ times ``batch_fill``: Triton's dynamic batcher never splits a request, so a batc
 bring several items each holds fewer than ``batch`` rows (5 requests of 3 items fill 15 of 16). Candidates
 dominated by another of the same task and variant (no more slices, no less throughput, no more
 latency) are pruned: that is exact, since a smaller MIG shape fits wherever a larger one does.
+
+With a queueing term (``loads``), each configuration is offered at a few loads: planned at load ``r`` it
+counts ``r`` x its throughput and adds to its worst case the p95 wait behind earlier batches of a server
+kept that busy by Poisson arrivals (``queue_wait_ms``). Without it (the paper's model) a configuration
+counts its whole throughput and no such wait.
 """
 from __future__ import annotations
 
@@ -21,6 +26,18 @@ from .features import Features
 from .gpus import GpuType
 from .profiles import ProfilePoint, Profiles
 
+QUEUE_LOADS = (0.5, 0.65, 0.8)   # the loads a configuration is offered at with the queueing term
+QUEUE_P95_PER_MEAN = 3.0          # an exponential tail's p95 is ln(20) = 3.0 x its mean
+
+
+def queue_wait_ms(load: float, service_ms: float) -> float:
+    """The p95 wait behind earlier batches at a server kept ``load`` busy by Poisson arrivals: the
+    Pollaczek-Khinchine mean wait of an M/D/1 queue, load / (2 (1 - load)) x the batch time, times
+    ``QUEUE_P95_PER_MEAN`` for its tail. An approximation: batching (a queued request joins the next
+    batch) and several instances sharing one queue make the real wait shorter."""
+    if not 0 < load < 1:
+        raise ValueError(f"load: expected a share in (0, 1), got {load}")
+    return QUEUE_P95_PER_MEAN * load / (2 * (1 - load)) * service_ms
 
 
 def worst_case_ms(latency_ms: float, batch: int, items: float = 1.0) -> float:
@@ -65,19 +82,26 @@ class Candidate:
     mem_slices: int
     items: float = 1.0
     fill: float = 1.0  # batch_fill at its batch
+    load: float | None = None  # planned busy share, with the queueing term
 
     @property
     def slices(self) -> int:
         return self.point.mig
 
     @property
-    def throughput(self) -> float:
+    def served(self) -> float:
         """Items per second at full batches of whole requests."""
         return self.point.throughput_rps * self.fill
 
     @property
+    def throughput(self) -> float:
+        """Items per second the plan counts on: what it serves, times its load with the queueing term."""
+        return self.served * (self.load or 1.0)
+
+    @property
     def wc_latency_ms(self) -> float:
-        return worst_case_ms(self.point.latency_ms, self.point.batch, self.items)
+        wait = queue_wait_ms(self.load, self.point.latency_ms) if self.load else 0.0
+        return worst_case_ms(self.point.latency_ms, self.point.batch, self.items) + wait
 
     @property
     def key(self) -> tuple[str, str, int, int, int]:
@@ -125,8 +149,10 @@ def allowed_variants(app: AppSpec, task: str, features: Features) -> list[str]:
 
 
 def build_candidates(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Features,
-                     budgets_ms: dict[str, float] | None = None) -> dict[str, list[Candidate]]:
-    """Runnable, non-dominated candidates per task within the SLO (or the static per-task budgets)."""
+                     budgets_ms: dict[str, float] | None = None,
+                     loads: tuple[float | None, ...] = (None,)) -> dict[str, list[Candidate]]:
+    """Runnable, non-dominated candidates per task within the SLO (or the static per-task budgets),
+    each configuration at each of ``loads`` (None: no queueing term)."""
     out: dict[str, list[Candidate]] = {}
     items = items_per_request(app)
     bounds = demand_bounds(app, features)
@@ -139,10 +165,13 @@ def build_candidates(app: AppSpec, profiles: Profiles, gpu: GpuType, features: F
             for p in profiles.for_variant(v.profile, gpu.name):
                 if not features.spatial and (p.mig != gpu.slices or p.mps != 1):
                     continue
-                if worst_case_ms(p.latency_ms, p.batch, items[task.name]) > limit + 1e-9 or not _fits_memory(p, gpu):
+                if not _fits_memory(p, gpu):
                     continue
-                per_variant.append(Candidate(task.name, vname, v.accuracy, p, gpu.shape(p.mig).mem_slices,
-                                             items[task.name], batch_fill(p.batch, *bounds[task.name])))
+                for load in loads:
+                    c = Candidate(task.name, vname, v.accuracy, p, gpu.shape(p.mig).mem_slices,
+                                  items[task.name], batch_fill(p.batch, *bounds[task.name]), load)
+                    if c.wc_latency_ms <= limit + 1e-9:
+                        per_variant.append(c)
             cands.extend(_pareto(per_variant))
         out[task.name] = cands
     return out

@@ -61,14 +61,17 @@ def cli() -> None:
 @click.option("--latency-reserve", type=float, default=0.0, show_default=True,
               help="share of the latency SLO the plan leaves unused; the jigsaw runtime's stages hold back "
                    "0.05 of every request's budget (`jigsaw experiment` and `watch` plan with it)")
+@click.option("--queueing", is_flag=True,
+              help="plan each instance at most 80% busy, with the p95 wait of a queue that busy in its worst-case "
+                   "latency (docs/planning.md); default: the paper's 2 x p95")
 @click.option("--out", type=click.Path(), default=None, help="write the plan JSON here")
 def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float,
          method: str, demand: float, gpus: int | None, alpha: float, beta: float | None, latency_reserve: float,
-         out: str | None) -> None:
+         queueing: bool, out: str | None) -> None:
     """Plan APP.yaml for a demand: variants, segments, batch sizes and instance counts."""
     app, profiles, gpu = _load(app_path, profiles_path, gpu_type)
     opts = PlanOptions(features=Features.parse(features), gpus=gpus, alpha=alpha, beta=beta,
-                       method=method, time_limit=time_limit, latency_reserve=latency_reserve)
+                       method=method, time_limit=time_limit, latency_reserve=latency_reserve, queueing=queueing)
     result = make_plan(app, profiles, gpu, demand, opts)
     click.echo(result.summary())
     if out:

@@ -142,4 +142,7 @@ class Plan:
         for p in self.paths:
             lines.append(f"  path {' -> '.join(p['tasks'])}: worst-case {p['latency_ms']:.1f} ms "
                          f"(SLO {self.latency_slo_ms:g}{within}), accuracy {p['accuracy']:.4f}")
+        if self.solver.get("queue_loads"):
+            lines.append(f"  queueing term: every instance planned at most {max(self.solver['queue_loads']):.0%} busy, "
+                         "its queue's p95 wait within the SLO (not in the worst cases above)")
         return "\n".join(lines)

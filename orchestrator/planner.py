@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from .appspec import AppSpec
-from .candidates import (Candidate, build_candidates, check_latency_reachable, fastest_latency,
+from .candidates import (QUEUE_LOADS, Candidate, build_candidates, check_latency_reachable, fastest_latency,
                          static_budgets)
 from .checker import metrics, task_demand, violations
 from .errors import InfeasibleError, InputError
@@ -29,7 +29,9 @@ class PlanOptions:
     to the cluster (``0.98 / slices``) when ``gpus`` is given. ``time_limit`` bounds the MILP.
     ``latency_reserve``: the share of the latency SLO a plan leaves unused, its paths' worst cases
     within the rest; a plan the jigsaw runtime serves leaves its stages' admission reserve
-    (``Controller`` sets it to ``Policy.admission_reserve``), which they hold back from every request."""
+    (``Controller`` sets it to ``Policy.admission_reserve``), which they hold back from every request.
+    ``queueing``: plan each instance at a load of ``candidates.QUEUE_LOADS`` with the p95 wait of a
+    queue that busy in its worst case (``docs/planning.md``); off, the paper's 2 x p95."""
 
     features: Features = Features()
     gpus: int | None = None
@@ -38,6 +40,7 @@ class PlanOptions:
     method: str = "auto"
     time_limit: float = 2.0
     latency_reserve: float = 0.0
+    queueing: bool = False
 
     def weights(self, gpu: GpuType) -> Weights:
         if self.beta is not None:
@@ -58,7 +61,8 @@ def _setup(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions) ->
     feats = opts.features
     check_latency_reachable(app, fastest_latency(app, profiles, gpu, feats))
     budgets, shares, task_acc = static_budgets(app, profiles, gpu, feats)
-    cands = build_candidates(app, profiles, gpu, feats, None if feats.task_graph else budgets)
+    cands = build_candidates(app, profiles, gpu, feats, None if feats.task_graph else budgets,
+                             QUEUE_LOADS if opts.queueing else (None,))
     for t, cs in cands.items():
         if not cs:
             where = f"its static budget of {budgets[t]:.1f} ms" if not feats.task_graph else \
@@ -97,7 +101,7 @@ def _entries(sol: Solution, routing: dict[str, dict[str, float]]) -> list[Entry]
         total = sum(routing.get(c.task, {}).values())
         share = (rate / total) * (n * c.throughput / cap[(c.task, c.variant)]) if total > 0 else 0.0
         p = c.point
-        out.append(Entry(c.task, c.variant, p.mig, p.mps, p.batch, n, p.latency_ms, c.throughput, share, c.items))
+        out.append(Entry(c.task, c.variant, p.mig, p.mps, p.batch, n, p.latency_ms, c.served, share, c.items))
     return out
 
 
@@ -279,7 +283,8 @@ def _finish(app: AppSpec, gpu: GpuType, demand: float, opts: PlanOptions, entrie
                         "accuracy": m.path_accuracy[p.tasks]} for p in app.paths],
                 placement=placement.to_json(), solve_seconds=seconds,
                 solver={"method": method, "status": status, "time_limit_s": opts.time_limit,
-                        **({"latency_reserve": opts.latency_reserve} if opts.latency_reserve else {})},
+                        **({"latency_reserve": opts.latency_reserve} if opts.latency_reserve else {}),
+                        **({"queue_loads": list(QUEUE_LOADS)} if opts.queueing else {})},
                 app_spec=dict(app.doc))
     planned_within = dataclasses.replace(app, latency_slo_ms=app.latency_slo_ms * (1 - opts.latency_reserve))
     broken = violations(planned_within, plan, opts.gpus * gpu.slices if opts.gpus else None)

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import ROOT, tiny_app, tiny_profiles
 from orchestrator.appspec import load_app
-from orchestrator.candidates import batch_fill, build_candidates, static_budgets
+from orchestrator.candidates import (QUEUE_LOADS, batch_fill, build_candidates, queue_wait_ms, static_budgets,
+                                     worst_case_ms)
 from orchestrator.checker import metrics, violations
 from orchestrator.errors import InfeasibleError, InputError
 from orchestrator.features import Features
@@ -286,6 +287,33 @@ def test_throughput_counts_whole_requests_per_batch() -> None:
         point = next(p for p in tiny_profiles().points
                      if (p.variant, p.mig, p.mps, p.batch) == (e.variant, e.mig, e.mps, e.batch))
         assert e.throughput_rps == pytest.approx(point.throughput_rps * fill)
+
+
+@pytest.mark.parametrize("load, wait", [(0.5, 1.5), (0.8, 6.0), (0.9, 13.5)])
+def test_queue_wait_is_pollaczek_khinchine_times_its_tail(load: float, wait: float) -> None:
+    """M/D/1: mean wait load / (2 (1 - load)) service times; the p95 of an exponential tail is 3x."""
+    assert queue_wait_ms(load, 10.0) == pytest.approx(10.0 * wait)
+    with pytest.raises(ValueError, match="load"):
+        queue_wait_ms(1.0, 10.0)
+
+
+def test_queueing_offers_each_configuration_at_each_load_and_plans_within_it() -> None:
+    app = tiny_app(latency_slo_ms=80)
+    plain = build_candidates(app, tiny_profiles(), A100, Features())
+    queued = build_candidates(app, tiny_profiles(), A100, Features(), loads=QUEUE_LOADS)
+    for c in queued["det"]:
+        assert c.load in QUEUE_LOADS and c.throughput == pytest.approx(c.served * c.load)
+        assert c.wc_latency_ms == pytest.approx(worst_case_ms(c.point.latency_ms, c.point.batch)
+                                                + queue_wait_ms(c.load, c.point.latency_ms))
+        assert c.wc_latency_ms <= app.latency_slo_ms + 1e-9
+    assert all(c.load is None and c.throughput == c.served for c in plain["det"])
+    plan = make_plan(app, tiny_profiles(), A100, 300, PlanOptions(method="milp", queueing=True))
+    base = make_plan(app, tiny_profiles(), A100, 300, PlanOptions(method="milp"))
+    assert violations(app, plan) == [] and plan.slices >= base.slices
+    assert plan.solver["queue_loads"] == list(QUEUE_LOADS) and "queue_loads" not in base.solver
+    # entries carry what the runners serve (the stages' estimates); the plan counted on at most 80% of it
+    served = sum(e.throughput_rps * e.count for e in plan.entries if e.task == "det")
+    assert served * max(QUEUE_LOADS) >= 300 * (1 - 1e-9)
 
 
 def test_shipped_example_plans() -> None:
