@@ -95,14 +95,15 @@ def _entries(sol: Solution, routing: dict[str, dict[str, float]]) -> list[Entry]
     cap: dict[tuple[str, str], float] = {}
     for c, n in counts.items():
         cap[(c.task, c.variant)] = cap.get((c.task, c.variant), 0.0) + n * c.throughput
-    out = []
+    merged: dict[tuple, tuple[Candidate, int, float]] = {}  # one configuration at several loads: one entry
     for c, n in counts.items():
         rate = routing.get(c.task, {}).get(c.variant, 0.0)
         total = sum(routing.get(c.task, {}).values())
         share = (rate / total) * (n * c.throughput / cap[(c.task, c.variant)]) if total > 0 else 0.0
-        p = c.point
-        out.append(Entry(c.task, c.variant, p.mig, p.mps, p.batch, n, p.latency_ms, c.served, share, c.items))
-    return out
+        _, m, s = merged.get(c.key, (c, 0, 0.0))
+        merged[c.key] = (c, m + n, s + share)
+    return [Entry(c.task, c.variant, c.point.mig, c.point.mps, c.point.batch, n, c.point.latency_ms, c.served, share,
+                  c.items) for c, n, share in merged.values()]
 
 
 def _score(app: AppSpec, sol: Solution, demand: float, w: Weights) -> float:

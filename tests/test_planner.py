@@ -316,6 +316,19 @@ def test_queueing_offers_each_configuration_at_each_load_and_plans_within_it() -
     assert served * max(QUEUE_LOADS) >= 300 * (1 - 1e-9)
 
 
+def test_one_configuration_at_two_loads_is_one_entry() -> None:
+    """The solver may count instances of one configuration at two loads: they are one runner model."""
+    from orchestrator.formulation import Solution
+    from orchestrator.planner import _entries
+    app = tiny_app(latency_slo_ms=80)
+    det = [c for c in build_candidates(app, tiny_profiles(), A100, Features(), loads=QUEUE_LOADS)["det"]
+           if (c.variant, c.point.mig, c.point.batch) == ("det_s", 1, 1)]
+    low, high = sorted(det, key=lambda c: c.load)[:2]
+    sol = Solution({low: 2.0, high: 1.0}, {"det": {"det_s": 1.0}}, "optimal", 0.0, relaxed=False)
+    (entry,) = _entries(sol, {"det": {"det_s": 100.0}})
+    assert entry.count == 3 and entry.share == pytest.approx(1.0) and entry.throughput_rps == low.served
+
+
 def test_shipped_example_plans() -> None:
     app = load_app(ROOT / "examples" / "tagging.yaml")
     from orchestrator.profiles import load_profiles
