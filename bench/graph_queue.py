@@ -47,12 +47,8 @@ def repository(path: Path, instances: int, mode: str) -> None:
     demand = 0.9 * instances * 1000 / SERVICE_MS  # enough runner instances that the graph is the bottleneck
     plan = make_plan(app, Profiles((ProfilePoint("w", "cpu", 1, 1, 1, SERVICE_MS, 1000 / SERVICE_MS),)),
                      gpu_type("cpu"), demand, PlanOptions(gpus=instances))
-    saved = render.GRAPH_INSTANCES, render.MAX_REQUESTS
-    render.GRAPH_INSTANCES, render.MAX_REQUESTS = instances, 1
-    try:
-        rendered = render.build_configs(plan, Inventory(gpus=(), source="bench: cpu"))
-    finally:
-        render.GRAPH_INSTANCES, render.MAX_REQUESTS = saved
+    rendered = render.build_configs(plan, Inventory(gpus=(), source="bench: cpu"), graph_instances=instances,
+                                    max_requests=1)
     render.write_repository(rendered, path)
     config = path / "queued" / "config.pbtxt"
     text = config.read_text()

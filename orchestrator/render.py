@@ -126,10 +126,12 @@ def runner_config(name: str, width: int, batch: int, runtime: dict[str, Any], gr
 
 
 def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float = 0.25,
-                  admission_reserve: float = ADMISSION_RESERVE) -> Rendered:
+                  admission_reserve: float = ADMISSION_RESERVE, graph_instances: int = GRAPH_INSTANCES,
+                  max_requests: int = MAX_REQUESTS) -> Rendered:
     """Render and validate every model config of ``plan`` (nothing is written); the stages admit a
     request only when its runners would answer ``admission_reserve`` x its budget (the SLO, or its
-    tighter ``deadline_ms``) before its deadline."""
+    tighter ``deadline_ms``) before its deadline. The graph model has ``graph_instances`` instances
+    taking ``max_requests`` requests each."""
     if not 0 <= admission_reserve < 1:
         raise InputError(f"admission reserve {admission_reserve:g}: must be a fraction of a request's budget "
                          "in [0, 1)")
@@ -168,7 +170,7 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
     # there, so a backlog never outlives an overload (the stages' early drop, which knows the plan,
     # catches the rest)
     add("graph.pbtxt.j2", app.name, outputs=[f"{t['task']}_OUTPUT" for t in tasks if not t["children"]],
-        instances=GRAPH_INSTANCES, max_requests=MAX_REQUESTS, queue_timeout_us=int(app.latency_slo_ms * 1000),
+        instances=graph_instances, max_requests=max_requests, queue_timeout_us=int(app.latency_slo_ms * 1000),
         settings={"role": "graph", "app": app.name, "slo_ms": app.latency_slo_ms,
                   "admission_reserve": admission_reserve, "width": width, "tasks": tasks,
                   "routing": ROUTING})
