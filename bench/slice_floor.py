@@ -11,36 +11,33 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.appspec import load_app  # noqa: E402
+from orchestrator.appspec import AppSpec, load_app  # noqa: E402
 from orchestrator.controller import Policy  # noqa: E402
 from orchestrator.errors import InfeasibleError  # noqa: E402
 from orchestrator.features import Features  # noqa: E402
 from orchestrator.gpus import gpu_type  # noqa: E402
 from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
-from orchestrator.profiles import default_gpu, load_profiles  # noqa: E402
+from orchestrator.profiles import Profiles, default_gpu, load_profiles  # noqa: E402
 from tools.trace import scale_to_peak, synthetic_diurnal  # noqa: E402
 
 # the eleventh and twelfth sessions' runs: trace peak on one GPU and the controller's headroom
 RUNS = {"social": (663.1, 0.4), "traffic": (369.1, 0.5), "ar": (105.7, 0.5)}
 
 
-def oracle_slices(app_name: str, gpus: int, headroom: float, profiles_path: str, step: float) -> dict:
+def oracle_slices(app: AppSpec, profiles: Profiles, gpus: int, headroom: float, step: float) -> dict:
     """Mean slices (and their share of the GPUs' slices) over the day's bins when every bin runs the
     controller's plan for its rate x (1 + headroom); rates rounded up to ``step`` req/s so that
     plans are reused. A bin no plan fits on the GPUs counts every slice and is listed."""
-    app = load_app(ROOT / "examples" / "h200" / f"{app_name}.yaml")
-    profiles = load_profiles(profiles_path)
     gpu = gpu_type(default_gpu(profiles))
-    peak = RUNS[app_name][0] * gpus
+    peak = RUNS[app.name][0] * gpus
     rates = scale_to_peak(synthetic_diurnal(), peak).rates
-    opts = PlanOptions(features=Features.parse("ast"), gpus=gpus)
-    opts = replace(opts, latency_reserve=Policy().admission_reserve)  # as the controller plans
+    # as the controller plans: the stages' admission reserve left out of the SLO
+    opts = PlanOptions(features=Features.parse("ast"), gpus=gpus, latency_reserve=Policy().admission_reserve)
     total = gpu.slices * gpus
     cache: dict[float, int | None] = {}
     slices, over = [], 0
@@ -55,7 +52,7 @@ def oracle_slices(app_name: str, gpus: int, headroom: float, profiles_path: str,
         over += s is None
         slices.append(total if s is None else s)
     mean = sum(slices) / len(slices)
-    return {"app": app_name, "gpus": gpus, "peak_rps": peak, "headroom": headroom, "bins": len(rates),
+    return {"app": app.name, "gpus": gpus, "peak_rps": peak, "headroom": headroom, "bins": len(rates),
             "mean_slices": mean, "share": mean / total, "least": min(slices), "most": max(slices),
             "least_share": min(slices) / total, "bins_unplannable": over, "plans_solved": len(cache)}
 
@@ -67,12 +64,14 @@ def main() -> None:
     ap.add_argument("--step", type=float, default=2.0, help="rates rounded up to this many req/s")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    profiles = load_profiles(args.profiles)
     rows = []
     for app_name, (_, run_headroom) in RUNS.items():
+        app = load_app(ROOT / "examples" / "h200" / f"{app_name}.yaml")
         for gpus in (int(g) for g in args.gpus.split(",")):
             for headroom in (0.0, run_headroom):
                 t0 = time.time()
-                r = oracle_slices(app_name, gpus, headroom, args.profiles, args.step * gpus)
+                r = oracle_slices(app, profiles, gpus, headroom, args.step * gpus)
                 r["seconds"] = round(time.time() - t0, 1)
                 rows.append(r)
                 print(f"{app_name} x{gpus} GPU(s) headroom {headroom:g}: {100 * r['share']:.1f}% of the slices "
