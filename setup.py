@@ -4,7 +4,7 @@ setup(
     name="jigsawserve",
     version="0.1.0",
     description="Serving compound inference (task graphs of ML models) on GPU slices with Triton",
-    packages=[*find_packages(include=["orchestrator", "orchestrator.*", "triton_backend", "tools"]),
+    packages=[*find_packages(include=["orchestrator", "orchestrator.*", "triton_backend", "triton_backend.*", "tools"]),
               "model_repository_templates"],
     package_data={"model_repository_templates": ["*.j2"]},
     python_requires=">=3.10",
@@ -21,6 +21,11 @@ setup(
         "tritonclient[all]>=2.40",
         "nvidia-pytriton>=0.5",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "onnx>=1.15"],
+        # typed variants from ONNX files; the OCR example's PP-OCRv4 / PP-OCRv6 weights ship inside the rapidocr
+        # wheels (located there at plan/render time, never copied); with numpy<2 pip picks opencv 4.11
+        "ocr": ["onnxruntime>=1.16", "rapidocr-onnxruntime==1.4.4", "rapidocr==3.10.0"],
+    },
     entry_points={"console_scripts": ["jigsaw=orchestrator.cli:run"]},
 )

@@ -50,7 +50,7 @@ from orchestrator.gpus import gpu_type
 from orchestrator.inventory import Inventory
 from orchestrator.planner import PlanOptions, make_plan
 from orchestrator.profiles import ProfilePoint, Profiles
-from orchestrator.render import build_configs, runner_name, write_repository
+from orchestrator.render import RUNNER_KEY_FILE, build_configs, runner_name, write_repository
 from orchestrator.server import TritonServer, free_ports
 from orchestrator.tritonenv import prepare_backend_dir, server_env
 
@@ -156,6 +156,9 @@ def build_repository(repo: Path, dynamic_batching: bool = True) -> dict:
     rendered.configs[PLAIN] = plain_ensemble_config(runners["a"], runners["b"], min(batch.values()))
     write_repository(rendered, repo)
     return {"jigsaw": app.name, "plain": PLAIN, "runner_a": runners["a"], "runner_b": runners["b"],
+            # the runners answer only requests carrying the repository's runner key (the graph's BLS calls do;
+            # the plain ensemble passes a request's parameters on to its steps)
+            "runner_key": (repo / RUNNER_KEY_FILE).read_text().strip(),
             "plan_entries": [{"task": e.task, "variant": e.variant, "mig": e.mig, "mps": e.mps, "batch": e.batch,
                               "count": e.count, "latency_ms": e.latency_ms} for e in plan.entries],
             "models": sorted(rendered.configs),
@@ -172,7 +175,9 @@ class Caller:
     def _infer(self, model: str, x: np.ndarray, out: str) -> np.ndarray:
         inp = grpcclient.InferInput("INPUT", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
-        return self.c.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(out)]).as_numpy(out)
+        params = {"jigsaw_caller": self.n["runner_key"]} if model != self.n["jigsaw"] else None
+        return self.c.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(out)],
+                            parameters=params).as_numpy(out)
 
     def call(self, variant: str, x: np.ndarray) -> np.ndarray:
         # the jigsaw graph model takes a batch of 1 request: INPUT [1, items, width]

@@ -32,6 +32,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import InputError
+from .typed import TypedIO, absolute_paths, parse_typed
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Variant:
     raw_accuracy: float
     profile: str
     runtime: Mapping[str, Any] = field(default_factory=dict)
+    fraction: float = 0.0  # the raw accuracy as a fraction: raw, or raw / 100 for a task on a percent-like scale
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class AppSpec:
     paths: tuple[Path, ...]
     tensor_width: int = 16
     doc: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    typed: TypedIO | None = None  # the request's, response's and tasks' tensors and the edges' adapters (typed.py)
 
     def task(self, name: str) -> Task:
         for t in self.tasks:
@@ -109,6 +112,20 @@ class AppSpec:
 
     def children(self, name: str) -> tuple[Edge, ...]:
         return tuple(e for e in self.edges if e.src == name)
+
+    def path_scale(self, path: "Path") -> float:
+        """The best raw accuracy a path can reach (the product of its tasks' best fractions): the
+        paper's pipeline accuracy weighs each path's raw product, so paths of different scale count
+        in proportion to it."""
+        return math.prod(self.task(t).best.fraction for t in path.tasks)
+
+    def accuracy_weights(self) -> dict[tuple[str, ...], float]:
+        """Each path's weight in the pipeline accuracy normalised to its maximum: w_p x scale_p / sum
+        of them. With these, the pipeline accuracy is the weighted mean of the per-task-normalised
+        path products (exactly the paper's ratio of raw means)."""
+        raw = {p.tasks: p.weight * self.path_scale(p) for p in self.paths}
+        total = sum(raw.values())
+        return {k: (v / total if total > 0 else 0.0) for k, v in raw.items()}
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -169,7 +186,8 @@ def _parse_task(name: str, body: Any) -> Task:
     if percent and any(acc <= 1 for _, acc, _, _ in raw):
         raise InputError(f"{where}.variants: mixes fractions (<= 1) and percentages (> 1); use one scale per task")
     best = max(acc for _, acc, _, _ in raw)
-    variants = tuple(Variant(n, acc / best, acc, p, rt) for n, acc, p, rt in raw)
+    scale = 100.0 if percent else 1.0
+    variants = tuple(Variant(n, acc / best, acc, p, rt, acc / scale) for n, acc, p, rt in raw)
     return Task(name=str(name), variants=variants)
 
 
@@ -224,7 +242,7 @@ def parse_app(doc: Any, origin: str = "app spec") -> AppSpec:
     if not isinstance(doc, Mapping):
         raise InputError(f"{origin}: expected a mapping at the top level")
     _check_unknown(doc, {"name", "latency_slo_ms", "accuracy_slo", "tasks", "edges", "paths", "description",
-                         "tensor_width"}, origin)
+                         "tensor_width", "inputs", "outputs", "evaluation"}, origin)
     name = _require(doc, "name", origin)
     if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
         raise InputError(f"name: expected letters, digits, '-' or '_', got {name!r}")
@@ -246,7 +264,7 @@ def parse_app(doc: Any, origin: str = "app spec") -> AppSpec:
     for i, body in enumerate(edges_raw):
         where = f"edges[{i}]"
         src, dst = _require(body, "from", where), _require(body, "to", where)
-        _check_unknown(body, {"from", "to", "factor", "factors"}, where)
+        _check_unknown(body, {"from", "to", "factor", "factors", "adapter"}, where)
         for key, t in (("from", src), ("to", dst)):
             if t not in tasks:
                 raise InputError(f"{where}.{key}: unknown task {t!r} (tasks: {', '.join(tasks)})")
@@ -287,9 +305,12 @@ def parse_app(doc: Any, origin: str = "app spec") -> AppSpec:
         if total <= 0:
             raise InputError("paths: the weights sum to zero")
         paths = tuple(Path(p, weights.get(p, 0.0) / total) for p in found)
+    sources = tuple(t for t in order if not any(e.dst == t for e in edges))
+    sinks = tuple(t for t in order if not any(e.src == t for e in edges))
+    typed = parse_typed(doc, order, [(e.src, e.dst) for e in edges], sources, sinks)
     return AppSpec(name=name, latency_slo_ms=slo, accuracy_slo=acc_slo,
                    tasks=tuple(tasks[t] for t in order), edges=tuple(edges), paths=paths,
-                   tensor_width=width, doc=dict(doc))
+                   tensor_width=width, doc=dict(doc), typed=typed)
 
 
 def load_app(path: str | FsPath) -> AppSpec:
@@ -303,4 +324,4 @@ def load_app(path: str | FsPath) -> AppSpec:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise InputError(f"{p}:{line} invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_app(doc, origin=str(p))
+    return parse_app(absolute_paths(doc, p.parent.resolve()), origin=str(p))

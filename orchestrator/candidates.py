@@ -40,8 +40,16 @@ def queue_wait_ms(load: float, service_ms: float) -> float:
     return QUEUE_P95_PER_MEAN * load / (2 * (1 - load)) * service_ms
 
 
-def worst_case_ms(latency_ms: float, batch: int, items: float = 1.0) -> float:
-    """Worst-case time of one request at a task: a batch-forming wait plus ceil(items / batch) batches."""
+LATENCY_MODELS = ("batches", "paper")
+LATENCY_RULES = {"batches": "p95 x (1 + batches per request)", "paper": "2 x p95"}
+
+
+def worst_case_ms(latency_ms: float, batch: int, items: float = 1.0, model: str = "batches") -> float:
+    """Worst-case time of one request at a task. ``batches`` (the default, what the runtime needs when a
+    request brings more items than a batch holds): a batch-forming wait plus ceil(items / batch) batches.
+    ``paper``: the paper's 2 x p95 (one batch forming while one runs), optimistic under fan-out."""
+    if model == "paper":
+        return 2 * latency_ms
     return latency_ms * (1 + math.ceil(items / batch - 1e-9))
 
 
@@ -65,12 +73,10 @@ def batch_fill(batch: int, lo: float, hi: float) -> float:
     return min(r / (r - r % batch + (r % batch) * batch / rows) for r in sizes)
 
 
-def items_per_request(app: AppSpec) -> dict[str, float]:
-    """The most items one request brings to each task (largest fan-out factors along any path)."""
-    items: dict[str, float] = {}
-    for task in app.tasks:  # topological order
-        items[task.name] = max((items[e.src] * e.max_factor for e in app.parents(task.name)), default=1.0)
-    return items
+def items_per_request(app: AppSpec, features: Features) -> dict[str, float]:
+    """The most items one request brings to each task: the largest fan-out factors of the allowed
+    variants along the way, summed over a join's parents (a request brings the items of each)."""
+    return {t: hi for t, (_, hi) in demand_bounds(app, features).items()}
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class Candidate:
     items: float = 1.0
     fill: float = 1.0  # batch_fill at its batch
     load: float | None = None  # planned busy share, with the queueing term
+    latency_model: str = "batches"
 
     @property
     def slices(self) -> int:
@@ -101,7 +108,7 @@ class Candidate:
     @property
     def wc_latency_ms(self) -> float:
         wait = queue_wait_ms(self.load, self.point.latency_ms) if self.load else 0.0
-        return worst_case_ms(self.point.latency_ms, self.point.batch, self.items) + wait
+        return worst_case_ms(self.point.latency_ms, self.point.batch, self.items, self.latency_model) + wait
 
     @property
     def key(self) -> tuple[str, str, int, int, int]:
@@ -116,11 +123,16 @@ def _fits_memory(p: ProfilePoint, gpu: GpuType) -> bool:
 
 
 def _pareto(cands: list[Candidate]) -> list[Candidate]:
+    """Drop each candidate that ``size // size'`` copies of a smaller (or as large) one serve as well:
+    no more slices, no less throughput, no more latency. Exact on the MIG layouts of the catalogue:
+    that many copies of a smaller shape fit inside the larger one's memory slices wherever it starts
+    (1g x k anywhere, 2g x 2 in a 4g, 2g x 3 or 3g x 2 in a 7g), so any plan using it stays feasible,
+    with the same slices, when the copies replace it."""
     ordered = sorted(cands, key=lambda c: (c.slices, -c.throughput, c.wc_latency_ms, c.point.mps, c.point.batch))
     kept: list[Candidate] = []
     for c in ordered:
-        if not any(k.slices <= c.slices and k.throughput >= c.throughput and k.wc_latency_ms <= c.wc_latency_ms
-                   for k in kept):
+        if not any(k.slices <= c.slices and (c.slices // k.slices) * k.throughput >= c.throughput
+                   and k.wc_latency_ms <= c.wc_latency_ms for k in kept):
             kept.append(c)
     return kept
 
@@ -150,11 +162,12 @@ def allowed_variants(app: AppSpec, task: str, features: Features) -> list[str]:
 
 def build_candidates(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Features,
                      budgets_ms: dict[str, float] | None = None,
-                     loads: tuple[float | None, ...] = (None,)) -> dict[str, list[Candidate]]:
+                     loads: tuple[float | None, ...] = (None,),
+                     latency_model: str = "batches") -> dict[str, list[Candidate]]:
     """Runnable, non-dominated candidates per task within the SLO (or the static per-task budgets),
     each configuration at each of ``loads`` (None: no queueing term)."""
     out: dict[str, list[Candidate]] = {}
-    items = items_per_request(app)
+    items = items_per_request(app, features)
     bounds = demand_bounds(app, features)
     for task in app.tasks:
         limit = budgets_ms[task.name] if budgets_ms else app.latency_slo_ms
@@ -169,7 +182,8 @@ def build_candidates(app: AppSpec, profiles: Profiles, gpu: GpuType, features: F
                     continue
                 for load in loads:
                     c = Candidate(task.name, vname, v.accuracy, p, gpu.shape(p.mig).mem_slices,
-                                  items[task.name], batch_fill(p.batch, *bounds[task.name]), load)
+                                  items[task.name], batch_fill(p.batch, *bounds[task.name]), load,
+                                  latency_model)
                     if c.wc_latency_ms <= limit + 1e-9:
                         per_variant.append(c)
             cands.extend(_pareto(per_variant))
@@ -177,12 +191,13 @@ def build_candidates(app: AppSpec, profiles: Profiles, gpu: GpuType, features: F
     return out
 
 
-def fastest_latency(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Features) -> dict[str, float]:
+def fastest_latency(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Features,
+                    latency_model: str = "batches") -> dict[str, float]:
     """Each task's lowest worst-case latency over all the variants and segments the features allow."""
     fastest = {}
-    items = items_per_request(app)
+    items = items_per_request(app, features)
     for task in app.tasks:
-        lat = [worst_case_ms(p.latency_ms, p.batch, items[task.name])
+        lat = [worst_case_ms(p.latency_ms, p.batch, items[task.name], latency_model)
                for vname in allowed_variants(app, task.name, features)
                for p in profiles.for_variant(task.variant(vname).profile, gpu.name)
                if (features.spatial or (p.mig == gpu.slices and p.mps == 1)) and _fits_memory(p, gpu)]
@@ -190,7 +205,7 @@ def fastest_latency(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Fe
     return fastest
 
 
-def check_latency_reachable(app: AppSpec, fastest: dict[str, float]) -> None:
+def check_latency_reachable(app: AppSpec, fastest: dict[str, float], latency_model: str = "batches") -> None:
     """Raise InfeasibleError when even the fastest configuration of every task misses the SLO."""
     for path in app.paths:
         total = sum(fastest[t] for t in path.tasks)
@@ -198,10 +213,12 @@ def check_latency_reachable(app: AppSpec, fastest: dict[str, float]) -> None:
             parts = ", ".join(f"{t} {fastest[t]:.1f} ms" for t in path.tasks)
             raise InfeasibleError(
                 f"latency: the fastest possible path {' -> '.join(path.tasks)} takes {total:.1f} ms "
-                f"worst-case (p95 x (1 + batches per request): {parts}) vs the SLO of {app.latency_slo_ms:g} ms", binding="latency")
+                f"worst-case ({LATENCY_RULES[latency_model]}: {parts}) vs the SLO of {app.latency_slo_ms:g} ms",
+                binding="latency")
 
 
-def static_budgets(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Features) -> tuple[
+def static_budgets(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Features,
+                   latency_model: str = "batches") -> tuple[
         dict[str, float], dict[str, float], dict[str, float]]:
     """Graph-unaware budgets (the paper's Appendix B): per task latency (ms), resource share and accuracy.
 
@@ -212,13 +229,13 @@ def static_budgets(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Fea
     task must reach ``slo ** (1 / L)`` on its own, L the number of tasks on the longest path through it.
     """
     need: dict[str, float] = {}
-    items = items_per_request(app)
+    items = items_per_request(app, features)
     for task in app.tasks:
         rows = [p for p in profiles.for_variant(task.best.profile, gpu.name)
                 if features.spatial or (p.mig == gpu.slices and p.mps == 1)]
         largest = max(p.mig for p in rows) if rows else gpu.slices
         b1 = [p for p in rows if p.mig == largest and p.mps == 1] or rows
-        need[task.name] = min(worst_case_ms(p.latency_ms, p.batch, items[task.name]) for p in b1) if b1 else math.inf
+        need[task.name] = min(worst_case_ms(p.latency_ms, p.batch, items[task.name], latency_model) for p in b1) if b1 else math.inf
     latency: dict[str, float] = {t.name: math.inf for t in app.tasks}
     length: dict[str, int] = {t.name: 1 for t in app.tasks}
     for path in app.paths:
@@ -231,10 +248,29 @@ def static_budgets(app: AppSpec, profiles: Profiles, gpu: GpuType, features: Fea
     for task in app.tasks:
         rows = [p for p in profiles.for_variant(task.best.profile, gpu.name)
                 if (features.spatial or (p.mig == gpu.slices and p.mps == 1))
-                and worst_case_ms(p.latency_ms, p.batch, items[task.name]) <= latency[task.name]]
+                and worst_case_ms(p.latency_ms, p.batch, items[task.name], latency_model) <= latency[task.name]]
         per_slice = max((p.throughput_rps / p.mig for p in rows), default=0.0)
         cost[task.name] = bounds[task.name][1] / per_slice if per_slice > 0 else math.inf
     finite = sum(c for c in cost.values() if math.isfinite(c))
     share = {t: (c / finite if math.isfinite(c) and finite > 0 else 1.0) for t, c in cost.items()}
     accuracy = {t: app.accuracy_slo ** (1.0 / length[t]) for t in length}
     return latency, share, accuracy
+
+
+def static_slice_caps(share: dict[str, float], slices: int, unit: int) -> dict[str, int]:
+    """The static resource shares as whole segments: ``slices`` split in units of ``unit`` slices (a
+    whole GPU without S, one slice with it) by largest remainder, at least one unit per task while
+    units last. Shares below one unit would otherwise leave a task no segment at all."""
+    units = slices // unit
+    tasks = sorted(share, key=lambda t: -share[t])
+    quota = {t: share[t] * units for t in tasks}
+    caps = {t: (max(1, math.floor(quota[t])) if units >= len(tasks) else 0) for t in tasks}
+    if units < len(tasks):
+        for t in tasks[:units]:
+            caps[t] = 1
+    while sum(caps.values()) > units:  # the minimum of one unit each overdrew: take from the largest
+        t = max((t for t in tasks if caps[t] > 1), key=lambda t: caps[t] - quota[t])
+        caps[t] -= 1
+    for t in sorted(tasks, key=lambda t: caps[t] - quota[t])[:units - sum(caps.values())]:
+        caps[t] += 1
+    return {t: n * unit for t, n in caps.items()}

@@ -9,7 +9,7 @@ from .appspec import AppSpec
 from .candidates import allowed_variants, demand_bounds
 from .errors import InfeasibleError
 from .gpus import GpuType
-from .planner import PlanOptions, make_plan
+from .planner import Deadline, PlanOptions, make_plan
 from .plan import Plan
 from .profiles import Profiles
 
@@ -21,6 +21,8 @@ class Capacity:
     probes: int
     probe_seconds: list[float]
     seconds: float
+    upper_rps: float  # the least demand found not to fit (or the analytical bound): the answer is in [max, upper)
+    note: str = ""
 
 
 def _upper_bound(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions) -> float:
@@ -37,26 +39,65 @@ def _upper_bound(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptio
 
 def max_demand(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions, rel_tol: float = 0.005,
                progress: Callable[[str], None] | None = None) -> Capacity:
-    """Bisect on demand (0 when nothing fits); each probe asks for the fewest slices that meet both SLOs."""
+    """Search the demand (0 when nothing fits) within ``opts.time_limit`` seconds for the whole search.
+
+    Each probe asks for the fewest slices that meet both SLOs: a diagnosed probe at 1/64 of the analytical
+    bound (a latency or accuracy SLO that no demand meets gives 0 at once), then doubling, then bisection.
+    With ``method`` auto a probe tries the LP relaxation with rounding (a fraction of a second) and, where
+    it fails, the MILP within a share of the time left; ``relax`` and ``milp`` use theirs alone. A probe the time
+    limit cuts counts as not fitting, and the answer says so."""
     start = time.perf_counter()
-    probe_opts = replace(opts, alpha=0.0, beta=1.0)
-    lo, hi = 0.0, _upper_bound(app, profiles, gpu, opts)
-    best: Plan | None = None
+    deadline = Deadline(opts.time_limit)
     times: list[float] = []
-    floor = hi * 1e-6
-    while hi - lo > rel_tol * hi and hi > floor:
-        mid = (lo + hi) / 2
+    best: Plan | None = None
+    note = ""
+
+    def probe(demand: float, method: str, diagnose: bool = False) -> bool:
+        nonlocal best, note
         began = time.perf_counter()
+        limit = deadline.left() if method == "relax" else min(deadline.left(), max(2.0, opts.time_limit / 6))
         try:
-            plan = make_plan(app, profiles, gpu, mid, probe_opts)
-            lo, best = mid, plan
-            verdict = f"fits ({plan.slices} slices)"
+            plan = make_plan(app, profiles, gpu, demand, replace(opts, alpha=0.0, beta=1.0, diagnose=diagnose,
+                                                                 method=method, time_limit=max(limit, 1e-3)))
+            best, verdict, fits = plan, f"fits ({plan.slices} slices)", True
         except InfeasibleError as exc:
-            hi = mid
-            verdict = f"does not fit ({exc.binding})"
+            verdict, fits = f"does not fit ({exc.binding})", False
             if exc.binding in ("latency", "accuracy"):
-                lo = hi = 0.0
+                raise
+            if exc.binding == "time_limit":
+                note = f"the time limit cut a probe at {demand:.1f} req/s (counted as not fitting)"
         times.append(time.perf_counter() - began)
         if progress:
-            progress(f"  {opts.features.label}: {mid:10.1f} req/s {verdict}")
-    return Capacity(lo, best, len(times), times, time.perf_counter() - start)
+            progress(f"  {opts.features.label}: {demand:10.1f} req/s {verdict} [{method}]")
+        return fits
+
+    upper = _upper_bound(app, profiles, gpu, opts)
+    floor = upper * 1e-6  # below this, nothing fits
+
+    def fast(demand: float, diagnose: bool = False) -> bool:
+        """``auto``: rounding first; where it fails (its budgets, fixed from a weak relaxation, can miss plans
+        the MILP finds), the MILP before calling the demand too high. ``relax`` or ``milp``: that alone."""
+        if opts.method != "auto":
+            return probe(demand, opts.method, diagnose)
+        return probe(demand, "relax", diagnose) or probe(demand, "auto")
+
+    lo, hi = 0.0, upper
+    try:
+        first = upper / 64
+        if fast(first, diagnose=True):
+            lo = first
+            while deadline.left() > 0 and lo * 2 < hi:
+                if not fast(lo * 2):
+                    hi = lo * 2
+                    break
+                lo *= 2
+        else:
+            hi = first
+        while hi - lo > rel_tol * hi and hi > floor and deadline.left() > 0:
+            mid = (lo + hi) / 2 if lo > 0 else hi / 4
+            lo, hi = (mid, hi) if fast(mid) else (lo, mid)
+    except InfeasibleError:
+        lo = hi = 0.0
+    if hi - lo > rel_tol * hi and hi > floor and not note:
+        note = f"the time limit of {opts.time_limit:g} s ended the search"
+    return Capacity(lo, best if lo > 0 else None, len(times), times, time.perf_counter() - start, hi, note)

@@ -32,20 +32,25 @@ def task_demand(app: AppSpec, routing: dict[str, dict[str, float]], demand: floa
 
 
 def metrics(app: AppSpec, entries: list[Entry], routing: dict[str, dict[str, float]], demand: float) -> Metrics:
-    """Exact definitions: per-task accuracy is the routing-weighted mean of its variants' accuracies;
-    a path's accuracy is the product over its tasks; the pipeline's is the weighted mean over paths;
-    a task's worst-case latency is the max over the entries it uses of p95 x (1 + batches per request)."""
+    """Exact definitions (the paper's): a task's accuracy is the routing-weighted mean of its variants'
+    raw accuracies; a path's is the product over its tasks; the pipeline's is the weighted mean of the
+    paths' raw products divided by the same mean with every task at its best variant. Task and path
+    accuracies are reported normalised to their best. A task's worst-case latency is the max over the
+    entries it uses of their worst case (``Entry.wc_latency_ms``)."""
     arrived = task_demand(app, routing, demand)
-    acc: dict[str, float] = {}
+    raw: dict[str, float] = {}
     for t in app.tasks:
         total = sum(routing.get(t.name, {}).values())
-        acc[t.name] = (sum(t.variant(v).accuracy * r for v, r in routing[t.name].items()) / total
-                       if total > 0 else 1.0)
+        raw[t.name] = (sum(t.variant(v).fraction * r for v, r in routing[t.name].items()) / total
+                       if total > 0 else t.best.fraction)
+    acc = {t.name: raw[t.name] / t.best.fraction for t in app.tasks}
     wc = {t.name: max((e.wc_latency_ms for e in entries if e.task == t.name and e.count > 0), default=0.0)
           for t in app.tasks}
     path_lat = {p.tasks: sum(wc[t] for t in p.tasks) for p in app.paths}
-    path_acc = {p.tasks: math.prod(acc[t] for t in p.tasks) for p in app.paths}
-    pipeline = sum(p.weight * path_acc[p.tasks] for p in app.paths)
+    path_raw = {p.tasks: math.prod(raw[t] for t in p.tasks) for p in app.paths}
+    best = sum(p.weight * app.path_scale(p) for p in app.paths)
+    pipeline = sum(p.weight * path_raw[p.tasks] for p in app.paths) / best
+    path_acc = {p.tasks: path_raw[p.tasks] / app.path_scale(p) for p in app.paths}
     slices = sum(e.mig * e.count for e in entries)
     return Metrics(arrived, acc, path_lat, path_acc, pipeline, slices)
 

@@ -18,17 +18,20 @@ from .capacity import max_demand
 from .errors import InfeasibleError, InputError
 from .features import Features
 from .gpus import gpu_type
+from .candidates import LATENCY_MODELS
 from .planner import METHODS, PlanOptions, make_plan
 from .profiles import default_gpu, load_profiles
 
 EXIT_INPUT, EXIT_INFEASIBLE = 1, 2
 
 
-def _options(f):
+def _options(f, time_limit: float = 2.0, limit_help: str = "seconds the whole planning call may take (a hard bound)"):
+    f = click.option("--latency-model", type=click.Choice(LATENCY_MODELS), default="batches", show_default=True,
+                     help="worst case per task: batches = p95 x (1 + batches per request), what the runtime "
+                          "needs under fan-out; paper = 2 x p95")(f)
     f = click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
                      help="auto: exact MILP within --time-limit, else LP relaxation + rounding")(f)
-    f = click.option("--time-limit", type=float, default=2.0, show_default=True,
-                     help="seconds the exact MILP may take per solve")(f)
+    f = click.option("--time-limit", type=float, default=time_limit, show_default=True, help=limit_help)(f)
     f = click.option("--features", default="ast", show_default=True,
                      help="subset of a (accuracy scaling), s (spatial partitions), t (task-graph budgets), or none")(f)
     f = click.option("--gpu-type", default=None, help="GPU type (default: the one the profiles cover)")(f)
@@ -63,15 +66,28 @@ def cli() -> None:
                    "0.05 of every request's budget (`jigsaw experiment` and `watch` plan with it)")
 @click.option("--queueing", is_flag=True,
               help="plan each instance at most 80% busy, with the p95 wait of a queue that busy in its worst-case "
-                   "latency (docs/planning.md); default: the paper's 2 x p95")
+                   "latency (docs/planning.md); default: no queueing wait")
+@click.option("--accuracy", "accuracy_csv", type=click.Path(dir_okay=False), default=None,
+              help="measured accuracies (task,variant,accuracy, as `jigsaw profile --accuracy` writes) in place of "
+                   "the spec's cited ones; the plan's app_spec says per variant which it used (source)")
 @click.option("--out", type=click.Path(), default=None, help="write the plan JSON here")
 def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float,
-         method: str, demand: float, gpus: int | None, alpha: float, beta: float | None, latency_reserve: float,
-         queueing: bool, out: str | None) -> None:
+         method: str, latency_model: str, demand: float, gpus: int | None, alpha: float, beta: float | None,
+         latency_reserve: float, queueing: bool, accuracy_csv: str | None, out: str | None) -> None:
     """Plan APP.yaml for a demand: variants, segments, batch sizes and instance counts."""
+    from .typed import check_variants
+
     app, profiles, gpu = _load(app_path, profiles_path, gpu_type)
+    if accuracy_csv:
+        from .accuracy import with_measured
+        app, measured = with_measured(app, accuracy_csv)
+        cited = [f"{t.name}/{v.name}" for t in app.tasks for v in t.variants if f"{t.name}/{v.name}" not in measured]
+        click.echo(f"accuracy: measured ({accuracy_csv}) for {', '.join(measured)}; "
+                   f"cited (the spec's) for {', '.join(cited) or 'none'}")
+    check_variants(app)  # a typed app's model files and signatures, before any server starts
     opts = PlanOptions(features=Features.parse(features), gpus=gpus, alpha=alpha, beta=beta,
-                       method=method, time_limit=time_limit, latency_reserve=latency_reserve, queueing=queueing)
+                       method=method, time_limit=time_limit, latency_reserve=latency_reserve, queueing=queueing,
+                       latency_model=latency_model)
     result = make_plan(app, profiles, gpu, demand, opts)
     click.echo(result.summary())
     if out:
@@ -80,26 +96,36 @@ def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str,
 
 
 @cli.command()
-@_options
+@(lambda f: _options(f, 10.0, "seconds the whole search may take, for each latency model (a hard bound)"))
 @click.option("--gpus", type=int, required=True, help="GPUs available")
 @click.option("--json", "as_json", is_flag=True, help='print {"max_demand_rps": ...} as the last line')
 def capacity(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float,
-             method: str, gpus: int, as_json: bool) -> None:
-    """The maximum demand (req/s) that GPUS can serve within both SLOs."""
+             method: str, latency_model: str, gpus: int, as_json: bool) -> None:
+    """The maximum demand (req/s) that GPUS can serve within both SLOs, under --latency-model and, for
+    comparison, the other latency model."""
     app, profiles, gpu = _load(app_path, profiles_path, gpu_type)
     if gpus < 1:
         raise InputError(f"--gpus: expected at least 1, got {gpus}")
-    opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit)
-    click.echo(f"bisecting the demand for {app.name} on {gpus} {gpu.name} GPU(s), features {opts.features.label}",
-               err=True)
-    cap = max_demand(app, profiles, gpu, opts, progress=lambda line: click.echo(line, err=True))
-    slices = cap.plan.slices if cap.plan else 0
-    click.echo(f"max serviceable demand: {cap.max_demand_rps:.1f} req/s ({slices} slices at that demand, "
-               f"{cap.probes} solves, {cap.seconds:.1f} s)")
+    results = {}
+    for model in [latency_model] + [m for m in LATENCY_MODELS if m != latency_model]:
+        opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit,
+                           latency_model=model)
+        click.echo(f"searching the demand for {app.name} on {gpus} {gpu.name} GPU(s), features "
+                   f"{opts.features.label}, latency model {model}", err=True)
+        results[model] = max_demand(app, profiles, gpu, opts, progress=lambda line: click.echo(line, err=True))
+    for model, cap in results.items():
+        slices = cap.plan.slices if cap.plan else 0
+        click.echo(f"max serviceable demand ({model} latency model{'' if model == latency_model else ', for comparison'}):"
+                   f" {cap.max_demand_rps:.1f} req/s ({slices} slices at that demand, {cap.probes} solves, "
+                   f"{cap.seconds:.1f} s){'; ' + cap.note if cap.note else ''}")
+    cap = results[latency_model]
     if as_json:
-        click.echo(json.dumps({"max_demand_rps": cap.max_demand_rps, "features": opts.features.label,
-                               "gpus": gpus, "gpu_type": gpu.name, "probes": cap.probes,
-                               "max_probe_seconds": max(cap.probe_seconds, default=0.0)}))
+        click.echo(json.dumps({"max_demand_rps": cap.max_demand_rps, "upper_rps": cap.upper_rps,
+                               "features": features and Features.parse(features).label, "gpus": gpus,
+                               "gpu_type": gpu.name, "latency_model": latency_model, "probes": cap.probes,
+                               "seconds": cap.seconds, "max_probe_seconds": max(cap.probe_seconds, default=0.0),
+                               "by_latency_model": {m: c.max_demand_rps for m, c in results.items()},
+                               **({"note": cap.note} if cap.note else {})}))
 
 
 KEY_FILE, MANIFEST_FILE = ".jigsaw-control-key", "jigsaw.json"
@@ -126,14 +152,18 @@ def _write_key(path: Path, key: str) -> None:
 @cli.command()
 @click.argument("repo_path", metavar="REPO", type=click.Path())
 @click.option("--host", default="127.0.0.1", show_default=True, help="address the HTTP, gRPC and metrics ports bind to")
-@click.option("--http-port", type=int, default=8000, show_default=True)
-@click.option("--grpc-port", type=int, default=8001, show_default=True)
-@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option("--http-port", type=int, default=8000, show_default=True,
+              help="HTTP/REST port (through the front that checks request sizes)")
+@click.option("--grpc-port", type=int, default=8001, show_default=True, help="gRPC port")
+@click.option("--metrics-port", type=int, default=8002, show_default=True,
+              help="Prometheus metrics port (what jigsaw watch --metrics-url reads)")
 @click.option("--control-key", default=None,
               help=f"value of the jigsaw-control-key header that model load/unload needs (default: random); "
                    f"written to REPO/{KEY_FILE}")
+@click.option("--max-request-mb", type=float, default=64.0, show_default=True,
+              help="largest HTTP request body (also decompressed) the HTTP front passes on")
 def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_port: int,
-          control_key: str | None) -> None:
+          control_key: str | None, max_request_mb: float) -> None:
     """Serve the model repository REPO with Triton until SIGINT or SIGTERM.
 
     The python and jigsaw backends are prepared in a temporary directory (removed on exit): Triton
@@ -148,8 +178,7 @@ def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_por
         raise InputError(f"REPO: no such directory: {repo_path}")
     key = control_key or secrets.token_hex(16)
     _write_key(repo / KEY_FILE, key)
-    click.echo(f"control key{'' if control_key else ' ' + key} in {repo / KEY_FILE} "
-               f"(header jigsaw-control-key)")
+    click.echo(f"control key in {repo / KEY_FILE} (header jigsaw-control-key)")  # never the key itself
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in handlers:  # SIGTERM stops like Ctrl-C; SIGINT too when started with it ignored (`cmd &`)
         signal.signal(sig, signal.default_int_handler)
@@ -166,7 +195,8 @@ def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_por
             backends = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jigsaw-backends-")))
             server = stack.enter_context(TritonServer(repo, prepare_backend_dir(backends), host=host,
                                                       http_port=http_port, grpc_port=grpc_port,
-                                                      metrics_port=metrics_port, control_key=key, env=env))
+                                                      metrics_port=metrics_port, control_key=key, env=env,
+                                                      max_request_bytes=int(max_request_mb * 2**20)))
             click.echo(f"tritonserver pid {server.pid} ready: http {server.http_url}, grpc {server.grpc_url}, "
                        f"metrics {server.metrics_url}, log {server.log_path}")
             try:
@@ -198,8 +228,14 @@ def render(plan_path: str, out: str, inventory: str | None) -> None:
     from .plan import Plan
     from .render import build_configs, write_repository
 
+    from .appspec import parse_app
+    from .typed import check_variants
+
     inv = detect(inventory)
-    rendered = build_configs(Plan.load(plan_path), inv)
+    plan = Plan.load(plan_path)
+    if plan.app_spec:
+        check_variants(parse_app(plan.app_spec, origin=f"{plan_path} app_spec"))
+    rendered = build_configs(plan, inv)
     write_repository(rendered, Path(out))
     click.echo(f"wrote {len(rendered.configs)} models to {out} (clients call {rendered.manifest['model']!r}; "
                f"devices: {inv.source})")
@@ -267,7 +303,8 @@ def report(run_path: str, as_json: bool, bin_s: float | None) -> None:
               help="scale a shape's rows only when it ran slower than this")
 @click.option("--min-steps", type=click.IntRange(min=1), default=3, show_default=True,
               help="controller steps a shape must have run in (each with --min-batches batches)")
-@click.option("--min-batches", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--min-batches", type=click.IntRange(min=1), default=20, show_default=True,
+              help="batches a runner must have run in a controller step for the step to count")
 @click.option("--min-busy", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="count a step only when the runner's processes were in batches this share of it")
 @click.option("--extend", is_flag=True,
@@ -315,6 +352,11 @@ def refine_profiles(run_paths: tuple[str, ...], profiles_path: str, out: str, qu
 @click.option("--compress", type=click.FloatRange(min=0, min_open=True), default=None,
               help="replay the whole trace in this many seconds")
 @click.option("--items", type=click.IntRange(min=1), default=1, show_default=True, help="items per request")
+@click.option("--dataset", type=click.Path(file_okay=False), default=None,
+              help="a typed app: send this dataset's requests (labels.jsonl; e.g. written by its evaluation.make), "
+                   "in turn")
+@click.option("--input", "files", multiple=True, metavar="[NAME=]FILE",
+              help="a typed app, repeatable: requests from files, as jigsaw infer reads them (after --dataset's)")
 @click.option("--width", type=click.IntRange(min=1), default=None,
               help="INPUT width (default: from the model's input metadata)")
 @click.option("--slo-ms", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -329,9 +371,11 @@ def refine_profiles(run_paths: tuple[str, ...], profiles_path: str, out: str, qu
               help="per-request CSV, written as requests complete")
 @click.option("--json", "as_json", is_flag=True, help="print the summary JSON as the last line")
 def load(url: str, model: str, rate: float | None, duration: float | None, trace_path: str | None,
-         peak: float | None, compress: float | None, items: int, width: int | None, slo_ms: float | None,
-         deadline_ms: float | None, send_deadline: bool, seed: int, out: str, as_json: bool) -> None:
-    """Open-loop load on the app MODEL at URL: Poisson (--rate, --duration) or a trace (--trace)."""
+         peak: float | None, compress: float | None, items: int, dataset: str | None, files: tuple[str, ...],
+         width: int | None, slo_ms: float | None, deadline_ms: float | None, send_deadline: bool, seed: int, out: str,
+         as_json: bool) -> None:
+    """Open-loop load on the app MODEL at URL: Poisson (--rate, --duration) or a trace (--trace); a typed
+    app's requests come from --dataset or --input."""
     from tools import trace as traces
     from tools.loadgen import run_load, summary_text
 
@@ -350,10 +394,26 @@ def load(url: str, model: str, rate: float | None, duration: float | None, trace
         times = traces.arrivals(demand, seed)
         what = (f"trace {trace_path}: {len(demand.rates)} intervals of {demand.interval_s:g} s, "
                 f"peak {demand.peak_rps:.1f} req/s, {demand.duration_s:g} s")
-    click.echo(f"sending {len(times)} requests of {items} item(s) to {model} at {url} ({what}); log {out}", err=True)
+    payloads = None
+    if dataset or files:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        from tools.typed_client import payloads as typed_payloads
+        client = grpcclient.InferenceServerClient(url)
+        try:
+            payloads = typed_payloads(client, model, dataset, files)
+        except InferenceServerException as exc:
+            raise InputError(f"--model {model} at {url}: {exc.message() or exc}") from None
+        finally:
+            client.close()
+        if not payloads:
+            raise InputError(f"--dataset {dataset}: no requests in it")
+    sent = f"{len(payloads)} typed request(s) in turn" if payloads else f"{items} item(s)"
+    click.echo(f"sending {len(times)} requests of {sent} to {model} at {url} ({what}); log {out}", err=True)
     result = run_load(url, model, times, items, width, slo_ms, deadline_ms,
                       on_progress=lambda p: click.echo(p.line(), err=True), stream_to=out, progress_s=3.0,
-                      send_deadline=send_deadline)
+                      send_deadline=send_deadline, payloads=payloads)
     summary = result.summary()
     click.echo(summary_text(summary))
     if as_json:
@@ -370,20 +430,40 @@ def load(url: str, model: str, rate: float | None, duration: float | None, trace
 @click.option("--reuse", type=click.Path(exists=True, dir_okay=False), default=None,
               help="gpu device: an earlier in-process grid (<stem>.isolated.csv); its variants are not measured "
                    "again (the calibration through Triton always runs)")
-def profile(app_paths: tuple[str, ...], out: str, device: str, gpu_name: str, reuse: str | None) -> None:
+@click.option("--dataset", type=click.Path(), default=None,
+              help="cpu device, typed apps: a dataset (labels.jsonl) whose requests give the items variants are "
+                   "timed on")
+@click.option("--accuracy", "accuracy_dataset", type=click.Path(), default=None,
+              help="measure each variant's accuracy on this dataset instead of its speed (a typed app with an "
+                   "evaluation); --out gets task,variant,metric,accuracy,requests,others")
+def profile(app_paths: tuple[str, ...], out: str, device: str, gpu_name: str, reuse: str | None,
+            dataset: str | None, accuracy_dataset: str | None) -> None:
     """Measure the apps' variants per segment and batch into the canonical profile CSV.
 
     On a GPU: in-process under emulated MIG segments, then calibrated to what Triton serves
-    (tools/profile_gpu.py)."""
+    (tools/profile_gpu.py). With --accuracy: each variant's accuracy on a dataset, the app's metric
+    with this variant at its task and the most accurate one by the spec at the others (tools/evaluate.py)."""
     apps = [load_app(p) for p in app_paths]
+    if accuracy_dataset:
+        from tools.evaluate import load_dataset, variant_accuracy, write_accuracy
+        rows = [r for a in apps for r in variant_accuracy(a, load_dataset(a, accuracy_dataset),
+                                                          progress=lambda line: click.echo(line, err=True))]
+        write_accuracy(rows, out)
+        click.echo(f"wrote {len(rows)} variants' accuracy to {out}")
+        return
     kinds = {dict(v.runtime).get("kind", "numpy_mlp") for a in apps for t in a.tasks for v in t.variants}
     if device == "auto":
         device = "gpu" if kinds == {"torch"} else "cpu"
     if device == "cpu":
         from tools.profile_cpu import profile_cpu
-        if kinds != {"numpy_mlp"}:
-            raise InputError(f"--device cpu profiles numpy_mlp variants; these apps have {sorted(kinds)}")
-        rows = profile_cpu(apps, out, progress=lambda line: click.echo(line, err=True))
+        if kinds - {"numpy_mlp"} and not all(a.typed for a in apps if any(
+                dict(v.runtime).get("kind", "numpy_mlp") != "numpy_mlp" for t in a.tasks for v in t.variants)):
+            raise InputError(f"--device cpu profiles numpy_mlp variants and typed apps' variants; these apps have "
+                             f"{sorted(kinds)}")
+        try:
+            rows = profile_cpu(apps, out, progress=lambda line: click.echo(line, err=True), dataset=dataset)
+        except ValueError as exc:
+            raise InputError(f"--dataset: {exc}") from None
         click.echo(f"wrote {rows} rows to {out} (device: this CPU)")
         return
     from tools.profile_gpu import run as profile_gpu
@@ -415,16 +495,18 @@ def _run_experiment(app_path: str, profiles_path: str, gpu_name: str | None, fea
                     time_limit: float, gpus: int | None, trace_path: str | None, peak: float, duration: float,
                     interval: float, out: str, inventory: str | None, forecaster: str, system: str,
                     headroom: float, notes: str = "", surge_poll: float | None = None,
-                    shed_limit: float | None = None) -> dict:
+                    shed_limit: float | None = None, latency_model: str = "batches",
+                    dataset: str | None = None) -> dict:
     from .experiment import Experiment, run as run_exp
     from .inventory import detect
 
     app, profiles, gpu = _load(app_path, profiles_path, gpu_name)
-    opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit)
+    opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit,
+                       latency_model=latency_model)
     exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=detect(inventory),
                      trace=_trace(trace_path, peak, duration), interval_s=interval, out=Path(out),
                      system=system or opts.features.label, forecaster=forecaster, notes=notes,
-                     policy=_policy(headroom, surge_poll, shed_limit))
+                     policy=_policy(headroom, surge_poll, shed_limit), dataset=Path(dataset) if dataset else None)
     try:
         return run_exp(exp, progress=lambda line: click.echo(line, err=True))
     except RuntimeError as exc:
@@ -446,6 +528,9 @@ SHED_HELP = ("in those checks, step the plan up by the headroom when its stages 
 
 def _experiment_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="print the report summary JSON as the last line")(f)
+    f = click.option("--dataset", type=click.Path(file_okay=False), default=None,
+                     help="a typed app: the requests to send, in turn (labels.jsonl; default: 32 that its "
+                          "evaluation.make writes into the run directory)")(f)
     f = click.option("--shed-limit", type=click.FloatRange(min=0, max=1), default=None, help=SHED_HELP)(f)
     f = click.option("--surge-poll", type=click.FloatRange(min=0), default=None, help=SURGE_HELP)(f)
     f = click.option("--headroom", type=click.FloatRange(min=0), default=0.3, show_default=True,
@@ -480,13 +565,15 @@ def _print_report(summary: dict, out: str, as_json: bool) -> None:
 @click.option("--out", required=True, type=click.Path(), help="run directory")
 @click.option("--system", default="", help="label of this run in the report (default: the features)")
 def experiment(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float,
-               method: str, trace_path: str | None, peak: float, duration: float, interval: float,
+               method: str, latency_model: str, trace_path: str | None, peak: float, duration: float, interval: float,
                inventory: str | None, forecaster: str, headroom: float, surge_poll: float | None,
-               shed_limit: float | None, as_json: bool, gpus: int | None, out: str, system: str) -> None:
+               shed_limit: float | None, dataset: str | None, as_json: bool, gpus: int | None, out: str,
+               system: str) -> None:
     """Serve APP.yaml under a replayed demand trace with live replanning, then report (closed loop)."""
     summary = _run_experiment(app_path, profiles_path, gpu_type, features, method, time_limit, gpus, trace_path,
                               peak, duration, interval, out, inventory, forecaster, system, headroom,
-                              surge_poll=surge_poll, shed_limit=shed_limit)
+                              surge_poll=surge_poll, shed_limit=shed_limit, latency_model=latency_model,
+                              dataset=dataset)
     _print_report(summary, out, as_json)
 
 
@@ -504,20 +591,38 @@ def _gpu_available() -> bool:
 @click.option("--duration", type=click.FloatRange(min=10), default=60.0, show_default=True,
               help="seconds the synthetic day is replayed in")
 @click.option("--peak", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="peak demand of the replayed day (req/s; default: 40 on a CPU, 30% of the planned capacity on a GPU)")
+              help="peak demand of the replayed day (req/s; default: 40 on a CPU, 30% of the planned capacity on a GPU); "
+                   "with --app: replay the day (closed loop, the controller replanning) instead of --requests")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="auto: the GPU when NVML sees one (without MIG) and torch is installed")
 @click.option("--json", "as_json", is_flag=True, help="print the report summary JSON as the last line")
-def demo(out: str, duration: float, peak: float | None, device: str, as_json: bool) -> None:
+@click.option("--app", "typed_app", type=click.Path(), default=None,
+              help="instead: this typed app with ground truth (e.g. examples/ocr/app.yaml) served on the CPU, its "
+                   "answers scored (quality) and its fan-out measured")
+@click.option("--requests", type=click.IntRange(min=1), default=40, show_default=True,
+              help="with --app: ground-truth requests to send")
+@click.option("--demand", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="with --app: the demand (req/s) the plan is made for, on 4 whole-CPU slices")
+def demo(out: str, duration: float, peak: float | None, device: str, as_json: bool, typed_app: str | None,
+         requests: int, demand: float) -> None:
     """The bundled example end to end: profile, plan, render, serve, replay a day with live replanning, report.
 
     On a CPU: examples/cpu/app.yaml (numpy stand-in variants, emulated device time), profiled here
     first, on 4 whole-CPU slices. On a GPU: examples/h200/traffic.yaml (torchvision models as CUDA
     graphs) on one GPU with MIG emulated by MPS, with examples/h200/profiles.csv on an H200 and a
     fresh `jigsaw profile` (about 5 minutes) elsewhere.
+
+    With --app: a typed app with an evaluation, planned from the profiles.csv beside it (profiled here
+    first when there is none), served, sent a fresh ground-truth dataset; the summary has its quality
+    (the app's metric on what the server returned) and per edge the planned and measured fan-out. With
+    --app and --peak: the closed loop instead (the day replayed with the app's evaluation.make requests,
+    the controller replanning and refining fan-out), reported as `jigsaw report` does.
     """
     root = Path(__file__).resolve().parent.parent
     Path(out).mkdir(parents=True, exist_ok=True)
+    if typed_app:
+        _typed_demo(Path(typed_app), Path(out), requests, demand, as_json, peak, duration)
+        return
     if device == "gpu" or (device == "auto" and _gpu_available()):
         app_path = root / "examples" / "h200" / "traffic.yaml"
         profiles_path = root / "examples" / "h200" / "profiles.csv"
@@ -545,6 +650,94 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
                               notes=f"jigsaw demo: {app_path.relative_to(root)}, synthetic diurnal day compressed "
                                     f"to {duration:g} s")
     _print_report(summary, out, as_json)
+
+
+def _typed_demo(app_path: Path, out: Path, requests: int, demand: float, as_json: bool, peak: float | None,
+                duration: float) -> None:
+    """``jigsaw demo --app``: ``requests`` ground-truth requests scored (typed_demo), or with ``peak`` the closed
+    loop on the app's real requests (a synthetic day, the controller refining runner speeds and fan-out)."""
+    from tools import typed_demo
+    from tools.evaluate import make_dataset
+    from tools.profile_cpu import profile_cpu
+    from .typed import check_variants
+
+    app = load_app(app_path)
+    if app.typed is None or not app.typed.evaluation:
+        raise InputError(f"--app {app_path}: a typed app with an evaluation (ground truth) is needed")
+    check_variants(app)
+    profiles_path = app_path.parent / "profiles.csv"
+    if not profiles_path.is_file():
+        profiles_path = out / "profiles.csv"
+        click.echo(f"profiling {app_path} on this CPU -> {profiles_path}", err=True)
+        profile_cpu([app], str(profiles_path), repeats=5, progress=lambda line: click.echo(line, err=True),
+                    dataset=str(make_dataset(app, out / "profile-dataset", 8)))
+    if peak is not None:
+        summary = _run_experiment(str(app_path), str(profiles_path), None, "ast", "auto", 2.0, 4, None, peak, duration,
+                                  max(2.0, duration / 20), str(out), None, "holt", "A+S+T (demo, typed, CPU)", 0.3,
+                                  notes=f"jigsaw demo --app {app_path}: synthetic diurnal day compressed to "
+                                        f"{duration:g} s, the app's evaluation.make requests")
+        _print_report(summary, str(out), as_json)
+        return
+    summary = typed_demo.run(app, profiles_path, out, requests=requests, demand=demand,
+                             progress=lambda line: click.echo(line, err=True))
+    q, fan = summary["quality"], summary["fanout"]
+    click.echo(f"{summary['answered']}/{summary['requests']} answered ({summary['errors']} errors), "
+               f"p50 {summary['latency_ms'].get('p50', 0):.0f} ms, p95 {summary['latency_ms'].get('p95', 0):.0f} ms; "
+               f"{q['metric']} {q['measured']:.4f} over {q['items']} requests; fan-out "
+               + ", ".join(f"{e} planned {v['planned']:g} measured {v['measured']}" for e, v in fan.items())
+               + f"; bad input: {'healthy after' if summary['bad_input']['healthy_after'] else 'UNHEALTHY after'}")
+    click.echo(f"summary: {out / 'summary.json'}")
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+@cli.command()
+@click.option("--url", default="127.0.0.1:8001", show_default=True, help="the server's gRPC address")
+@click.option("--model", required=True, help="the typed app's model (named after the app)")
+@click.option("--input", "files", multiple=True, required=True, metavar="[NAME=]FILE",
+              help="repeatable: with one model input, each FILE is a request; with several, NAME=FILE pairs make one")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="seconds to wait for each answer")
+@click.option("--json", "as_json", is_flag=True, help="print the answers as JSON (one list, the last line)")
+def infer(url: str, model: str, files: tuple[str, ...], timeout: float, as_json: bool) -> None:
+    """Send real inputs (e.g. a PNG) to a typed app and print its answers per item, with the variant that
+    answered each. BYTES inputs get the file's bytes, UINT8 frames the image decoded here, others a .npy."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from tools.typed_client import answers, file_requests, infer as send, input_specs, sink_outputs, tensor_from_file
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        try:
+            specs, sinks = {s.name: s for s in input_specs(client, model)}, sink_outputs(client, model)
+        except InferenceServerException as exc:
+            raise InputError(f"--model {model} at {url}: {exc.message() or exc}") from None
+        batches = file_requests(specs, files, model)
+        results, failed = [], 0
+        for given in batches:
+            tensors = {n: tensor_from_file(specs[n], f) for n, f in given.items()}
+            label = ", ".join(given.values())
+            try:
+                answer = answers(send(client, model, tensors, timeout_s=timeout), sinks)
+            except InferenceServerException as exc:
+                failed += 1
+                results.append({"input": label, "error": exc.message() or str(exc)})
+                click.echo(f"{label}: error: {results[-1]['error']}", err=True)
+                continue
+            results.append({"input": label, "answers": answer})
+            for sink, items in answer.items():
+                click.echo(f"{label}: {sink}: {len(items)} item(s)")
+                for item in items:
+                    fields = "  ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:.4g}"
+                                       if isinstance(v, float) else f"{k}={v}" for k, v in item.items() if k != "variant")
+                    click.echo(f"  [{item['variant']}] {fields}")
+        if as_json:
+            click.echo(json.dumps(results))
+        if failed:
+            raise click.ClickException(f"{failed} of {len(batches)} request(s) failed")
+    finally:
+        client.close()
 
 
 @cli.command()
@@ -587,7 +780,8 @@ def bundle(out: str, python_version: str, platforms: tuple[str, ...], deps: bool
 @click.option("--plan", "plan_path", required=True, type=click.Path(), help="the plan the server runs now")
 @click.option("--repo", "repo_path", required=True, type=click.Path(), help="the repository the server serves")
 @click.option("--url", default="127.0.0.1:8001", show_default=True, help="the server's gRPC address")
-@click.option("--metrics-url", default="http://127.0.0.1:8002/metrics", show_default=True)
+@click.option("--metrics-url", default="http://127.0.0.1:8002/metrics", show_default=True,
+              help="the server's Prometheus metrics endpoint (arrivals, variant items, runner batch times)")
 @click.option("--control-key", default=None, help=f"model-control key (default: REPO/{KEY_FILE})")
 @click.option("--interval", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
               help="seconds between measurements (and possible replans)")
@@ -596,12 +790,13 @@ def bundle(out: str, python_version: str, platforms: tuple[str, ...], deps: bool
               help="plan for the forecast x (1 + headroom)")
 @click.option("--surge-poll", type=click.FloatRange(min=0), default=None, help=SURGE_HELP)
 @click.option("--shed-limit", type=click.FloatRange(min=0, max=1), default=None, help=SHED_HELP)
-@click.option("--forecaster", type=click.Choice(["holt", "moving-average"]), default="holt", show_default=True)
+@click.option("--forecaster", type=click.Choice(["holt", "moving-average"]), default="holt", show_default=True,
+              help="holt: level + trend + residual-quantile slack; moving-average: the paper's (5 bins + 5%)")
 @click.option("--inventory", default=None, type=click.Path(), help="simulated GPU inventory JSON")
 @click.option("--events", default="events.jsonl", show_default=True, type=click.Path(),
               help="where decisions are logged (tools/report.py reads it)")
 def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float, method: str,
-          plan_path: str, repo_path: str, url: str, metrics_url: str, control_key: str | None, interval: float,
+          latency_model: str, plan_path: str, repo_path: str, url: str, metrics_url: str, control_key: str | None, interval: float,
           gpus: int | None, headroom: float, surge_poll: float | None, shed_limit: float | None, forecaster: str,
           inventory: str | None, events: str) -> None:
     """Keep a running server's plan matched to its demand: measure, forecast, replan, apply (Ctrl-C stops)."""
@@ -625,7 +820,8 @@ def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str
     client = grpcclient.InferenceServerClient(url)
     headers = control_headers(key, grpc=True)
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit)
+    opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit,
+                       latency_model=latency_model)
     applier = Applier(repo, client, headers, progress=echo)
     controller = Controller(app, profiles, gpu, opts, detect(inventory), repo, metrics_url, FORECASTERS[forecaster](),
                             EventLog(Path(events), time.time()), _policy(headroom, surge_poll, shed_limit),

@@ -32,7 +32,7 @@ from tritonclient.utils import InferenceServerException
 from triton_backend.backlog import PREFIX as BACKLOG_PREFIX
 
 from .errors import InputError
-from .render import MANIFEST, Rendered, routing_path, write_repository, write_routing
+from .render import MANIFEST, Rendered, ensure_runner_key, routing_path, write_repository, write_routing
 from .server import CONTROL_HEADER, GRPC_CONTROL_HEADER, LOAD_THREADS
 
 MIN_DRAIN_S = 5.0
@@ -133,6 +133,7 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
     if backup.exists():
         shutil.rmtree(backup)
     shutil.copytree(repo, backup, ignore=shutil.ignore_patterns(f"{BACKLOG_PREFIX}*"))  # live: kept on rollback
+    ensure_runner_key(repo)  # the new runners read it when they load
     for name, cfg in rendered.configs.items():  # new model directories must exist before loading
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
         (repo / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))

@@ -40,6 +40,13 @@ variant's profile rows for its segment scaled by the measured ratio, and the app
 slowdowns are folded in: a profile's latency also budgets Triton's per-call overhead, which a
 runner's compute time does not show.
 
+Fan-out refinement (typed apps, whose fan-out is the data's): per edge and parent variant, the child
+items its adapter made per parent item since the controller's first scrape (``fanout.FanoutMeter`` over
+the ``jigsaw_edge_*_items_total`` counters); once at least ``fanout_min_items`` parent items were seen and
+the measured factor differs from the one the plan used by more than ``fanout_drift`` of it, the app's
+factor for that variant is replaced by the measured one (a ``fanout`` event per edge and variant every
+interval, ``refined`` when it replaced it) and the app is replanned.
+
 Every decision is appended to ``events.jsonl`` (tools/report.py reads it).
 """
 from __future__ import annotations
@@ -59,6 +66,7 @@ from triton_backend.variants import PADDING_METRIC
 
 from .appspec import AppSpec
 from .errors import InfeasibleError
+from .fanout import FanoutMeter, edge_counts, with_factors
 from .forecast import Forecaster
 from .gpus import GpuType
 from .inventory import Inventory
@@ -95,6 +103,8 @@ class Policy:
     surge_headroom: float | None = None  # a surge's plan is for the projection x (1 + this); None: ``headroom``
     sample_applies: bool = True  # while an apply blocks the controller, sample arrivals every surge_poll_s (``sample``)
     admission_reserve: float = ADMISSION_RESERVE  # of a request's budget, held back by the stages' admission
+    fanout_drift: float = 0.10   # replan when a measured fan-out differs from the planned by more than this share
+    fanout_min_items: int = 20   # ... measured over at least this many parent items (0: never refine fan-out)
 
 
 def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, policy: Policy) -> float | None:
@@ -145,6 +155,7 @@ class Controller:
         # after a shedding step-up: (the arrival rate that shed, the demand stepped up to); down replans
         # stop at that demand while the forecast stays at or above that rate
         self.shed_floor: tuple[float, float] | None = None
+        self.fanout = FanoutMeter()               # the edges' measured fan-out since the first scrape
 
     # -- planning ---------------------------------------------------------------------------------
 
@@ -252,6 +263,29 @@ class Controller:
                 refined.append(f"{profile} {e.mig}g x{e.mps} x{ratio:.2f}")
         return refined
 
+    def _refine_fanout(self) -> list[str]:
+        """Replace the app's edge factors by the measured fan-out where it differs from the planned by more
+        than ``fanout_drift`` (over at least ``fanout_min_items`` parent items); the refined edges."""
+        if not self.policy.fanout_min_items:
+            return []
+        changed, notes = {}, []
+        edges = {(e.src, e.dst): e for e in self.app.edges}
+        for key in sorted(self.fanout.totals):
+            src, dst, variant = key
+            measured, parents, children = self.fanout.factor(key)
+            if (src, dst) not in edges or parents < self.policy.fanout_min_items:
+                continue
+            planned = edges[src, dst].factor_for(variant)
+            refine = abs(measured - planned) > self.policy.fanout_drift * planned
+            self.events.write("fanout", edge=f"{src}->{dst}", variant=variant, planned=planned,
+                              measured=round(measured, 4), parents=parents, children=children, refined=refine)
+            if refine:
+                changed[key] = measured
+                notes.append(f"{src}->{dst} after {variant} {planned:g} -> {measured:.3g}")
+        if changed:
+            self.app = with_factors(self.app, changed)
+        return notes
+
     def record_metrics(self) -> Scrape:
         """Scrape the server and log, as counted so far: the variants the stages routed to, each stage's
         requests, drops and deadline misses, and the ``RUNNER_COUNTERS`` of each of the plan's runners
@@ -277,6 +311,7 @@ class Controller:
         assert self.plan is not None
         now = self.record_metrics()
         self._arrived(now)
+        self.fanout.update(edge_counts(now, self.app.name))
         prev, self.last, self.surge_failed = self.last, now, False
         if prev is None:
             return
@@ -289,6 +324,7 @@ class Controller:
         self.events.write("interval", demand_rps=round(rate, 3), forecast_rps=round(forecast, 3),
                           horizon=steps, planned_rps=self.plan.demand_rps)
         refined = self._refine(prev, now)
+        fanned = self._refine_fanout()
         target = decide(self.plan.demand_rps, forecast, self.intervals_in_plan, self.policy)
         if self.shed_floor is not None and forecast < self.shed_floor[0]:
             self.shed_floor = None
@@ -298,8 +334,10 @@ class Controller:
             _, rise, _, projected = self.projection()
             if rise > 0:  # the forecast lags a rise that has begun: the smaller plan would meet it
                 target = self._down_to_at_least(target, projected * (1 + self.policy.headroom))
-        if refined:
-            self._replan(max(target or 0.0, self.plan.demand_rps), "profile refined: " + ", ".join(refined))
+        if refined or fanned:
+            reasons = ([f"profile refined: {', '.join(refined)}"] if refined else []) + (
+                [f"fan-out measured: {', '.join(fanned)}"] if fanned else [])
+            self._replan(max(target or 0.0, self.plan.demand_rps), "; ".join(reasons))
         elif target is not None:
             direction = "up" if target > self.plan.demand_rps else "down"
             self._replan(target, f"forecast {forecast:.1f} req/s, {direction} from {self.plan.demand_rps:.1f}")

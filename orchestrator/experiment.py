@@ -3,6 +3,9 @@
     app spec + profiles -> initial plan -> rendered repository -> tritonserver (+ MPS daemon) ->
     load generator (trace) || controller (metrics -> forecast -> replan -> apply) -> RUN/ -> report
 
+A typed app is sent real requests: those of ``dataset``, or ``DATASET_REQUESTS`` that its
+``evaluation.make`` writes into RUN/dataset, in turn.
+
 RUN/ holds requests.csv, events.jsonl, run.json, host.csv (host CPU and GPU utilization, per second),
 repo/ (the served repository), server.log, and the report (summary.json, PNGs) that tools/report.py
 makes from them.
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .appspec import AppSpec
+from .errors import InputError
 from .controller import Controller, EventLog, Policy
 from .forecast import HoltQuantile, MovingAverage
 from .gpus import GpuType
@@ -28,6 +32,7 @@ from .planner import PlanOptions
 from .profiles import Profiles
 
 FORECASTERS = {"holt": HoltQuantile, "moving-average": MovingAverage}
+DATASET_REQUESTS = 32  # a typed app's requests made by its evaluation.make when no dataset is given
 
 
 @dataclass
@@ -47,6 +52,26 @@ class Experiment:
     ready_timeout_s: float = 120.0
     notes: str = ""
     send_deadline: bool = True      # requests carry the client's deadline (tools.loadgen, deadline_ns)
+    dataset: Path | None = None     # a typed app's requests (labels.jsonl); None: made by its evaluation.make
+
+
+def typed_payloads(exp: Experiment) -> tuple[list[dict[str, Any]] | None, Path | None]:
+    """A typed app's requests' tensors and the dataset they come from; (None, None) for an untyped app."""
+    from tools.evaluate import load_dataset, make_dataset
+
+    app = exp.app
+    if app.typed is None:
+        return None, None
+    dataset = exp.dataset
+    if dataset is None:
+        if not app.typed.evaluation:
+            raise InputError(f"app {app.name} is typed and has no evaluation.make: give a dataset of its requests "
+                             "(--dataset DIR with labels.jsonl)")
+        dataset = make_dataset(app, exp.out / "dataset", DATASET_REQUESTS)
+    tensors = [s.tensors for s in load_dataset(app, dataset)]
+    if not tensors:
+        raise InputError(f"dataset {dataset}: no requests in it")
+    return tensors, Path(dataset)
 
 
 def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, Any]:
@@ -69,6 +94,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         (out / name).unlink(missing_ok=True)
     trace = exp.trace
     times = arrivals(trace, seed=exp.seed)
+    payloads, dataset = typed_payloads(exp)
     events = EventLog(out / "events.jsonl", time.time())  # re-based on the start of the load below
     repo = out / "repo"
     controller = Controller(exp.app, exp.profiles, exp.gpu, exp.opts, exp.inventory, repo, "",
@@ -82,7 +108,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         "device": exp.inventory.source + (" " + ", ".join(d.name for d in exp.inventory.gpus) if exp.inventory.gpus else ""),
         "emulated_mig": bool(emulated), "gpu_type": exp.gpu.name, "interval_s": exp.interval_s,
         "duration_s": trace.duration_s, "peak_rps": trace.peak_rps, "forecaster": exp.forecaster, "requests_scheduled": int(len(times)),
-        "notes": exp.notes}, indent=2) + "\n")
+        "dataset": str(dataset) if dataset else None, "notes": exp.notes}, indent=2) + "\n")
     with ExitStack() as stack:
         controller.initial(first)
         env = server_env()
@@ -129,7 +155,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         result = run_load_apart(server.grpc_url, exp.app.name, times, items=1, width=None, slo_ms=None,
                                 on_progress=lambda p: progress(f"  load: {p.line()}"), on_start=start,
                                 progress_s=max(5.0, exp.interval_s), timeout_s=30.0, seed=exp.seed,
-                                send_deadline=exp.send_deadline)
+                                send_deadline=exp.send_deadline, payloads=payloads)
         result.write_csv(out / "requests.csv")
         stop.set()
         for thread in controlling:

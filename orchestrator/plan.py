@@ -24,10 +24,12 @@ class Entry:
     throughput_rps: float
     share: float = 0.0
     items: float = 1.0  # the most items one request brings to this task
+    utilisation: float = 0.0  # the share of these instances' capacity that the plan's routing uses
+    latency_model: str = "batches"
 
     @property
     def wc_latency_ms(self) -> float:
-        return worst_case_ms(self.latency_ms, self.batch, self.items)
+        return worst_case_ms(self.latency_ms, self.batch, self.items, self.latency_model)
 
 
 def segment_label(entry: Entry, index: int) -> str:
@@ -112,7 +114,13 @@ class Plan:
             raise InputError(f"plan JSON: missing or bad field {exc}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        """Write the plan JSON, making the folder it goes in."""
+        out = Path(path)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        except OSError as exc:
+            raise InputError(f"{out}: cannot write the plan ({exc.strerror})") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
@@ -123,20 +131,28 @@ class Plan:
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
 
+    def _gap_note(self) -> str:
+        """How far the plan may be from the optimum: the solver's bound over its objective."""
+        if self.solver.get("gap") is not None:
+            return f", objective within {self.solver['gap']:.2%} of the solver's bound"
+        if self.solver.get("relaxed_slices") is not None:
+            return f", the relaxation needs {self.solver['relaxed_slices']:.1f} slices"
+        return ""
+
     def summary(self) -> str:
         """A readable multi-line summary."""
         lines = [f"plan for {self.app} on {self.gpu_type} at {self.demand_rps:g} req/s, features {self.features}",
                  f"  accuracy {self.accuracy:.4f} (SLO {self.accuracy_slo:g} of max), {self.slices} slices on "
                  f"{self.gpus} GPU(s), fragmentation {self.placement.get('fragmentation', 0):.1%}, "
                  f"solved in {self.solve_seconds:.2f} s ({self.solver.get('method', '?')}, "
-                 f"{self.solver.get('status', '?')})"]
+                 f"{self.solver.get('status', '?')}{self._gap_note()})"]
         for task, es in self.tasks().items():
             lines.append(f"  task {task}: {self.task_demand.get(task, 0):.1f} items/s, "
                          f"accuracy {self.task_accuracy.get(task, 0):.4f}")
             for e in es:
                 lines.append(f"    {e.count:3d} x {e.variant:<14} mig {e.mig} mps {e.mps} batch {e.batch:<3d} "
                              f"p95 {e.latency_ms:7.1f} ms  {e.count * e.throughput_rps:9.1f} items/s  "
-                             f"share {e.share:.1%}")
+                             f"share {e.share:.1%}  busy {e.utilisation:.0%}")
         reserve = self.solver.get("latency_reserve", 0.0)
         within = f", planned within {self.latency_slo_ms * (1 - reserve):.4g}" if reserve else ""
         for p in self.paths:

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 
 from .appspec import AppSpec
-from .candidates import (QUEUE_LOADS, Candidate, build_candidates, check_latency_reachable, fastest_latency,
-                         static_budgets)
+from .candidates import (LATENCY_MODELS, LATENCY_RULES, QUEUE_LOADS, Candidate, build_candidates,
+                         check_latency_reachable, fastest_latency, static_budgets, static_slice_caps)
 from .checker import metrics, task_demand, violations
 from .errors import InfeasibleError, InputError
 from .features import Features
@@ -21,17 +21,22 @@ from .profiles import Profiles, check_coverage
 METHODS = ("auto", "milp", "relax")
 REFERENCE_SLICES = 28
 REFERENCE_BETA = 0.035
+ROUND_FIRST = 120  # candidates above which `auto` rounds the relaxation before the MILP (see _solve)
+RESTRICTED_SECONDS = 1.0  # the most the rounding's MILP over a few candidates may take
 
 
 @dataclass(frozen=True)
 class PlanOptions:
     """``beta`` is per slice; by default the paper's 0.035 per slice of a 28-slice testbed, scaled
-    to the cluster (``0.98 / slices``) when ``gpus`` is given. ``time_limit`` bounds the MILP.
+    to the cluster (``0.98 / slices``) when ``gpus`` is given. ``time_limit`` bounds the whole call's
+    wall time (every solve, the fallback and the diagnosis of an infeasible demand share it).
     ``latency_reserve``: the share of the latency SLO a plan leaves unused, its paths' worst cases
     within the rest; a plan the jigsaw runtime serves leaves its stages' admission reserve
     (``Controller`` sets it to ``Policy.admission_reserve``), which they hold back from every request.
     ``queueing``: plan each instance at a load of ``candidates.QUEUE_LOADS`` with the p95 wait of a
-    queue that busy in its worst case (``docs/planning.md``); off, the paper's 2 x p95."""
+    queue that busy in its worst case (``docs/planning.md``); off, no queueing wait.
+    ``latency_model``: ``batches`` (p95 x (1 + batches per request), what the runtime needs under
+    fan-out) or ``paper`` (2 x p95)."""
 
     features: Features = Features()
     gpus: int | None = None
@@ -41,6 +46,8 @@ class PlanOptions:
     time_limit: float = 2.0
     latency_reserve: float = 0.0
     queueing: bool = False
+    latency_model: str = "batches"
+    diagnose: bool = True  # on no plan, find the binding constraint (more solves); capacity probes skip it
 
     def weights(self, gpu: GpuType) -> Weights:
         if self.beta is not None:
@@ -48,6 +55,21 @@ class PlanOptions:
         if self.gpus:
             return Weights(self.alpha, REFERENCE_BETA * REFERENCE_SLICES / (self.gpus * gpu.slices))
         return Weights(self.alpha, REFERENCE_BETA)
+
+
+class Deadline:
+    """The wall-clock end of one planning call, shared by all of its solves."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def check(self) -> None:
+        if self.left() <= 0:
+            raise SolveTimeout(f"the time limit of {self.seconds:g} s passed")
 
 
 @dataclass
@@ -58,22 +80,33 @@ class _Setup:
 
 
 def _setup(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions) -> _Setup:
-    feats = opts.features
-    check_latency_reachable(app, fastest_latency(app, profiles, gpu, feats))
-    budgets, shares, task_acc = static_budgets(app, profiles, gpu, feats)
+    feats, model = opts.features, opts.latency_model
+    check_latency_reachable(app, fastest_latency(app, profiles, gpu, feats, model), model)
+    budgets, shares, task_acc = static_budgets(app, profiles, gpu, feats, model)
     cands = build_candidates(app, profiles, gpu, feats, None if feats.task_graph else budgets,
-                             QUEUE_LOADS if opts.queueing else (None,))
+                             QUEUE_LOADS if opts.queueing else (None,), model)
     for t, cs in cands.items():
         if not cs:
             where = f"its static budget of {budgets[t]:.1f} ms" if not feats.task_graph else \
                 f"the SLO of {app.latency_slo_ms:g} ms"
             raise InfeasibleError(f"latency: task {t} has no configuration whose worst-case latency "
-                                  f"(p95 x (1 + batches per request)) fits {where}", binding="latency")
+                                  f"({LATENCY_RULES[model]}) fits {where}", binding="latency")
+    slices = opts.gpus * gpu.slices if opts.gpus else None
+    caps = None
+    if not feats.task_graph and slices is not None:
+        caps = static_slice_caps(shares, slices, 1 if feats.spatial else gpu.slices)
+        short = [t for t, c in caps.items() if c == 0]
+        if short:
+            raise InfeasibleError(
+                f"slices: without T each task gets a static share of whole {'slices' if feats.spatial else 'GPUs'}; "
+                f"{len(app.tasks)} tasks need at least {len(app.tasks)} but {opts.gpus} GPU(s) give "
+                f"{slices // (1 if feats.spatial else gpu.slices)} (no share for {', '.join(sorted(short))})",
+                binding="slices")
     limits = Limits(
-        slices=opts.gpus * gpu.slices if opts.gpus else None,
+        slices=slices,
         mem_slices=opts.gpus * gpu.mem_slices if opts.gpus else None,
         mig_gpus=opts.gpus if opts.gpus and gpu.mig else None,
-        task_slice_share=None if feats.task_graph else shares,
+        task_slices=caps,
         task_accuracy=None if feats.task_graph else task_acc)
     return _Setup(cands, limits, budgets)
 
@@ -90,20 +123,38 @@ def _absolute_routing(app: AppSpec, sol: Solution, demand: float) -> dict[str, d
     return routing
 
 
+def _trim(counts: dict[Candidate, int], routing: dict[str, dict[str, float]]) -> dict[Candidate, int]:
+    """Drop every instance the routing does not need (largest segments, then the slowest, first): a
+    plan buys no capacity its routing leaves unused. An optimal solve leaves none; a time-limited one
+    or a rounding may."""
+    out = dict(counts)
+    for (task, variant) in {(c.task, c.variant) for c in counts}:
+        need = routing.get(task, {}).get(variant, 0.0)
+        own = sorted((c for c in out if c.task == task and c.variant == variant and out[c] > 0),
+                     key=lambda c: (-c.slices, -c.wc_latency_ms, c.throughput))
+        have = sum(out[c] * c.throughput for c in own)
+        for c in own:
+            while out[c] > 0 and have - c.throughput >= need * (1 + 1e-9):
+                out[c] -= 1
+                have -= c.throughput
+    return {c: n for c, n in out.items() if n > 0}
+
+
 def _entries(sol: Solution, routing: dict[str, dict[str, float]]) -> list[Entry]:
-    counts = {c: int(n) for c, n in sol.counts.items() if n >= 0.5}
+    counts = _trim({c: int(round(n)) for c, n in sol.counts.items() if n >= 0.5}, routing)
     cap: dict[tuple[str, str], float] = {}
     for c, n in counts.items():
         cap[(c.task, c.variant)] = cap.get((c.task, c.variant), 0.0) + n * c.throughput
-    merged: dict[tuple, tuple[Candidate, int, float]] = {}  # one configuration at several loads: one entry
+    merged: dict[tuple, tuple[Candidate, int, float, float]] = {}  # one configuration at several loads: one entry
     for c, n in counts.items():
         rate = routing.get(c.task, {}).get(c.variant, 0.0)
         total = sum(routing.get(c.task, {}).values())
-        share = (rate / total) * (n * c.throughput / cap[(c.task, c.variant)]) if total > 0 else 0.0
-        _, m, s = merged.get(c.key, (c, 0, 0.0))
-        merged[c.key] = (c, m + n, s + share)
+        part = n * c.throughput / cap[(c.task, c.variant)]  # routed to it in proportion to its capacity
+        share = (rate / total) * part if total > 0 else 0.0
+        _, m, s, served = merged.get(c.key, (c, 0, 0.0, 0.0))
+        merged[c.key] = (c, m + n, s + share, served + rate * part)
     return [Entry(c.task, c.variant, c.point.mig, c.point.mps, c.point.batch, n, c.point.latency_ms, c.served, share,
-                  c.items) for c, n, share in merged.values()]
+                  c.items, served / (n * c.served), c.latency_model) for c, n, share, served in merged.values()]
 
 
 def _score(app: AppSpec, sol: Solution, demand: float, w: Weights) -> float:
@@ -135,62 +186,117 @@ def _round_up(app: AppSpec, lp: Solution, demand: float) -> Solution:
 
 
 def _within_limits(sol: Solution, limits: Limits) -> bool:
-    """The rounded counts respect the slice, memory-slice and per-task share limits."""
+    """The rounded counts respect the slice, memory-slice and per-task limits."""
     if limits.slices is None:
         return True
     used = sum(c.slices * n for c, n in sol.counts.items())
     mem = sum(c.mem_slices * n for c, n in sol.counts.items())
     if used > limits.slices or (limits.mem_slices is not None and mem > limits.mem_slices):
         return False
-    for task, share in (limits.task_slice_share or {}).items():
-        if sum(c.slices * n for c, n in sol.counts.items() if c.task == task) > share * limits.slices + 1e-9:
+    for task, cap in (limits.task_slices or {}).items():
+        if sum(c.slices * n for c, n in sol.counts.items() if c.task == task) > cap:
             return False
     return True
 
 
 def _relax_and_round(app: AppSpec, setup: _Setup, demand: float, feats: Features, w: Weights,
-                     limits: Limits) -> Solution | None:
-    """LP relaxation; fix each task's latency budget from the LP's choices (scaled onto the SLO,
-    else the static budgets); re-solve the LP within those budgets; round up and repair."""
+                     limits: Limits, deadline: Deadline) -> Solution | None:
+    """LP relaxation; fix each task's latency budget from it, two ways (the LP's own modelled worst cases,
+    which meet the SLO, and the slowest candidate it used per task scaled onto the SLO; else the static
+    budgets); per way, re-solve the LP within those budgets, then the MILP over a few candidates within
+    them (what the LP used, and per variant the most slice-efficient and the smallest: no latency
+    binaries are needed), or, failing that in its time, round the LP up and repair. The better plan wins."""
     start = time.perf_counter()
+    deadline.check()
     lp = solve(app, setup.cands, demand, feats, w, limits, relaxed=True)
     if lp is None:
         return None
+    ways = [setup.cands]
     if feats.task_graph:
         used = {t: max((c.wc_latency_ms for c, n in lp.counts.items() if c.task == t and n > 1e-6),
                        default=min(c.wc_latency_ms for c in cs)) for t, cs in setup.cands.items()}
         worst = max(sum(used[t] for t in p.tasks) for p in app.paths)
         scale = min(1.0, app.latency_slo_ms / worst) if worst > 0 else 1.0
-        for budgets in ({t: b * scale for t, b in used.items()}, setup.fallback_budgets):
-            cands = {t: [c for c in cs if c.wc_latency_ms <= budgets[t] + 1e-9] for t, cs in setup.cands.items()}
-            if all(cands.values()):
-                lp2 = solve(app, cands, demand, feats, w, limits, relaxed=True)
-                if lp2 is not None:
-                    lp = lp2
-                    break
-        else:
-            return None
-    sol = _round_up(app, lp, demand)
-    if not _within_limits(sol, limits):
+        modelled = {t: (lp.budgets or {}).get(t, used[t]) for t in used}
+        ways = [{t: [c for c in cs if c.wc_latency_ms <= budgets[t] + 1e-9] for t, cs in setup.cands.items()}
+                for budgets in (modelled, {t: b * scale for t, b in used.items()}, setup.fallback_budgets)]
+        ways = [cands for cands in ways if all(cands.values())]
+    best: Solution | None = None
+    for k, within in enumerate(ways):
+        deadline.check()
+        lp2 = solve(app, within, demand, feats, w, limits, relaxed=True) if feats.task_graph else lp
+        if lp2 is None:
+            continue
+        share = 0.5 if k == 0 and len(ways) > 1 else 1.0  # the first way gets half the time, the next the rest
+        sol = _restricted_milp(app, within, lp2, demand, feats, w, limits, deadline, share) \
+            or _round_up(app, lp2, demand)
+        if _within_limits(sol, limits) and (best is None or _score(app, sol, demand, w) > _score(app, best, demand, w)):
+            best = sol
+        if best is not None and k >= 1:
+            break  # the static budgets only when neither way of the LP's gave a plan
+    if best is None:
         return None
-    sol.seconds = time.perf_counter() - start
+    best.seconds = time.perf_counter() - start
+    best.gap = None  # a restricted MILP's gap says nothing of the whole problem's optimum
+    best.relaxed_slices = sum(c.slices * n for c, n in lp.counts.items())
+    return best
+
+
+def _restricted_milp(app: AppSpec, within: dict[str, list[Candidate]], lp: Solution, demand: float,
+                     feats: Features, w: Weights, limits: Limits, deadline: Deadline,
+                     share: float = 1.0) -> Solution | None:
+    """The MILP over the LP's support and, per variant, its most slice-efficient and its smallest candidate
+    (all within the budgets the LP fixed): whole instances chosen by the solver, not by rounding up."""
+    keep: set[Candidate] = {c for c, n in lp.counts.items() if n > 1e-6}
+    for cs in within.values():
+        for v in {c.variant for c in cs}:
+            own = [c for c in cs if c.variant == v]
+            keep.add(max(own, key=lambda c: c.throughput / c.slices))
+            keep.add(min(own, key=lambda c: (c.slices, -c.throughput)))
+    cands = {t: [c for c in cs if c in keep] for t, cs in within.items()}
+    limit = min(deadline.left(), RESTRICTED_SECONDS) * share
+    if limit <= 0:
+        return None
+    try:
+        sol = solve(app, cands, demand, feats, w, limits, time_limit=limit)
+    except SolveTimeout:
+        return None
     return sol
 
 
 def _solve(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, w: Weights,
-           limits: Limits) -> tuple[Solution | None, str]:
+           limits: Limits, deadline: Deadline) -> tuple[Solution | None, str]:
+    """``auto``: on a large model (over ``ROUND_FIRST`` candidates, where the MILP may not close within the
+    limit) rounding first, so that a plan is in hand, then the MILP with the time left; on a small one the
+    MILP first (80% of the time), rounding only if it did not prove optimality. The better plan, scored
+    exactly, is returned."""
     feats = opts.features
     if opts.method == "relax":
-        return _relax_and_round(app, setup, demand, feats, w, limits), "relax+round"
+        return _relax_and_round(app, setup, demand, feats, w, limits, deadline), "relax+round"
+    deadline.check()
+    rounded: Solution | None = None
+    large = sum(len(cs) for cs in setup.cands.values()) > ROUND_FIRST
+    if opts.method == "auto" and large:
+        try:
+            rounded = _relax_and_round(app, setup, demand, feats, w, limits, deadline)
+        except SolveTimeout:
+            pass
+    budget = deadline.left() * (1.0 if opts.method == "milp" or large else 0.8)
     try:
-        sol = solve(app, setup.cands, demand, feats, w, limits, time_limit=opts.time_limit)
+        sol = solve(app, setup.cands, demand, feats, w, limits, time_limit=budget) if budget > 0 else None
     except SolveTimeout as exc:
         if opts.method == "milp":
             raise _timeout(exc) from None
         sol = None
     if opts.method == "milp" or (sol is not None and sol.status == "optimal"):
         return sol, "milp"
-    rounded = _relax_and_round(app, setup, demand, feats, w, limits)
+    if not large:
+        try:
+            rounded = _relax_and_round(app, setup, demand, feats, w, limits, deadline)
+        except SolveTimeout:
+            pass
+    if sol is None and rounded is None:
+        deadline.check()
     if sol is None or (rounded is not None and _score(app, rounded, demand, w) > _score(app, sol, demand, w)):
         return rounded, "relax+round"
     return sol, "milp (time limit)"
@@ -201,34 +307,49 @@ def _timeout(exc: SolveTimeout) -> InfeasibleError:
                            f"or use --method relax", binding="time_limit")
 
 
-def _diagnose(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, gpu: GpuType) -> InfeasibleError:
+def _diagnose(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, gpu: GpuType,
+              deadline: Deadline) -> InfeasibleError:
     """Find the binding constraint by dropping constraints one at a time."""
     try:
-        return _binding(app, setup, demand, opts, gpu)
+        return _binding(app, setup, demand, opts, gpu, deadline)
     except SolveTimeout as exc:
         return _timeout(exc)
 
 
-def _binding(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, gpu: GpuType) -> InfeasibleError:
+def _binding(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, gpu: GpuType,
+             deadline: Deadline) -> InfeasibleError:
     feats, cap = opts.features, setup.limits.slices
     least = Weights(0.0, 1.0)
+
+    def feasible(a: AppSpec, limits: Limits) -> Solution | None:
+        deadline.check()
+        return solve(a, setup.cands, demand, feats, least, limits, time_limit=deadline.left())
+
     no_mem = dataclasses.replace(setup.limits, mem_slices=None, mig_gpus=None)
-    if cap is not None and gpu.mig and solve(app, setup.cands, demand, feats, least, no_mem,
-                                             time_limit=opts.time_limit) is not None:
+    if cap is not None and gpu.mig and feasible(app, no_mem) is not None:
         return InfeasibleError(
             f"placement: at {demand:g} req/s the segments that meet the SLOs fit {cap} slices but not the MIG "
             f"layout of {opts.gpus} {gpu.name} GPU(s) ({setup.limits.mem_slices} memory slices)", binding="placement")
-    free = dataclasses.replace(no_mem, slices=None, task_slice_share=None)
-    sol = solve(app, setup.cands, demand, feats, least, free, time_limit=opts.time_limit)
+    if setup.limits.task_slices:
+        sol = feasible(app, dataclasses.replace(no_mem, task_slices=None))
+        if sol is not None:
+            need = {t.name: int(sum(c.slices * n for c, n in sol.counts.items() if c.task == t.name))
+                    for t in app.tasks}
+            over = [f"{t} needs {need[t]} > its {setup.limits.task_slices[t]}" for t in need
+                    if need[t] > setup.limits.task_slices[t]]
+            return InfeasibleError(
+                f"slices: at {demand:g} req/s the static per-task shares of the {cap} slices (no T) are too "
+                f"small: {'; '.join(over) or 'the shares cannot all be met at once'} "
+                f"(the whole plan would fit in {sum(need.values())} slices)", binding="slices")
+    free = dataclasses.replace(no_mem, slices=None, task_slices=None)
+    sol = feasible(app, free)
     if sol is not None:
-        need = int(sum(c.slices * n for c, n in sol.counts.items()))
-        extra = "" if feats.task_graph else " with static per-task resource shares"
+        need_slices = int(sum(c.slices * n for c, n in sol.counts.items()))
         return InfeasibleError(
-            f"slices: meeting the SLOs at {demand:g} req/s needs at least {need} slices "
-            f"(at least {math.ceil(need / gpu.slices)} {gpu.name} GPUs); {cap} slices ({opts.gpus} GPU(s)) "
-            f"are available{extra}", binding="slices")
-    loose = dataclasses.replace(app, accuracy_slo=1e-9)
-    if solve(loose, setup.cands, demand, feats, least, free, time_limit=opts.time_limit) is not None:
+            f"slices: meeting the SLOs at {demand:g} req/s needs at least {need_slices} slices "
+            f"(at least {math.ceil(need_slices / gpu.slices)} {gpu.name} GPUs); {cap} slices ({opts.gpus} GPU(s)) "
+            f"are available", binding="slices")
+    if feasible(dataclasses.replace(app, accuracy_slo=1e-9), free) is not None:
         return InfeasibleError(
             f"accuracy: no plan reaches {app.accuracy_slo:g} of the maximum pipeline accuracy within the "
             f"latency SLO of {app.latency_slo_ms:g} ms (the variants fast enough are too inaccurate)",
@@ -239,13 +360,19 @@ def _binding(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, gpu:
 
 def make_plan(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float,
               opts: PlanOptions = PlanOptions()) -> Plan:
-    """The best plan for ``demand`` req/s; InfeasibleError names the binding constraint."""
+    """The best plan for ``demand`` req/s within ``opts.time_limit`` seconds of wall time;
+    InfeasibleError names the binding constraint (``time_limit`` when the limit passed first)."""
+    deadline = Deadline(opts.time_limit)
     if not (demand > 0 and math.isfinite(demand)):
         raise InputError(f"--demand: expected a positive number of requests per second, got {demand}")
     if opts.method not in METHODS:
         raise InputError(f"--method: {opts.method!r} is not one of {', '.join(METHODS)}")
+    if opts.latency_model not in LATENCY_MODELS:
+        raise InputError(f"--latency-model: {opts.latency_model!r} is not one of {', '.join(LATENCY_MODELS)}")
     if opts.gpus is not None and opts.gpus < 1:
         raise InputError(f"--gpus: expected at least 1, got {opts.gpus}")
+    if not (opts.time_limit > 0 and math.isfinite(opts.time_limit)):
+        raise InputError(f"--time-limit: expected a positive number of seconds, got {opts.time_limit:g}")
     if not 0 <= opts.latency_reserve < 1:
         raise InputError(f"--latency-reserve: expected a share of the SLO in [0, 1), got {opts.latency_reserve:g}")
     check_coverage(app, profiles, gpu)
@@ -257,15 +384,20 @@ def make_plan(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float,
     limits = setup.limits
     spent = 0.0
     for _ in range(4):
-        sol, method = _solve(app, setup, demand, opts, w, limits)
+        try:
+            sol, method = _solve(app, setup, demand, opts, w, limits, deadline)
+        except SolveTimeout as exc:
+            raise _timeout(exc) from None
         if sol is None:
-            raise _diagnose(app, setup, demand, opts, gpu)
+            if not opts.diagnose:
+                raise InfeasibleError(f"no plan meets the SLOs at {demand:g} req/s", binding="unknown")
+            raise _diagnose(app, setup, demand, opts, gpu, deadline)
         spent += sol.seconds
         routing = _absolute_routing(app, sol, demand)
         entries = _entries(sol, routing)
         placement = place([(segment_label(e, i), e.mig) for e in entries for i in range(e.count)], gpu)
         if opts.gpus is None or placement.gpus_used <= opts.gpus:
-            return _finish(served, gpu, demand, opts, entries, routing, placement, spent, method, sol.status)
+            return _finish(served, gpu, demand, opts, entries, routing, placement, spent, method, sol, w)
         over = (placement.gpus_used - opts.gpus) * gpu.slices
         limits = dataclasses.replace(limits, slices=max(0, (limits.slices or 0) - max(1, over // 2)))
     raise InfeasibleError(f"placement: the chosen segments need {placement.gpus_used} {gpu.name} GPUs under the "
@@ -274,8 +406,14 @@ def make_plan(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float,
 
 def _finish(app: AppSpec, gpu: GpuType, demand: float, opts: PlanOptions, entries: list[Entry],
             routing: dict[str, dict[str, float]], placement: Placement, seconds: float, method: str,
-            status: str) -> Plan:
+            sol: Solution, w: Weights) -> Plan:
     m = metrics(app, entries, routing, demand)
+    objective = w.alpha * m.accuracy - w.beta * m.slices
+    quality: dict = {"objective": objective}
+    if sol.gap is not None:
+        quality["gap"] = sol.gap
+    if sol.relaxed_slices is not None:
+        quality["relaxed_slices"] = sol.relaxed_slices
     plan = Plan(app=app.name, gpu_type=gpu.name, features=opts.features.label, demand_rps=demand,
                 latency_slo_ms=app.latency_slo_ms, accuracy_slo=app.accuracy_slo, entries=entries,
                 routing=routing, task_demand=m.task_demand, task_accuracy=m.task_accuracy,
@@ -283,7 +421,8 @@ def _finish(app: AppSpec, gpu: GpuType, demand: float, opts: PlanOptions, entrie
                 paths=[{"tasks": list(p.tasks), "weight": p.weight, "latency_ms": m.path_latency[p.tasks],
                         "accuracy": m.path_accuracy[p.tasks]} for p in app.paths],
                 placement=placement.to_json(), solve_seconds=seconds,
-                solver={"method": method, "status": status, "time_limit_s": opts.time_limit,
+                solver={"method": method, "status": sol.status, "time_limit_s": opts.time_limit,
+                        "latency_model": opts.latency_model, **quality,
                         **({"latency_reserve": opts.latency_reserve} if opts.latency_reserve else {}),
                         **({"queue_loads": list(QUEUE_LOADS)} if opts.queueing else {})},
                 app_spec=dict(app.doc))

@@ -11,12 +11,16 @@ Models (``<app>`` is the app name):
   <app>__<task>__<variant>__<k>g<m>p<b>b
                              a variant runner: one instance group per segment (``seg<i>``), one
                              instance per MPS process, bound to its MIG device / MPS share / CPU
+A typed app (spec ``inputs``, orchestrator/typed.py) renders the request's tensors as the graph's inputs,
+the sinks' declared outputs ([1, items, *shape]) and ``<sink>_VARIANT`` as its outputs, and each runner
+with its task's tensors (one item per request, ragged batching) and its model files located.
 Every rendered config is parsed into tritonclient's ModelConfig protobuf before it is written.
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,7 @@ from .errors import InputError
 from .gpus import gpu_type
 from .inventory import Inventory
 from .plan import Entry, Plan, parse_label
+from .typed import VARIANT_SUFFIX, TypedIO, resolve_files
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository_templates"
 GRAPH_INSTANCES = 32  # x MAX_REQUESTS: requests in the graph at once (docs/runtime.md, task stages)
@@ -41,6 +46,9 @@ MAX_REQUESTS = 2  # requests the graph model takes in one execute (dynamic batch
 ADMISSION_RESERVE = 0.05
 MANIFEST = "jigsaw.json"
 ROUTING = "routing.json"  # in the graph model's directory
+# the secret the graph model passes to its runners in its BLS calls (triton_backend/model.py, CALLER_PARAM):
+# beside the model directories, where no client API reaches; written once per repository, kept across renders
+RUNNER_KEY_FILE = ".jigsaw-runner-key"
 
 
 @dataclass
@@ -113,16 +121,40 @@ def _downstream(app: AppSpec, fastest: dict[str, float]) -> dict[str, float]:
 
 def runner_config(name: str, width: int, batch: int, runtime: dict[str, Any], groups: list[dict[str, Any]],
                   bindings: dict[str, list[dict[str, str]]], queue_delay_us: int | None,
-                  sizes: list[int] | None = None) -> model_config_pb2.ModelConfig:
+                  sizes: list[int] | None = None, inputs: list[dict[str, Any]] | None = None,
+                  outputs: list[dict[str, Any]] | None = None, runner_key: bool = False) -> model_config_pb2.ModelConfig:
     """A validated runner config: ``groups`` are instance groups (name, count, kind), ``bindings`` each
     group's per-process environment; ``queue_delay_us`` None renders no dynamic batcher (every request
-    runs alone, as the profiler's probes need); ``sizes`` are the batch sizes a torch runner captures."""
+    runs alone, as the profiler's probes need); ``sizes`` are the batch sizes a torch runner captures.
+    ``inputs``/``outputs`` (TensorSpec JSON) make a typed runner: one item per request, batched ragged.
+    With ``runner_key``, it answers only requests carrying the repository's runner key (the graph model's)."""
     settings: dict[str, Any] = {"role": "runner", "runtime": runtime, "width": width, "max_batch": batch,
                                 "bindings": bindings}
+    if runner_key:
+        settings["runner_key"] = True
     if sizes:
         settings["sizes"] = sorted(sizes)
+    if inputs is not None:
+        settings.update(inputs=inputs, outputs=outputs)
     return _parse(name, _env().get_template("runner.pbtxt.j2").render(
-        name=name, width=width, batch=batch, groups=groups, queue_delay_us=queue_delay_us, settings=settings))
+        name=name, width=width, batch=batch, groups=groups, queue_delay_us=queue_delay_us, settings=settings,
+        inputs=inputs, outputs=outputs))
+
+
+def _typed_settings(typed: TypedIO) -> dict[str, Any]:
+    """The graph's typed I/O: request tensors, and the response's per-item tensors of each sink with the
+    ``<sink>_VARIANT`` tensor naming the variant that answered each item."""
+    sinks = list(dict.fromkeys(o.task for o in typed.outputs))
+    return {"inputs": [t.to_json() for t in typed.inputs],
+            "outputs": [{**o.spec.to_json(), "task": o.task, "output": o.output} for o in typed.outputs],
+            "variants": {s: f"{s}{VARIANT_SUFFIX}" for s in sinks}}
+
+
+def _graph_io(typed: dict[str, Any]) -> dict[str, Any]:
+    """The graph model's tensors for the template: the response's with a leading items dimension."""
+    outputs = [{"name": o["name"], "dtype": o["dtype"], "shape": [-1, *o["shape"]]} for o in typed["outputs"]]
+    outputs += [{"name": name, "dtype": "BYTES", "shape": [-1]} for name in typed["variants"].values()]
+    return {"inputs": typed["inputs"], "outputs": outputs}
 
 
 def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float = 0.25,
@@ -160,20 +192,34 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
                    "kind": "KIND_CPU" if b.processes[0].kind == "cpu" else "KIND_MODEL"} for b in segs]
         runtime = dict(app.task(e.task).variant(e.variant).runtime) or {"kind": "numpy_mlp"}
         name = runner_name(app.name, e)
+        typed_io: dict[str, Any] = {}
+        if app.typed:
+            runtime = resolve_files(runtime, f"tasks.{e.task}.variants.{e.variant}.runtime")
+            typed_io = {"inputs": [t.to_json() for t in app.typed.task_inputs[e.task]],
+                        "outputs": [t.to_json() for t in app.typed.task_outputs[e.task]]}
         configs[name] = runner_config(name, width, e.batch, runtime, groups,
                                       {f"seg{b.key.index}": [dict(p.env) for p in b.processes] for b in segs},
-                                      queue_delay_us=int(e.latency_ms * 1000 * batch_wait_fraction))
+                                      queue_delay_us=int(e.latency_ms * 1000 * batch_wait_fraction), runner_key=True,
+                                      **typed_io)
     tasks = [{"task": t.name, "parents": [e.src for e in app.parents(t.name)],
               "children": {e.dst: {"factor": e.factor, "factors": dict(e.factors)} for e in app.children(t.name)}}
              for t in app.tasks]  # topological order
+    typed = _typed_settings(app.typed) if app.typed else None
+    for t in tasks if app.typed else []:
+        t["inputs"] = [s.to_json() for s in app.typed.task_inputs[t["task"]]]
+        t["outputs"] = [s.to_json() for s in app.typed.task_outputs[t["task"]]]
+        t["adapter"] = app.typed.adapters.get(t["task"])
+        for child, c in t["children"].items():
+            c["adapter"] = app.typed.adapters.get(f"{t['task']}->{child}")
     # a request still queued for the graph model after the whole SLO cannot make it: Triton rejects it
     # there, so a backlog never outlives an overload (the stages' early drop, which knows the plan,
     # catches the rest)
     add("graph.pbtxt.j2", app.name, outputs=[f"{t['task']}_OUTPUT" for t in tasks if not t["children"]],
         instances=graph_instances, max_requests=max_requests, queue_timeout_us=int(app.latency_slo_ms * 1000),
+        typed=_graph_io(typed) if typed else None,
         settings={"role": "graph", "app": app.name, "slo_ms": app.latency_slo_ms,
                   "admission_reserve": admission_reserve, "width": width, "tasks": tasks,
-                  "routing": ROUTING})
+                  "routing": ROUTING, "runner_key": True, **({"typed": typed} if typed else {})})
     manifest = {"app": app.name, "model": app.name, "latency_slo_ms": app.latency_slo_ms,
                 "gpu_type": plan.gpu_type, "uses_mps": uses_mps(bindings),
                 "inventory": inventory.source, "models": sorted(configs),
@@ -209,3 +255,17 @@ def write_repository(rendered: Rendered, out: Path) -> None:
         (out / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
     write_routing(routing_path(out, rendered.graph), rendered.routing_text())
     (out / MANIFEST).write_text(json.dumps(rendered.manifest, indent=2) + "\n")
+    ensure_runner_key(out)
+
+
+def ensure_runner_key(repo: Path) -> None:
+    """Write the repository's runner key (owner-readable only) unless it has one: runners loaded earlier
+    and the graph model keep the key they read at their start."""
+    path = repo / RUNNER_KEY_FILE
+    if path.is_file() and path.read_text().strip():
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(16))
+    os.replace(tmp, path)

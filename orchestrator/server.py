@@ -5,7 +5,9 @@ by a killed server goes with it.
 """
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +22,7 @@ from typing import Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from .front import DEFAULT_MAX_REQUEST_BYTES, FRONT_HEADER, HttpFront
 from .tritonenv import find_runtime, server_env
 
 CONTROL_HEADER = "jigsaw-control-key"
@@ -30,6 +33,12 @@ EXIT_TIMEOUT_S = 10
 GRPC_CONTROL_HEADER = f"triton-grpc-protocol-{CONTROL_HEADER}"
 # models tritonserver loads at once (its default); control.apply issues as many runner loads at a time
 LOAD_THREADS = 4
+# API groups no inference client needs, restricted to the control key (a random one when the server has
+# none): registering shared memory (a stub's region registered and written into crashed 2.51), the
+# repository (load, unload, index), statistics (they list every runner), trace and logging settings.
+# Without a control key the repository API stays open (tests, profiling); health, metadata, model config
+# and inference stay open.
+ADMIN_APIS = ("shared-memory", "statistics", "trace", "logging")
 
 
 def free_ports(n: int) -> list[int]:
@@ -85,16 +94,25 @@ class TritonServer:
     ``with TritonServer(repo, backend_dir, ...) as server:`` starts it, waits until it is ready and
     stops it (process group) on exit. With ``control_key``, the model-repository API (load, unload,
     index) answers only requests carrying the header ``CONTROL_HEADER: <key>`` on HTTP and
-    ``GRPC_CONTROL_HEADER: <key>`` on gRPC.
+    ``GRPC_CONTROL_HEADER: <key>`` on gRPC; so do the ``ADMIN_APIS`` (always: without a control key they
+    answer a random ``admin_key``). With ``http_front`` (default), the HTTP port is served by the front
+    (``orchestrator/front.py``), which checks requests before tritonserver allocates for them.
     """
 
     def __init__(self, repo: Path, backend_dir: Path, *, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, control_key: str | None = None,
                  load: Sequence[str] = ("*",), log_path: Path | None = None,
-                 env: dict[str, str] | None = None, ready_timeout_s: float = 60.0) -> None:
+                 env: dict[str, str] | None = None, ready_timeout_s: float = 60.0,
+                 http_front: bool = True, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
         self.repo, self.backend_dir = Path(repo), Path(backend_dir)
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
         self.control_key, self.load = control_key, tuple(load)
+        self.admin_key = control_key or secrets.token_hex(16)
+        # tritonserver's own HTTP endpoint sits behind the front (orchestrator/front.py) on a private port
+        self.http_front, self.max_request_bytes = http_front, max_request_bytes
+        self._front_key = secrets.token_hex(16)
+        self._internal_http_port: int | None = None
+        self._front: HttpFront | None = None
         self.log_path = Path(log_path) if log_path else None
         self.env = env
         self.ready_timeout_s = ready_timeout_s
@@ -131,15 +149,30 @@ class TritonServer:
                 f"--model-repository={self.repo}", f"--backend-directory={self.backend_dir}",
                 "--model-control-mode=explicit", f"--model-load-thread-count={LOAD_THREADS}",
                 *(f"--load-model={name}" for name in self.load),
-                f"--http-address={self.host}", f"--http-port={self.http_port}",
+                *self._http_args(),
                 f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                 "--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
-                "--exit-on-error=true", f"--exit-timeout-secs={EXIT_TIMEOUT_S}", "--log-verbose=0"]
-        if self.control_key:
-            # 2.51 parses '<apis>:<header>=<value>'; its --help text shows a comma, which it rejects
-            restricted = f"model-repository:{CONTROL_HEADER}={self.control_key}"
-            args += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
+                "--exit-on-error=true", f"--exit-timeout-secs={EXIT_TIMEOUT_S}", "--log-verbose=0",
+                # ready once started (every model of the repository loaded), not only while every model ever
+                # named is: with strict readiness a model whose load failed kept 2.51 unready for good (a rolled
+                # back apply; unloading it did not help, measured), and every load made it unready for 2-4 s,
+                # while the app was served. HTTP's /v2/health/ready is the app's (the front, app_models).
+                "--strict-readiness=false"]
+        # 2.51 parses '<apis>:<header>=<value>' (apis comma-separated); its --help text shows a comma before the
+        # header, which it rejects. One flag per header: each API group is restricted once.
+        apis = ",".join((*(("model-repository",) if self.control_key else ()), *ADMIN_APIS))
+        restricted = f"{apis}:{CONTROL_HEADER}={self.admin_key}"
+        args += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
+        if self.http_front:  # tritonserver's HTTP inference answers the front only
+            args.append(f"--http-restricted-api=inference:{FRONT_HEADER}={self._front_key}")
         return args
+
+    def _http_args(self) -> list[str]:
+        if not self.http_front:
+            return [f"--http-address={self.host}", f"--http-port={self.http_port}"]
+        if self._internal_http_port is None:
+            self._internal_http_port = free_ports(1)[0]
+        return ["--http-address=127.0.0.1", f"--http-port={self._internal_http_port}"]
 
     def start(self) -> TritonServer:
         """Start tritonserver in a new session (its own process group); output goes to ``log_path``
@@ -151,11 +184,34 @@ class TritonServer:
             fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
-        with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          env=self.env if self.env is not None else server_env(),
-                                          start_new_session=True)
+        if self.http_front:  # the public port is bound before the server starts: taken, or the start fails
+            assert self._internal_http_port is not None
+            self._front = HttpFront((self.host, self.http_port), ("127.0.0.1", self._internal_http_port),
+                                    self._front_key, self.max_request_bytes, self.app_models).start()
+        try:
+            with open(self.log_path, "wb") as log:
+                self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                              env=self.env if self.env is not None else server_env(),
+                                              start_new_session=True)
+        except BaseException:
+            self._stop_front()
+            raise
         return self
+
+    def app_models(self) -> list[str] | None:
+        """The models the served app needs now: the graph model the repository's manifest names (``jigsaw
+        render``) and the runners of its current routing file; None for another repository."""
+        try:
+            graph = json.loads((self.repo / "jigsaw.json").read_text())["model"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        routing = json.loads((self.repo / graph / "routing.json").read_text())
+        return [graph, *sorted({r["model"] for t in routing["tasks"].values() for r in t["routes"]})]
+
+    def _stop_front(self) -> None:
+        front, self._front = self._front, None
+        if front is not None:
+            front.stop()
 
     def log_tail(self, n: int = 40) -> str:
         """The last ``n`` lines of the server log."""
@@ -190,6 +246,7 @@ class TritonServer:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM the server's process group, SIGKILL it after ``timeout_s``. Idempotent."""
+        self._stop_front()  # first: tritonserver waits for its open HTTP connections (the front's) at exit
         proc, self._proc = self._proc, None
         if proc:
             _stop_group(proc, timeout_s)

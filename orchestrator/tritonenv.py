@@ -34,6 +34,14 @@ LIBS_DIR = "nvidia_pytriton.libs"
 # numpy is 2.x (which the 2.51 Python backend cannot use) but what this process imports needs it (scipy >= 1.18),
 # numpy 1.x goes there (a bundle's install.sh does that). When set, the stubs also get PYTHONPATH (PATH_PRELUDE).
 STUB_PATH_ENV = "JIGSAW_STUB_PYTHONPATH"
+# Math libraries' threads per stub (each model instance is a stub process): a CPU runner's process is one core
+# of its slice, a GPU runner's work runs on its GPU slice, and the graph's numpy work is small. Left to their
+# defaults, OpenBLAS kept a worker thread per core busy-waiting in every numpy stub: on the 2-core machine the
+# CPU demo's stubs used 1.44-1.54 cores at 40 req/s, 0.08-0.12 with one thread each (docs/runtime.md). Read
+# when the libraries load, so set in the server's environment, which the stubs inherit before model.py imports
+# numpy. JIGSAW_STUB_THREADS overrides the count.
+MATH_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+STUB_THREADS_ENV = "JIGSAW_STUB_THREADS"
 
 
 @dataclass(frozen=True)
@@ -174,8 +182,8 @@ def _join(*groups: list[str]) -> str:
 
 def server_env(runtime: Runtime | None = None) -> dict[str, str]:
     """``os.environ`` plus ``PYTHONPATH`` (``JIGSAW_STUB_PYTHONPATH``, the inherited one, then this interpreter's
-    site-packages and the project root, for the stub) and ``LD_LIBRARY_PATH`` (the bundled libraries and this
-    interpreter's libpython, when shared)."""
+    site-packages and the project root, for the stub), ``LD_LIBRARY_PATH`` (the bundled libraries and this
+    interpreter's libpython, when shared) and the math libraries' thread counts (``MATH_THREAD_VARS``)."""
     runtime = runtime or find_runtime()
     env = dict(os.environ)
     roots = [str(d.parent) for name in ("orchestrator", "triton_backend") for d in _package_dirs(name)]
@@ -186,4 +194,6 @@ def server_env(runtime: Runtime | None = None) -> dict[str, str]:
     libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
     libpython = [libdir] if libdir and soname and (Path(libdir) / soname).is_file() else []
     env["LD_LIBRARY_PATH"] = _join([str(runtime.libs)], libpython, env.get("LD_LIBRARY_PATH", "").split(os.pathsep))
+    threads = env.get(STUB_THREADS_ENV, "1")
+    env.update({name: threads for name in MATH_THREAD_VARS})
     return env

@@ -2,6 +2,7 @@
 (the graph model is not reloaded), and rollback."""
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import threading
@@ -127,11 +128,13 @@ def _runners(client) -> set[str]:
 
 def _graph_requests(client) -> int:
     """Requests the graph model has served since Triton loaded it (a reload starts again from 0)."""
-    return client.get_inference_statistics("cpudemo").model_stats[0].inference_stats.success.count
+    stats = client.get_inference_statistics("cpudemo", headers=control_headers(KEY, True))  # restricted
+    return stats.model_stats[0].inference_stats.success.count
 
 
 def _requests(client, names: set[str]) -> dict[str, int]:
-    return {n: client.get_inference_statistics(n).model_stats[0].inference_stats.success.count for n in names}
+    return {n: client.get_inference_statistics(n, headers=control_headers(KEY, True)).model_stats[0]
+            .inference_stats.success.count for n in names}
 
 
 def test_routing_change_is_swapped_in_place_under_load(server) -> None:
@@ -280,6 +283,46 @@ def test_failed_runner_load_rolls_back_the_loaded_ones(server) -> None:
     assert "cpudemo" not in client.names("start")
     assert _runners(client) == before
     assert not Path(str(server.repo) + ".previous").exists()
+    # ready again (a failed load kept tritonserver's strict readiness false for good)
+    assert _http_ready(server) == 200
+    assert client.is_server_ready()
+
+
+def _http_ready(server) -> int:
+    """The status of ``/v2/health/ready`` on the server's HTTP port."""
+    host, port = server.http_url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/v2/health/ready")
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_http_readiness_holds_through_an_apply(server) -> None:
+    """Readiness means the app can be served: it stays 200 while an apply loads new runners (tritonserver's
+    own readiness is false while any model loads: 2-4 s per apply)."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    statuses, own, stop = [], [], threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            statuses.append(_http_ready(server))
+            own.append(client.is_server_ready())
+            time.sleep(0.02)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        report = apply(build_configs(_plan(150), CPU), server.repo, client, control_headers(KEY, True), drain_s=0.5)
+    finally:
+        stop.set()
+        poller.join()
+    assert any(n.count("__") == 3 for n in report.loaded), report.loaded  # it loaded runners
+    print(f"{len(statuses)} polls: HTTP ready {statuses.count(200)}, tritonserver's own ready {own.count(True)}")
+    assert statuses and set(statuses) == {200}, statuses
 
 
 def test_graph_model_queue_rejects_what_cannot_make_the_slo() -> None:

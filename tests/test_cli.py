@@ -208,13 +208,16 @@ def test_unknown_command(capsys) -> None:
     assert rc == 1
 
 
-def test_plan_tiny_demand_without_features_is_infeasible_not_a_crash(capsys, tiny: str) -> None:
-    # features none on 2 GPUs: each task's static slice share of 14 is below one whole GPU (7 slices),
-    # so no demand fits; the planner must say so (exit 2, slices) rather than crash.
+def test_plan_without_features_takes_whole_gpus_per_task(capsys, tiny: str) -> None:
+    # features none: each task's static share is whole GPUs, at least one each: the two tasks plan on
+    # 2 GPUs, and on 1 the message says that each task needs a GPU of its own (exit 2, slices)
+    rc, _, _ = run_cli(capsys, "plan", tiny, "--profiles", PROFILES, "--demand", "0.001",
+                       "--gpus", "2", "--features", "none")
+    assert rc == 0
     rc, _, err = run_cli(capsys, "plan", tiny, "--profiles", PROFILES, "--demand", "0.001",
-                         "--gpus", "2", "--features", "none")
+                         "--gpus", "1", "--features", "none")
     assert rc == 2
-    assert "slices" in err
+    assert "slices" in err and "2 tasks need at least 2 but 1 GPU(s) give 1" in err
 
 
 # ---------------------------------------------------------------- capacity
@@ -283,7 +286,7 @@ def test_capacity_when_nothing_fits_reports_zero(capsys, tiny: str, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(capacity_mod, "make_plan", bounded)
-    rc, out, err = run_cli(capsys, "capacity", tiny, "--profiles", PROFILES, "--gpus", "2",
+    rc, out, err = run_cli(capsys, "capacity", tiny, "--profiles", PROFILES, "--gpus", "1",
                            "--features", "none", "--json")
     assert rc in (0, 2), err
     if rc == 0:
@@ -339,3 +342,10 @@ def test_policy_takes_only_the_options_given() -> None:
     from orchestrator.controller import Policy
     assert _policy(0.5, None) == Policy(headroom=0.5)
     assert _policy(0.5, 0.0, 0.0) == Policy(headroom=0.5, surge_poll_s=0.0, shed_limit=0.0)
+
+
+def test_plan_out_makes_its_folder(capsys, tiny: str, tmp_path: Path) -> None:
+    out = tmp_path / "runs" / "x" / "plan.json"
+    rc, _, err = run_cli(capsys, "plan", tiny, "--profiles", PROFILES, "--demand", "10", "--out", str(out))
+    assert rc == 0, err
+    assert out.exists()

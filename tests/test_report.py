@@ -117,6 +117,9 @@ def test_server_view_from_the_last_stage_counters(tmp_path: Path, plans: dict) -
         summarize(write_run(tmp_path / "bad", REQUESTS, evs, INFO))
 
 
+W_CLS, W_CAP = 0.9 * 0.8 / (0.9 * 0.8 + 0.9 * 0.75), 0.9 * 0.75 / (0.9 * 0.8 + 0.9 * 0.75)
+
+
 def test_accuracy_from_variant_items(run_dir: Path) -> None:
     acc = summarize(run_dir)["accuracy"]
     assert acc["source"] == "variant_items"
@@ -124,10 +127,10 @@ def test_accuracy_from_variant_items(run_dir: Path) -> None:
     cls = 0.75 * (0.7 / 0.8) + 0.25 * 1.0
     assert acc["tasks"] == {"det": pytest.approx(1.0), "cls": pytest.approx(cls), "cap": pytest.approx(1.0)}
     assert acc["variant_shares"]["cls"] == {"cls_small": pytest.approx(0.75), "cls_large": pytest.approx(0.25)}
-    # paths det -> cls and det -> cap weigh one half each
-    assert acc["pipeline"] == pytest.approx(0.5 * cls + 0.5)
+    # paths det -> cls and det -> cap weigh one half each, times their best raw products (the paper's mean)
+    assert acc["pipeline"] == pytest.approx(W_CLS * cls + W_CAP)
     assert acc["max"] == pytest.approx(1.0)
-    assert acc["ratio_to_max"] == pytest.approx(0.5 * cls + 0.5)
+    assert acc["ratio_to_max"] == pytest.approx(W_CLS * cls + W_CAP)
     assert acc["slo"] == 0.9
 
 
@@ -140,7 +143,7 @@ def test_accuracy_from_routing_shares(tmp_path: Path, plans: dict, scrapes: list
     small = 30 / 40 * routed["cls_small"] / (routed["cls_small"] + routed["cls_large"])  # low plan: all large
     cls = small * (0.7 / 0.8) + (1 - small)
     assert acc["variant_shares"]["cls"]["cls_small"] == pytest.approx(small)
-    assert acc["pipeline"] == pytest.approx(0.5 * cls + 0.5)
+    assert acc["pipeline"] == pytest.approx(W_CLS * cls + W_CAP)
     assert s["run"] == dict.fromkeys(INFO)  # no run.json
 
 

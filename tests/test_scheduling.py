@@ -119,8 +119,8 @@ def test_answers_are_summed_over_instances_and_decay(tmp_path) -> None:
         table.add("runner", 1)
         table.add("runner", -1)
         table.answered("runner", est, obs, now=100.0)
-    assert a.totals("runner", now=100.0) == (0, 2.0, 45.0, 30.0, 0.0)
-    assert a.totals("other", now=100.0) == (0, 0.0, 0.0, 0.0, math.inf)
+    assert a.totals("runner", now=100.0) [:5] == (0, 2.0, 45.0, 30.0, 0.0)
+    assert a.totals("other", now=100.0) [:5] == (0, 0.0, 0.0, 0.0, math.inf)
     # a second later they weigh 1/e; a new answer of b's is added at full weight, its older one decayed
     b.answered("runner", 10.0, 10.0, now=101.0)
     later = a.totals("runner", now=101.0)
@@ -129,4 +129,15 @@ def test_answers_are_summed_over_instances_and_decay(tmp_path) -> None:
     # a fresh instance reads the runner's recent pace at once: no history of its own needed
     fresh = SharedBacklog(path)
     assert fresh.totals("runner", now=101.5).idle_s == pytest.approx(0.5)
-    assert pace(*fresh.totals("runner", now=101.0)[1:], min_answers=1) == pytest.approx(later.observed_ms / later.estimated_ms)
+    assert pace(*fresh.totals("runner", now=101.0)[1:5], min_answers=1) == pytest.approx(later.observed_ms / later.estimated_ms)
+
+
+def test_a_runner_marked_down_is_down_for_every_instance(tmp_path) -> None:
+    import time
+    path = str(tmp_path / ".backlog-1")
+    mine, other = SharedBacklog(path), SharedBacklog(path)
+    assert other.totals("runner").down_s == 0
+    mine.mark_down("runner", time.monotonic() + 5)
+    assert 4 < other.totals("runner").down_s <= 5
+    assert other.totals("another").down_s == 0
+    assert other.totals("runner", now=time.monotonic() + 6).down_s == 0  # then it is tried again

@@ -234,7 +234,8 @@ def test_serve_until_sigterm(placeholder_pkg, tmp_path):
             lines.append(line)
         key_file = repo / ".jigsaw-control-key"
         assert key_file.stat().st_mode & 0o777 == 0o600
-        assert key_file.read_text() in lines[0]
+        assert str(key_file) in lines[0]
+        assert not any(key_file.read_text() in line for line in lines), "the control key went to stdout"
         server_pid = int(lines[-1].split("pid ")[1].split()[0])
         with httpclient.InferenceServerClient(f"127.0.0.1:{ports['http_port']}") as client:
             assert client.is_model_ready("double")

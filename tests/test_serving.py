@@ -268,7 +268,7 @@ def test_generous_deadline_succeeds(served: Served, deadline_ms: int) -> None:
 
 def test_non_numeric_deadline_is_rejected(served: Served) -> None:
     with pytest.raises(InferenceServerException,
-                       match=r"deadline_ms must be a number of milliseconds, got 'soon'"):
+                       match=r"deadline_ms must be a positive finite number of milliseconds, got 'soon'"):
         _grpc_infer(served, 1, parameters={"deadline_ms": "soon"})
 
 

@@ -2,11 +2,13 @@
 
 Requests go to the model named after the app through ``tritonclient.grpc.aio`` (one channel,
 asyncio), with one input ``INPUT`` FP32 [1, items, width] and every output of that model (names
-from its metadata). Per request a ``Record``: ``id, scheduled_s, sent_s, latency_ms, outcome, items,
-error`` (times in seconds from the run's origin; latency from sending to the answer). Outcomes:
-``ok``; ``late`` (answered after min(SLO, deadline_ms)); ``dropped`` (the error says
-"jigsaw: request dropped", or Triton rejected it from the graph model's queue after its timeout,
-"Request timeout expired"); ``error`` (anything else). ``sent_s - scheduled_s`` is how far the
+from its metadata); to a typed app (docs/runtime.md), the real requests given as ``payloads`` (each
+one request's tensors, e.g. a dataset's, ``tools.typed_client.read_dataset``), request ``i`` sending
+payload ``i`` modulo their number. Per request a ``Record``: ``id, scheduled_s, sent_s, latency_ms,
+outcome, items, error`` (times in seconds from the run's origin; latency from sending to the answer;
+``items`` sent, or for a typed app the items its sinks answered). Outcomes: ``ok``; ``late`` (answered
+after min(SLO, deadline_ms)); ``dropped`` (the error says "jigsaw: request dropped", or Triton rejected
+it from the graph model's queue after its timeout, "Request timeout expired"); ``error`` (anything else). ``sent_s - scheduled_s`` is how far the
 generator fell behind its schedule. Each request carries its absolute deadline as the request
 parameter ``deadline_ns`` (``send_deadline``): its send time on this host's clock plus the served
 model's SLO, or ``deadline_ms`` when tighter. The graph model then counts a request's wait in
@@ -38,9 +40,11 @@ from typing import TextIO
 
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from orchestrator.errors import InputError
+from orchestrator.typed import VARIANT_SUFFIX
+from triton_backend.tensors import TensorSpec
 
 COLUMNS = ("id", "scheduled_s", "sent_s", "latency_ms", "outcome", "items", "error")
 OUTCOMES = ("ok", "late", "dropped", "error")
@@ -72,9 +76,10 @@ class Record:
 class ModelInfo:
     """What a client needs to know about a served app's model."""
 
-    width: int | None                 # last dimension of INPUT; None when variable
+    width: int | None                 # last dimension of INPUT; None when variable (or typed)
     outputs: tuple[str, ...]
     slo_ms: float | None              # the app's latency SLO, from its jigsaw steps' configs when found
+    inputs: tuple[TensorSpec, ...] = ()  # a typed app's request tensors (per request); () for INPUT rows
 
 
 @dataclass(frozen=True)
@@ -156,18 +161,19 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS - 3] + "..."
 
 
-async def _slo_ms(client: grpcaio.InferenceServerClient, model: str) -> float | None:
-    """The SLO the app's jigsaw graph model stamps into requests' deadlines, if it is one."""
+async def _graph_settings(client: grpcaio.InferenceServerClient, model: str) -> dict | None:
+    """The settings of the app's jigsaw graph model (its SLO, whether it is typed), if it is one."""
     try:
         config = (await client.get_model_config(model)).config
         settings = json.loads(config.parameters["jigsaw"].string_value)
-        return float(settings["slo_ms"]) if settings.get("role") == "graph" else None
+        return settings if settings.get("role") == "graph" else None
     except (InferenceServerException, KeyError, ValueError, TypeError, AttributeError):
         return None
 
 
 async def describe_async(client: grpcaio.InferenceServerClient, url: str, model: str) -> ModelInfo:
-    """The app model's INPUT width, output names and SLO; InputError naming the url or model otherwise."""
+    """The app model's INPUT width (or a typed app's request tensors), output names and SLO; InputError
+    naming the url or model otherwise."""
     try:
         await client.is_server_live(client_timeout=10)
     except InferenceServerException as exc:
@@ -177,12 +183,40 @@ async def describe_async(client: grpcaio.InferenceServerClient, url: str, model:
     except InferenceServerException as exc:
         raise InputError(f"model {model!r} at {url}: {_short(exc)}") from None
     inputs = {i.name: i for i in meta.inputs}
+    settings = await _graph_settings(client, model)
+    slo_ms = float(settings["slo_ms"]) if settings else None
+    outputs = tuple(o.name for o in meta.outputs)
+    if settings and "typed" in settings:
+        specs = tuple(TensorSpec(i.name, i.datatype, tuple(int(d) for d in i.shape[1:])) for i in meta.inputs)
+        return ModelInfo(width=None, outputs=outputs, slo_ms=slo_ms, inputs=specs)
     if INPUT not in inputs or inputs[INPUT].datatype != "FP32":
         raise InputError(f"model {model!r}: expected an FP32 input {INPUT!r}, got "
                          f"{[(i.name, i.datatype) for i in meta.inputs]}")
     shape = list(inputs[INPUT].shape)
-    return ModelInfo(width=shape[-1] if shape and shape[-1] > 0 else None,
-                     outputs=tuple(o.name for o in meta.outputs), slo_ms=await _slo_ms(client, model))
+    return ModelInfo(width=shape[-1] if shape and shape[-1] > 0 else None, outputs=outputs, slo_ms=slo_ms)
+
+
+def _typed_request(payload: dict[str, np.ndarray]) -> list[grpcaio.InferInput]:
+    """One typed request's inputs, built once and shared by every request that sends this payload."""
+    inputs = []
+    for name, value in payload.items():
+        value = np.asarray(value)
+        inp = grpcaio.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        inp.set_data_from_numpy(value)
+        inputs.append(inp)
+    return inputs
+
+
+def _check_payloads(model: str, info: ModelInfo, payloads: list[dict[str, np.ndarray]] | None) -> None:
+    names = sorted(s.name for s in info.inputs)
+    if info.inputs and not payloads:
+        raise InputError(f"model {model!r} is a typed app (inputs {', '.join(names)}): give its requests' tensors "
+                         "(jigsaw load --dataset DIR or --input FILE)")
+    if payloads and not info.inputs:
+        raise InputError(f"payloads: model {model!r} takes {INPUT} rows, not a typed app's tensors")
+    for k, payload in enumerate(payloads or []):
+        if sorted(payload) != names:
+            raise InputError(f"payloads[{k}]: tensors {sorted(payload)}, model {model!r} takes {names}")
 
 
 def describe(url: str, model: str) -> ModelInfo:
@@ -215,13 +249,18 @@ class _Run:
     """One open-loop run's sender: requests, counters and the streamed log."""
 
     def __init__(self, client: grpcaio.InferenceServerClient, model: str, info: ModelInfo, times: np.ndarray,
-                 items: int, width: int, limit_ms: float, deadline_ms: float | None, send_deadline: bool,
-                 origin: float, timeout_s: float, seed: int, out: TextIO | None) -> None:
+                 items: int, width: int | None, limit_ms: float, deadline_ms: float | None, send_deadline: bool,
+                 origin: float, timeout_s: float, seed: int, out: TextIO | None,
+                 payloads: list[dict[str, np.ndarray]] | None = None) -> None:
         self.client, self.model, self.info, self.times, self.items = client, model, info, times, items
         self.limit_ms, self.origin, self.timeout_s = limit_ms, origin, timeout_s
-        data = np.random.default_rng(seed).random((1, items, width), dtype=np.float32)
-        self.inputs = [grpcaio.InferInput(INPUT, list(data.shape), "FP32")]
-        self.inputs[0].set_data_from_numpy(data)   # requests are built from it synchronously: shareable
+        if payloads:
+            self.requests = [_typed_request(p) for p in payloads]
+        else:
+            data = np.random.default_rng(seed).random((1, items, width), dtype=np.float32)
+            self.requests = [[grpcaio.InferInput(INPUT, list(data.shape), "FP32")]]
+            self.requests[0][0].set_data_from_numpy(data)   # requests are built from it synchronously: shareable
+        self.sinks = [name for name in info.outputs if name.endswith(VARIANT_SUFFIX)] if payloads else []
         self.outputs = [grpcaio.InferRequestedOutput(name) for name in info.outputs]
         self.params = {"deadline_ms": deadline_ms} if deadline_ms else {}
         budget_ms = min(info.slo_ms or limit_ms, deadline_ms or math.inf)  # what the server enforces
@@ -240,21 +279,23 @@ class _Run:
         params = self.params if self.budget_ns is None else {**self.params, "deadline_ns": time.time_ns() + self.budget_ns}
         self.sent += 1
         self.lag_ms = (sent - self.origin - self.times[i]) * 1000
-        error = ""
+        error, items = "", self.items
         try:
-            result = await self.client.infer(self.model, self.inputs, outputs=self.outputs, parameters=params or None,
-                                             client_timeout=self.timeout_s)
+            result = await self.client.infer(self.model, self.requests[i % len(self.requests)], outputs=self.outputs,
+                                             parameters=params or None, client_timeout=self.timeout_s)
             latency_ms = (time.monotonic() - sent) * 1000
             missing = [name for name in self.info.outputs if result.as_numpy(name) is None]
             if missing:
                 outcome, error = "error", f"missing outputs {missing}"
             else:
                 outcome = "late" if latency_ms > self.limit_ms else "ok"
+                if self.sinks:
+                    items = sum(result.as_numpy(name).shape[-1] for name in self.sinks)
         except InferenceServerException as exc:
             latency_ms = (time.monotonic() - sent) * 1000
             error = _short(exc)
             outcome = "dropped" if any(m in error for m in DROP_MARKS) else "error"
-        record = Record(i, float(self.times[i]), sent - self.origin, latency_ms, outcome, self.items, error)
+        record = Record(i, float(self.times[i]), sent - self.origin, latency_ms, outcome, items, error)
         self.records[i] = record
         self.counts[outcome] += 1
         if self.writer:
@@ -305,8 +346,10 @@ async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int,
                          on_progress: Callable[[Progress], None] | None = None, *,
                          start_at: float | None = None, stream_to: str | Path | None = None,
                          progress_s: float = 5.0, timeout_s: float = 60.0, seed: int = 0,
-                         wait_start: Callable[[], float] | None = None, send_deadline: bool = True) -> LoadResult:
-    """Send one request of ``items`` items at each arrival time (s from the origin), open loop.
+                         wait_start: Callable[[], float] | None = None, send_deadline: bool = True,
+                         payloads: list[dict[str, np.ndarray]] | None = None) -> LoadResult:
+    """Send one request of ``items`` items at each arrival time (s from the origin), open loop; to a
+    typed app, one of ``payloads`` (request ``i`` payload ``i`` modulo their number).
 
     ``width`` / ``slo_ms`` None: read from the served model (its INPUT shape, the SLO its steps stamp).
     ``deadline_ms`` is sent as the request parameter of that name, and with ``send_deadline`` each
@@ -321,7 +364,10 @@ async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int,
     client = grpcaio.InferenceServerClient(url)
     try:
         info = await describe_async(client, url, model)
-        if width is None and info.width is None:
+        _check_payloads(model, info, payloads)
+        if info.inputs:
+            width = None
+        elif width is None and info.width is None:
             raise InputError(f"width: model {model!r} takes any INPUT width; give one")
         if width is not None and info.width is not None and width != info.width:
             raise InputError(f"width: model {model!r} takes INPUT [1, items, {info.width}], got width {width}")
@@ -333,7 +379,7 @@ async def run_load_async(url: str, model: str, arrivals: np.ndarray, items: int,
         origin = time.monotonic() + (start_at - time.time() if start_at is not None else 0.0)
         with open(stream_to, "w", newline="") if stream_to else nullcontext() as out:  # noqa: ASYNC230
             run = _Run(client, model, info, times, items, width or info.width, min(slo_ms, deadline_ms or slo_ms),
-                       deadline_ms, send_deadline, origin, timeout_s, seed, out)
+                       deadline_ms, send_deadline, origin, timeout_s, seed, out, payloads)
             reporter = asyncio.create_task(run.report(on_progress, progress_s)) if on_progress else None
             try:
                 await run.schedule()
@@ -351,12 +397,12 @@ def run_load(url: str, model: str, arrivals: np.ndarray, items: int, width: int 
              deadline_ms: float | None = None, on_progress: Callable[[Progress], None] | None = None, *,
              start_at: float | None = None, stream_to: str | Path | None = None, progress_s: float = 5.0,
              timeout_s: float = 60.0, seed: int = 0, wait_start: Callable[[], float] | None = None,
-             send_deadline: bool = True) -> LoadResult:
+             send_deadline: bool = True, payloads: list[dict[str, np.ndarray]] | None = None) -> LoadResult:
     """``run_load_async`` in a new event loop (for synchronous callers and threads)."""
     return asyncio.run(run_load_async(url, model, arrivals, items, width, slo_ms, deadline_ms, on_progress,
                                       start_at=start_at, stream_to=stream_to, progress_s=progress_s,
                                       timeout_s=timeout_s, seed=seed, wait_start=wait_start,
-                                      send_deadline=send_deadline))
+                                      send_deadline=send_deadline, payloads=payloads))
 
 
 @dataclass(frozen=True)
@@ -389,7 +435,7 @@ def run_load_apart(url: str, model: str, arrivals: np.ndarray, items: int, width
                    on_progress: Callable[[Progress], None] | None = None, *, start_at: float | None = None,
                    stream_to: str | Path | None = None, progress_s: float = 5.0, timeout_s: float = 60.0,
                    seed: int = 0, on_start: Callable[[float], None] | None = None,
-                   send_deadline: bool = True) -> LoadResult:
+                   send_deadline: bool = True, payloads: list[dict[str, np.ndarray]] | None = None) -> LoadResult:
     """``run_load`` in a process of its own, so that nothing the caller's process does meanwhile delays
     the sends or the timing of the answers; ``on_progress`` is called here. The origin is ``start_at``
     (the process needs a few seconds to start: on a cold host more than three), or with ``on_start``,
@@ -398,7 +444,7 @@ def run_load_apart(url: str, model: str, arrivals: np.ndarray, items: int, width
     ctx = multiprocessing.get_context("spawn")
     results, starts = ctx.Queue(), (ctx.Queue() if on_start else None)
     kwargs = {"start_at": start_at, "stream_to": str(stream_to) if stream_to else None, "progress_s": progress_s,
-              "timeout_s": timeout_s, "seed": seed, "send_deadline": send_deadline}
+              "timeout_s": timeout_s, "seed": seed, "send_deadline": send_deadline, "payloads": payloads}
     child = ctx.Process(target=_load_child, name="jigsaw-load", daemon=True,
                         args=(results, starts, (url, model, np.asarray(arrivals), items, width, slo_ms, deadline_ms),
                               kwargs))

@@ -26,6 +26,7 @@ from orchestrator.checker import metrics
 from orchestrator.errors import InputError
 from orchestrator.gpus import gpu_type
 from orchestrator.plan import Plan, parse_label
+from tools.fanout_report import fanout_lines, fanout_summary
 from tools.hostload import FILE as HOST_FILE
 from tools.trace import number
 
@@ -511,6 +512,7 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         "plan_changes": {"count": max(len(run.plans) - 1, 0), "changes": [_plan_info(p) for p in run.plans[1:]],
                          "applies": _applies(run.plans), "during_applies": _during_applies(run)},
         "server": _server_view(run),
+        "fanout": fanout_summary(run.path / EVENTS_FILE),
         "warnings": run.warnings,
     }
     (run.path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -552,6 +554,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{reqs['dropped']} drops")
     lines += [f"  plan change at {c['t']:.1f} s: {c['reason']} ({c['slices']} slices)"
               for c in summary["plan_changes"]["changes"]]
+    lines += fanout_lines(summary.get("fanout"))
     lines += [f"  warning: {w}" for w in summary["warnings"]]
     return "\n".join(lines)
 

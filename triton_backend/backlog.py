@@ -8,7 +8,9 @@ in tests/test_overload.py with such a per-instance count, during development). S
 table, a memory-mapped file beside the routing file: one row per instance (claimed under a file
 lock, written by that instance only), one slot per runner model in it: key, items outstanding, when
 it last answered, and over its answers their count and the sums of their observed and estimated
-latencies (ms), each answer weighted by exp(-age / ``DECAY_S``). A reader sums a runner's slots over
+latencies (ms), each answer weighted by exp(-age / ``DECAY_S``), and until when the instance found it
+failing (``mark_down``: a runner whose stub died answers every request with an error, and Triton does not
+restart it). A reader sums a runner's slots over
 the rows of live instances; an instance that died without clearing its row is skipped once its pid
 is gone. (The answers' sums were first kept per instance over a sliding window, which an instance
 could judge only once it had seen a window's answers itself: each of the 32 instances admitted on
@@ -30,7 +32,8 @@ import numpy as np
 PREFIX = ".backlog-"  # + the server's pid: the table's file name in the graph model's directory
 ROWS = 256           # graph instances at once (both copies of the graph model during a reload included)
 SLOTS = 32           # runner models one instance has sent to
-FIELDS = 6           # per slot: key, items outstanding, last answer (s), answers, observed ms, estimated ms
+FIELDS = 7           # per slot: key, items outstanding, last answer (s), answers, observed ms, estimated ms,
+                     # down until (s)
 LIVE_CHECK_S = 1.0   # how often a reader looks again for rows whose owner is gone
 DECAY_S = 1.0        # an answer's weight in the sums falls by e every this many seconds
 
@@ -42,6 +45,7 @@ class Totals(NamedTuple):
     observed_ms: float     # their observed latencies, summed
     estimated_ms: float    # their estimates when sent, summed
     idle_s: float          # since its last answer (inf: none yet)
+    down_s: float = 0.0    # until some instance's mark_down runs out (0: not marked)
 
 
 def _key(model: str) -> int:
@@ -87,6 +91,7 @@ class SharedBacklog:
         self._answers = self._table[:, 4::FIELDS]
         self._observed = self._table[:, 5::FIELDS]
         self._estimated = self._table[:, 6::FIELDS]
+        self._down = self._table[:, 7::FIELDS]
         self._slot: dict[str, int] = {}
         self._live = np.ones(ROWS, dtype=bool)
         self._live_at = 0.0
@@ -132,6 +137,13 @@ class SharedBacklog:
         self._estimated[row, slot] = self._estimated[row, slot] * keep + estimated_ms
         self._answered_at[row, slot] = now
 
+    def mark_down(self, model: str, until: float) -> None:
+        """``model`` failed for a reason of its own (its stub died): every instance keeps its items away from
+        it until ``until`` (``time.monotonic()``), then tries it again."""
+        slot = self._own_slot(model)
+        if slot is not None:
+            self._down[self.row, slot] = until
+
     def totals(self, model: str, now: float | None = None) -> Totals:
         """``model``'s items outstanding and recent answers, over every live instance."""
         clock = time.monotonic()
@@ -148,7 +160,8 @@ class SharedBacklog:
                       answers=float((self._answers[mask][answered] * weight).sum()),
                       observed_ms=float((self._observed[mask][answered] * weight).sum()),
                       estimated_ms=float((self._estimated[mask][answered] * weight).sum()),
-                      idle_s=float(now - at[answered].max()) if answered.any() else math.inf)
+                      idle_s=float(now - at[answered].max()) if answered.any() else math.inf,
+                      down_s=max(0.0, float(self._down[mask].max(initial=0.0)) - now))
 
     def close(self) -> None:
         """Give this instance's row back."""

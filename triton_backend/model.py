@@ -16,6 +16,12 @@ its role and settings come from the JSON in the config parameter ``jigsaw``:
 - ``runner``: one per (task, variant, segment, batch); binds each instance to its partition before
   anything touches CUDA, then runs the variant on the batch Triton's dynamic batcher formed.
 
+An app with typed tensors (the settings' ``typed``) serves real data: the graph's inputs are the request's
+tensors, each task's items are dicts of named tensors (each sent to a runner as a request of its own),
+the edges' adapters make the children's items, and the response holds the sinks' outputs per item with
+the variant that answered each; its runners load the variant from a model file or a Python class
+(triton_backend/runners).
+
 (The graph is one model rather than a Triton ensemble of per-task models: Triton 2.51 re-loads an
 ensemble after every model load, and re-loading it under traffic crashed the server.)
 """
@@ -24,23 +30,40 @@ from __future__ import annotations
 import asyncio
 import gc
 import heapq
+import hmac
 import itertools
 import json
+import math
 import os
 import time
+import traceback
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from triton_backend import runners
+from triton_backend.adapters import apply as adapt
+from triton_backend.adapters import resolve as resolve_adapter
 from triton_backend.backlog import PREFIX as BACKLOG_PREFIX
 from triton_backend.backlog import SharedBacklog, remove_stale
 from triton_backend.scheduling import (DropDecision, FanOut, Route, WeightedRoundRobin, backlog_ms, choose_route,
                                        drop_decision, pace)
+from triton_backend.tensors import Item, TensorSpec, conform, empty, from_wire, to_wire
 from triton_backend.variants import PADDING_METRIC, build
 
 _FAMILIES: dict[str, Any] = {}
 STALE_DEADLINE_NS = 3_600 * 10**9  # a deadline_ns this far behind the server's clock is a unit or clock error
+# Runners answer the graph model only: it passes the repository's runner key (a file beside the models, which
+# no client API serves) as this request parameter in its BLS calls (render.RUNNER_KEY_FILE, CALLER_PARAM).
+RUNNER_KEY_FILE = ".jigsaw-runner-key"
+CALLER_PARAM = "jigsaw_caller"
+INTERNAL_ERROR = "jigsaw: internal error while serving this request (the server's log has the details)"
+# A runner whose stub died answers every request with "Stub process '<instance>' is not healthy." (after about
+# 1.1 s, measured with 2.51) and Triton does not restart it: the stages keep their items away from a runner that
+# failed so, or that Triton called unavailable, for this long (shared by the graph instances), then try it again.
+DOWN_S = 5.0
+DOWN_MARKS = ("is not healthy",)
 
 
 def _counter(name: str, description: str) -> Any:
@@ -50,11 +73,42 @@ def _counter(name: str, description: str) -> Any:
     return _FAMILIES[name]
 
 
+class Failure(str):
+    """A request's error message and the Triton error code it is answered with: a plain ``str`` (a runner's
+    failure, an adapter's) is INTERNAL (HTTP 500)."""
+
+    code = "INTERNAL"
+
+
+class Unavailable(Failure):
+    """Dropped (its deadline cannot be met now): retry later. HTTP 503, gRPC UNAVAILABLE."""
+
+    code = "UNAVAILABLE"
+
+
+class Invalid(Failure):
+    """The request itself is wrong (a parameter, an input). HTTP 400, gRPC INVALID_ARGUMENT."""
+
+    code = "INVALID_ARG"
+
+
 def _error(message: str) -> Any:
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+    code = getattr(pb_utils.TritonError, getattr(message, "code", "INTERNAL"))
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(message), code))
 
 
-def _stamp(request: Any, slo_ns: int) -> tuple[int, int] | str:
+def _runner_key(model_dir: str) -> str:
+    """The repository's runner key (the file beside the model directories)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(model_dir)), RUNNER_KEY_FILE)) as f:
+        return f.read().strip()
+
+
+def _parameters(request: Any) -> dict[str, Any]:
+    params = request.parameters()
+    return json.loads(params) if params and params != "{}" else {}
+
+
+def _stamp(request: Any, slo_ns: int) -> tuple[int, int] | Invalid:
     """Absolute deadline (ns since the epoch) of a request arriving now and its budget (ns), or an error
     message for a bad parameter.
 
@@ -63,24 +117,27 @@ def _stamp(request: Any, slo_ns: int) -> tuple[int, int] | str:
     counts the time the request spent in Triton's queue before a graph instance took it (no stage can
     see that wait otherwise); the deadline is the earlier of the two."""
     now, budget, deadline = time.time_ns(), slo_ns, None
-    params = request.parameters()
-    if params and params != "{}":
-        given = json.loads(params)
+    given = _parameters(request)
+    if given:
         value = given.get("deadline_ms")
         if value is not None:
             try:
-                budget = min(budget, int(float(value) * 1e6))
-            except (TypeError, ValueError):
-                return f"jigsaw: request parameter deadline_ms must be a number of milliseconds, got {value!r}"
+                ms = float(value) if not isinstance(value, bool) else math.nan
+            except (TypeError, ValueError, OverflowError):
+                ms = math.nan
+            if not (math.isfinite(ms) and ms > 0):
+                return Invalid(f"jigsaw: request parameter deadline_ms must be a positive finite number of "
+                               f"milliseconds, got {value!r}")
+            budget = min(budget, int(min(ms * 1e6, budget)))  # one beyond the SLO keeps the SLO
         deadline = given.get("deadline_ns")
         if deadline is not None:
             if isinstance(deadline, bool) or not isinstance(deadline, int):
-                return (f"jigsaw: request parameter deadline_ns must be an integer (ns since the Unix epoch), "
-                        f"got {deadline!r}")
+                return Invalid(f"jigsaw: request parameter deadline_ns must be an integer (ns since the Unix "
+                               f"epoch), got {deadline!r}")
             if deadline < now - STALE_DEADLINE_NS:
-                return (f"jigsaw: request parameter deadline_ns={deadline} is {(now - deadline) / 1e9:.0f} s "
-                        f"before the server's clock: it must be ns since the Unix epoch (not ms or s), "
-                        f"from a clock in step with the server's")
+                return Invalid(f"jigsaw: request parameter deadline_ns={deadline} is {(now - deadline) / 1e9:.0f} s "
+                               f"before the server's clock: it must be ns since the Unix epoch (not ms or s), "
+                               f"from a clock in step with the server's")
     return (now + budget if deadline is None else min(now + budget, deadline)), budget
 
 
@@ -148,6 +205,8 @@ class _Task:
     routing over the runners of the routing it is given (away from a runner too far behind to answer
     in time), fan-out to the children."""
 
+    bls_parameters: dict[str, Any] = {}  # sent with every BLS request (the graph sets the runner key)
+
     def __init__(self, app: str, cfg: dict[str, Any], width: int, counters: "_Counters",
                  backlog: SharedBacklog) -> None:
         self.task = cfg["task"]
@@ -169,6 +228,7 @@ class _Task:
         self.m_wait = _counter("jigsaw_stage_queue_delay_us_total",
                                "time requests waited for a dispatch slot in a jigsaw task stage (us)").Metric(labels=labels)
         self.m_items: dict[str, Any] = {}  # variant -> counter, kept across routings (a new one would restart at 0)
+        self.down_reasons: dict[str, str] = {}  # runner model -> why this instance last found it down
 
     def count_items(self, variant: str, n: int) -> None:
         if variant not in self.m_items:
@@ -207,11 +267,11 @@ class _Task:
                                                    routing.downstream_ms, self.task)
             if decision.drop:
                 self.counters.add(self.m_drops, 1)
-                return decision.reason
+                return Unavailable(decision.reason)
             chunks = self._plan_chunks(routing, len(rows), deadline, reserve_ms)
             if isinstance(chunks, str):
                 self.counters.add(self.m_drops, 1)
-                return chunks
+                return Unavailable(chunks)
             results = await asyncio.gather(*(self._dispatch(route, rows[a:b], ms) for route, a, b, ms in chunks))
         finally:
             self._release()
@@ -221,6 +281,11 @@ class _Task:
                 return result
         if time.time_ns() > deadline:
             self.counters.add(self.m_misses, 1)
+        return self._outputs(rows, chunks, results)
+
+    def _outputs(self, rows: np.ndarray, chunks: list[tuple[Route, int, int, float]],
+                 results: list[np.ndarray]) -> dict[str, np.ndarray] | np.ndarray:
+        """A sink's output rows, or each child's rows: ``factor(variant)`` per row answered."""
         if not self.fanouts:
             return np.concatenate(results) if results else np.zeros((0, self.width), dtype=np.float32)
         return {child: self._fan_out(fan, chunks, results) for child, fan in self.fanouts.items()}
@@ -234,12 +299,13 @@ class _Task:
         totals = {r.model: self.backlog.totals(r.model) for r in routing.routes}
         ahead = {model: t.items for model, t in totals.items()}
         slower = {model: pace(t.answers, t.observed_ms, t.estimated_ms, t.idle_s) for model, t in totals.items()}
+        down = {model: t.down_s for model, t in totals.items() if t.down_s > 0}
 
         def queued_ms(r: Route) -> float:  # at the planned throughput
             return backlog_ms(r.latency_ms, ahead[r.model], r.throughput_rps)
 
-        def estimate(r: Route) -> float:  # at the pace the runner has kept lately
-            return queued_ms(r) * slower[r.model]
+        def estimate(r: Route) -> float:  # at the pace the runner has kept lately; never, while it is down
+            return math.inf if r.model in down else queued_ms(r) * slower[r.model]
 
         chunks, start = [], 0
         while start < n:
@@ -247,10 +313,16 @@ class _Task:
             rows = min(n - start, picked.batch)
             route = choose_route(picked, routing.routes, rows, left_ms - reserve_ms, routing.downstream_ms, estimate)
             if route is None:
+                failing = "; ".join(f"variant {r.variant} ({r.model}) is down, tried again in {down[r.model]:.1f} s: "
+                                    f"{self.down_reasons.get(r.model, 'found failing by another graph instance')}"
+                                    for r in routing.routes if r.model in down)
+                up = [estimate(r) for r in routing.routes if r.model not in down]
+                if not up:
+                    return f"jigsaw: request dropped at stage {self.task}: {failing}"
                 return (f"jigsaw: request dropped at stage {self.task}: {left_ms:.1f} ms left before its deadline, "
-                        f"its runners would answer in {min(map(estimate, routing.routes)):.1f} ms at the soonest "
+                        f"its runners would answer in {min(up):.1f} ms at the soonest "
                         f"(their backlog), the rest of the path needs {routing.downstream_ms:.1f} ms and "
-                        f"{reserve_ms:.1f} ms are held in reserve")
+                        f"{reserve_ms:.1f} ms are held in reserve" + (f"; {failing}" if failing else ""))
             end = min(n, start + route.batch)
             chunks.append((route, start, end, queued_ms(route)))
             ahead[route.model] += end - start
@@ -261,7 +333,7 @@ class _Task:
 
     async def _dispatch(self, route: Route, rows: np.ndarray, estimated_ms: float) -> np.ndarray | str:
         request = pb_utils.InferenceRequest(model_name=route.model, requested_output_names=["OUTPUT"],
-                                            inputs=[pb_utils.Tensor("INPUT", rows)])
+                                            inputs=[pb_utils.Tensor("INPUT", rows)], parameters=self.bls_parameters)
         self.backlog.add(route.model, len(rows))
         sent = time.monotonic()
         try:
@@ -270,8 +342,23 @@ class _Task:
             self.backlog.add(route.model, -len(rows))
         self.backlog.answered(route.model, estimated_ms, (time.monotonic() - sent) * 1000)
         if response.has_error():
-            return f"jigsaw: stage {self.task}: variant {route.variant} ({route.model}) failed: {response.error().message()}"
+            return self._failed(route, response.error())
         return pb_utils.get_output_tensor_by_name(response, "OUTPUT").as_numpy()
+
+    def _failed(self, route: Route, error: Any) -> Failure:
+        """A runner's error as this request's. A runner that is down (its stub died: DOWN_MARKS, or Triton
+        answered UNAVAILABLE) is marked so for DOWN_S, for every graph instance, and the request gets
+        UNAVAILABLE (retryable); the variant's own failures are INTERNAL."""
+        code = error.code() if callable(getattr(error, "code", None)) else None
+        message = error.message()
+        down = code == pb_utils.TritonError.UNAVAILABLE or any(m in message for m in DOWN_MARKS)
+        if down:
+            self.backlog.mark_down(route.model, time.monotonic() + DOWN_S)
+            self.down_reasons[route.model] = message
+            pb_utils.Logger.log_warn(f"jigsaw stage {self.task}: runner {route.model} is down ({message}): "
+                                     f"its items go to the task's other runners for {DOWN_S:g} s")
+        kind = Unavailable if down else Failure
+        return kind(f"jigsaw: stage {self.task}: variant {route.variant} ({route.model}) failed: {message}")
 
     def _fan_out(self, fan: FanOut, chunks: list[tuple[Route, int, int, float]],
                  results: list[np.ndarray]) -> np.ndarray:
@@ -281,6 +368,77 @@ class _Task:
             if k:
                 pieces.append(out[np.arange(k) % len(out)])
         return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros((0, self.width), dtype=np.float32)
+
+
+class _TypedTask(_Task):
+    """A task of an app with typed tensors. Its items are dicts of named tensors; each goes to a runner as
+    a request of its own (the runner's dynamic batcher batches them, ragged), and the children's items are
+    what the edges' adapters make of each answered item: the fan-out is the data's, counted per parent
+    variant (``jigsaw_edge_parent_items_total``, ``jigsaw_edge_child_items_total``). A sink's result is
+    its answered items' outputs with the variant that answered each."""
+
+    def __init__(self, app: str, cfg: dict[str, Any], width: int, counters: "_Counters",
+                 backlog: SharedBacklog) -> None:
+        super().__init__(app, cfg, width, counters, backlog)
+        self.inputs = [TensorSpec.from_json(t) for t in cfg["inputs"]]
+        self.outputs = [TensorSpec.from_json(t) for t in cfg["outputs"]]
+        self.source_adapter = resolve_adapter(cfg.get("adapter"))
+        self.adapters = {child: resolve_adapter(o.get("adapter")) for child, o in cfg["children"].items()}
+        self.child_inputs: dict[str, list[TensorSpec]] = {}  # set by the graph, which knows every task
+        self.m_edges: dict[tuple[str, str], tuple[Any, Any]] = {}  # (child, variant) -> parent, child counters
+
+    def count_fanout(self, child: str, variant: str, made: int) -> None:
+        key = (child, variant)
+        if key not in self.m_edges:
+            labels = {"app": self.labels["app"], "parent": self.task, "child": child, "variant": variant}
+            self.m_edges[key] = (
+                _counter("jigsaw_edge_parent_items_total", "parent items a jigsaw edge adapted, per parent "
+                         "variant").Metric(labels=labels),
+                _counter("jigsaw_edge_child_items_total", "child items a jigsaw edge's adapter made of them, "
+                         "per parent variant").Metric(labels=labels))
+        parents, children = self.m_edges[key]
+        self.counters.add(parents, 1)
+        self.counters.add(children, made)
+
+    async def _dispatch(self, route: Route, items: list[Item], estimated_ms: float) -> list[Item] | str:
+        names = [s.name for s in self.outputs]
+        requests = [pb_utils.InferenceRequest(model_name=route.model, requested_output_names=names,
+                                              inputs=[pb_utils.Tensor(s.name, to_wire(s, item[s.name]))
+                                                      for s in self.inputs], parameters=self.bls_parameters)
+                    for item in items]
+        self.backlog.add(route.model, len(items))
+        sent = time.monotonic()
+        try:
+            responses = await asyncio.gather(*(r.async_exec() for r in requests))
+        finally:
+            self.backlog.add(route.model, -len(items))
+        self.backlog.answered(route.model, estimated_ms, (time.monotonic() - sent) * 1000)
+        answers = []
+        for response in responses:
+            if response.has_error():
+                return self._failed(route, response.error())
+            answers.append({s.name: from_wire(s, pb_utils.get_output_tensor_by_name(response, s.name).as_numpy())
+                            for s in self.outputs})
+        return answers
+
+    def _outputs(self, items: list[Item], chunks: list[tuple[Route, int, int, float]],
+                 results: list[list[Item]]) -> dict[str, list[Item]] | list[tuple[Item, str]] | str:
+        answered = [(item, out, route.variant) for (route, a, b, _), outs in zip(chunks, results)
+                    for item, out in zip(items[a:b], outs)]
+        if not self.adapters:
+            return [(out, variant) for _, out, variant in answered]
+        children: dict[str, list[Item]] = {}
+        for child, (name, adapter) in self.adapters.items():
+            made: list[Item] = []
+            for item, out, variant in answered:
+                try:
+                    got = adapt(adapter, item, out, self.child_inputs[child])
+                except Exception as exc:  # the app's code: whatever it raises fails this request only
+                    return f"jigsaw: adapter {name} on edge {self.task}->{child} failed: {type(exc).__name__}: {exc}"
+                self.count_fanout(child, variant, len(got))
+                made.extend(got)
+            children[child] = made
+        return children
 
 
 class _Graph:
@@ -300,8 +458,19 @@ class _Graph:
         table = os.path.join(model_dir, f"{BACKLOG_PREFIX}{os.getppid()}")  # the stub's parent: tritonserver
         remove_stale(os.path.join(model_dir, f"{BACKLOG_PREFIX}*"), keep=table)
         self.backlog = SharedBacklog(table)
-        self.tasks = [_Task(self.app, t, self.width, self.counters, self.backlog)
+        self.typed = cfg.get("typed")
+        stage = _TypedTask if self.typed else _Task
+        self.tasks = [stage(self.app, t, self.width, self.counters, self.backlog)
                       for t in cfg["tasks"]]  # topological order
+        if cfg.get("runner_key"):  # the runners answer only BLS requests that carry it
+            for t in self.tasks:
+                t.bls_parameters = {CALLER_PARAM: _runner_key(model_dir)}
+        if self.typed:
+            by_name = {t.task: t for t in self.tasks}
+            for t in self.tasks:
+                t.child_inputs = {child: by_name[child].inputs for child in t.adapters}
+            self.inputs = [TensorSpec.from_json(t) for t in self.typed["inputs"]]
+            self.outputs = [(TensorSpec.from_json(o), o["task"], o["output"]) for o in self.typed["outputs"]]
         self.sinks = [t.task for t in self.tasks if not t.fanouts]
         self.routing_path = os.path.join(model_dir, cfg["routing"])
         self._stamp = _file_stamp(self.routing_path)
@@ -331,23 +500,77 @@ class _Graph:
         """Triton's dynamic batcher hands over every request queued for this instance; they are served
         concurrently, each task admitting them in earliest-deadline-first order."""
         self.refresh()
-        return list(await asyncio.gather(*(self._serve(r) for r in requests)))
+        return list(await asyncio.gather(*(self._serve_one(r) for r in requests)))
+
+    async def _serve_one(self, request: Any) -> Any:
+        """One request's response; whatever goes wrong fails this request only, and its traceback goes to
+        the server's log, never to the client."""
+        try:
+            return await self._serve(request)
+        except Exception:
+            pb_utils.Logger.log_error(f"jigsaw {self.app}: request failed: {traceback.format_exc()}")
+            return _error(INTERNAL_ERROR)
 
     def _rows(self, request: Any) -> np.ndarray | str:
         tensor = pb_utils.get_input_tensor_by_name(request, "INPUT")
         if tensor is None:
-            return "jigsaw: missing input tensor INPUT"
+            return Invalid("jigsaw: missing input tensor INPUT")
         rows = tensor.as_numpy()
         if rows.dtype != np.float32 or rows.ndim != 3 or rows.shape[0] != 1 or rows.shape[2] != self.width:
-            return (f"jigsaw: input INPUT must be FP32 of shape [1, items, {self.width}] (one request), "
-                    f"got {rows.dtype} {list(rows.shape)}")
+            return Invalid(f"jigsaw: input INPUT must be FP32 of shape [1, items, {self.width}] (one request), "
+                           f"got {rows.dtype} {list(rows.shape)}")
         return rows[0]
+
+    def _sources(self, request: Any) -> dict[str, Any] | str:
+        """Each source task's items of this request, or the error message of a bad request: the rows of
+        INPUT, or (typed) what each source's adapter makes of the request's tensors."""
+        if not self.typed:
+            rows = self._rows(request)
+            return rows if isinstance(rows, str) else {t.task: rows for t in self.tasks if not t.parents}
+        given: Item = {}
+        for spec in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+            value = tensor.as_numpy()
+            if value.shape[:1] != (1,):
+                dims = ", ".join(map(str, spec.shape or (1,)))
+                return Invalid(f"jigsaw: input {spec.name} must be one request: shape [1, {dims}], "
+                               f"got {list(value.shape)}")
+            given[spec.name] = from_wire(spec, value)
+        sources: dict[str, Any] = {}
+        for task in self.tasks:
+            if not task.parents:
+                name, adapter = task.source_adapter
+                try:
+                    sources[task.task] = adapt(adapter, given, {}, task.inputs)
+                except Exception as exc:  # the app's code or a bad input: this request fails, with why
+                    return Invalid(f"jigsaw: adapter {name} of source task {task.task} failed: "
+                                   f"{type(exc).__name__}: {exc}")
+        return sources
+
+    def _join(self, parts: list[Any]) -> Any:
+        """A task's items from several parents, in the parents' order."""
+        if len(parts) == 1:
+            return parts[0]
+        return [item for part in parts for item in part] if self.typed else np.concatenate(parts)
+
+    def _response(self, results: dict[str, Any]) -> Any:
+        if not self.typed:
+            return pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(f"{sink}_OUTPUT", results[sink].astype(np.float32)[None]) for sink in self.sinks])
+        tensors = []
+        for spec, task, output in self.outputs:
+            rows = [conform(spec, np.asarray(out[output])) for out, _ in results[task]]
+            tensors.append(pb_utils.Tensor(spec.name, np.stack(rows)[None] if rows else empty(spec, (1, 0))))
+        for sink, name in self.typed["variants"].items():
+            variants = np.array([v.encode() for _, v in results[sink]], dtype=np.object_).reshape(1, -1)
+            tensors.append(pb_utils.Tensor(name, variants))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
 
     async def _serve(self, request: Any) -> Any:
         stamp = _stamp(request, self.slo_ns)
-        rows = self._rows(request)
-        if isinstance(stamp, str) or isinstance(rows, str):
-            return _error(stamp if isinstance(stamp, str) else rows)
+        sources = self._sources(request)
+        if isinstance(stamp, str) or isinstance(sources, str):
+            return _error(stamp if isinstance(stamp, str) else sources)
         deadline, budget = stamp
         reserve_ms = budget * self.reserve / 1e6
         routing = self.routing
@@ -355,13 +578,13 @@ class _Graph:
 
         async def run(task: _Task) -> Any:
             if not task.parents:
-                items = rows
+                items = sources[task.task]
             else:
                 got = [await done[p] for p in task.parents]
                 failed = next((g for g in got if isinstance(g, str)), None)
                 if failed is not None:
                     return failed
-                items = np.concatenate([g[task.task] for g in got]) if len(got) > 1 else got[0][task.task]
+                items = self._join([g[task.task] for g in got])
             return await task.serve(items, deadline, reserve_ms, routing[task.task])
 
         for task in self.tasks:
@@ -370,8 +593,7 @@ class _Graph:
         failed = next((r for r in results.values() if isinstance(r, str)), None)
         if failed is not None:
             return _error(failed)
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor(f"{sink}_OUTPUT", results[sink].astype(np.float32)[None]) for sink in self.sinks])
+        return self._response(results)
 
 
 def _process_age_s() -> float:
@@ -390,7 +612,7 @@ class _Runner:
         if bindings:
             os.environ.update(bindings[int(index) % len(bindings)])  # before anything touches CUDA
         started = time.monotonic()
-        self.run = build(cfg["runtime"], int(cfg["width"]), int(cfg.get("max_batch", 1)), cfg.get("sizes"))
+        self.run = self._build(cfg)
         built = time.monotonic() - started
         # where an apply's time goes: the stub's start and imports, then the build (and capture)
         parts = getattr(self.run, "load_times", {})
@@ -402,6 +624,9 @@ class _Runner:
         self.m_padding = _counter(PADDING_METRIC, "rows a jigsaw runner added to fill its batches up to a "
                                   "captured batch size").Metric(labels={"model": model_name})
         self.sent_padded, self.sent_at = 0, time.monotonic()
+
+    def _build(self, cfg: dict[str, Any]) -> Any:
+        return build(cfg["runtime"], int(cfg["width"]), int(cfg.get("max_batch", 1)), cfg.get("sizes"))
 
     def execute(self, requests: list) -> list:
         inputs = [pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy() for r in requests]
@@ -437,6 +662,34 @@ class _Runner:
         self.sent_at = time.monotonic()
 
 
+class _TypedRunner(_Runner):
+    """A runner of a typed variant (triton_backend/runners): every request is one item of the task's
+    declared inputs; the batch Triton's dynamic batcher formed goes to the variant at once. What the
+    variant raises, or outputs that do not match the declared tensors, fail the batch's requests with
+    the message."""
+
+    def _build(self, cfg: dict[str, Any]) -> Any:
+        self.inputs = [TensorSpec.from_json(t) for t in cfg["inputs"]]
+        self.outputs = [TensorSpec.from_json(t) for t in cfg["outputs"]]
+        return runners.build(cfg["runtime"], self.inputs, self.outputs)
+
+    def execute(self, requests: list) -> list:
+        items = [{s.name: from_wire(s, pb_utils.get_input_tensor_by_name(r, s.name).as_numpy()) for s in self.inputs}
+                 for r in requests]
+        try:
+            answers = self.run.infer(items)
+            if len(answers) != len(items):
+                raise ValueError(f"infer returned {len(answers)} answers for {len(items)} items")
+            tensors = [[conform(s, np.asarray(a[s.name])) for s in self.outputs] for a in answers]
+            problems = [p for row in tensors for s, t in zip(self.outputs, row) if (p := s.problem(t))]
+            if problems:
+                raise ValueError("outputs do not match the task's: " + "; ".join(sorted(set(problems))))
+        except Exception as exc:  # the variant's code: fail this batch's requests, keep serving
+            return [_error(f"{type(exc).__name__}: {exc}") for _ in requests]
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(s.name, to_wire(s, t))
+                                                           for s, t in zip(self.outputs, row)]) for row in tensors]
+
+
 class TritonPythonModel:
     """Dispatches to the role named in the model config's ``jigsaw`` parameter."""
 
@@ -447,7 +700,10 @@ class TritonPythonModel:
         if role == "graph":
             self.impl: Any = _Graph(cfg, args["model_instance_name"], args["model_repository"])
         elif role == "runner":
-            self.impl = _Runner(cfg, args["model_name"], args["model_instance_name"])
+            # read first: a runner rendered to answer the graph only does not load without the key
+            self.key = _runner_key(args["model_repository"]) if cfg.get("runner_key") else None
+            runner = _TypedRunner if "inputs" in cfg else _Runner
+            self.impl = runner(cfg, args["model_name"], args["model_instance_name"])
             self.names = (args["model_name"], args["model_instance_name"])
         else:
             raise ValueError(f"jigsaw: unknown role {role!r} in model {args['model_name']}")
@@ -460,7 +716,32 @@ class TritonPythonModel:
     async def execute(self, requests: list) -> list:
         if self.is_async:
             return await self.impl.execute(requests)
-        return self.impl.execute(requests)
+        return self._run(requests)
+
+    def _run(self, requests: list) -> list:
+        """A runner's batch: requests without the runner key (a client calling the runner directly) are
+        refused one by one; an exception fails this batch's requests with its type and message (the
+        traceback goes to the server's log only)."""
+        responses: list[Any] = [None] * len(requests)
+        if self.key is not None:
+            for i, r in enumerate(requests):
+                try:
+                    caller = _parameters(r).get(CALLER_PARAM)
+                except ValueError:
+                    caller = None
+                if not (isinstance(caller, str) and hmac.compare_digest(caller.encode(), self.key.encode())):
+                    responses[i] = _error(Invalid(f"jigsaw: model {self.names[0]} is a runner of the app's graph "
+                                                  "model and answers only that model: send requests to the app"))
+        todo = [i for i, r in enumerate(responses) if r is None]
+        if todo:
+            try:
+                done = self.impl.execute([requests[i] for i in todo])
+            except Exception as exc:
+                pb_utils.Logger.log_error(f"jigsaw runner {self.names[0]}: batch failed: {traceback.format_exc()}")
+                done = [_error(f"{type(exc).__name__}: {exc}") for _ in todo]
+            for i, response in zip(todo, done):
+                responses[i] = response
+        return responses
 
     def finalize(self) -> None:
         """Send the counter increments still held back and give the backlog row back, or stop a runner's

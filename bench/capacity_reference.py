@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Capacity search against a reference: for each app and each of the 8 feature sets, the maximum
+serviceable demand at ``--gpus`` GPUs found by the default search (``jigsaw capacity``: ``--time-limit``
+seconds in all) and by a reference search (the exact MILP in every probe, ``--reference-limit`` seconds
+in all, each probe up to a sixth of it), and their ratio. The goal: the default search within 0.97 of
+the reference on every row.
+
+    python3 bench/capacity_reference.py --app examples/tagging.yaml --app examples/a100/chain.yaml \\
+        --profiles examples/a100/profiles.csv --gpus 120 --out bench/results/capacity-reference.json
+
+Writes the JSON and a markdown table next to it (.md).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+from pathlib import Path
+
+from orchestrator.appspec import load_app
+from orchestrator.capacity import max_demand
+from orchestrator.features import ALL_FEATURE_SETS
+from orchestrator.gpus import gpu_type
+from orchestrator.planner import PlanOptions
+from orchestrator.profiles import default_gpu, load_profiles
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--app", action="append", required=True)
+    ap.add_argument("--profiles", required=True)
+    ap.add_argument("--gpus", type=int, default=120)
+    ap.add_argument("--time-limit", type=float, default=10.0)
+    ap.add_argument("--reference-limit", type=float, default=120.0)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    profiles = load_profiles(args.profiles)
+    gpu = gpu_type(default_gpu(profiles))
+    rows = []
+    for path in args.app:
+        app = load_app(path)
+        for feats in ALL_FEATURE_SETS:
+            fast = max_demand(app, profiles, gpu, PlanOptions(features=feats, gpus=args.gpus, time_limit=args.time_limit))
+            ref = max_demand(app, profiles, gpu, PlanOptions(features=feats, gpus=args.gpus, method="milp",
+                                                             time_limit=args.reference_limit))
+            best = max(ref.max_demand_rps, fast.max_demand_rps)
+            row = {"app": app.name, "features": feats.label,
+                   "default": {"max_demand_rps": fast.max_demand_rps, "seconds": fast.seconds, "probes": fast.probes,
+                               "note": fast.note},
+                   "reference": {"max_demand_rps": ref.max_demand_rps, "seconds": ref.seconds, "probes": ref.probes,
+                                 "note": ref.note},
+                   "ratio": fast.max_demand_rps / best if best > 0 else None}
+            rows.append(row)
+            print(f"{app.name} {feats.label}: default {fast.max_demand_rps:.1f} ({fast.seconds:.1f} s), reference "
+                  f"{ref.max_demand_rps:.1f} ({ref.seconds:.1f} s)", file=sys.stderr, flush=True)
+    record = {"date": dt.date.today().isoformat(), "machine": f"{platform.node()} ({platform.machine()}, "
+              f"{len(__import__('os').sched_getaffinity(0))} cores)", "command": " ".join(sys.argv),
+              "gpus": args.gpus, "gpu_type": gpu.name, "rows": rows}
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    lines = ["| app | features | default (req/s) | s | reference (req/s) | s | default / best of both |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "-"
+        lines.append(f"| {r['app']} | {r['features']} | {r['default']['max_demand_rps']:.0f} | {r['default']['seconds']:.1f} | "
+                     f"{r['reference']['max_demand_rps']:.0f} | {r['reference']['seconds']:.1f} | {ratio} |")
+    args.out.with_suffix(".md").write_text(f"{record['date']}, {record['machine']}:\n\n    {record['command']}\n\n"
+                                         + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
