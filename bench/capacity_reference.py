@@ -13,9 +13,6 @@ Writes the JSON and a markdown table next to it (.md).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from orchestrator.features import ALL_FEATURE_SETS
 from orchestrator.gpus import gpu_type
 from orchestrator.planner import PlanOptions
 from orchestrator.profiles import default_gpu, load_profiles
+from record import provenance, write
 
 
 def main() -> None:
@@ -55,18 +53,14 @@ def main() -> None:
             rows.append(row)
             print(f"{app.name} {feats.label}: default {fast.max_demand_rps:.1f} ({fast.seconds:.1f} s), reference "
                   f"{ref.max_demand_rps:.1f} ({ref.seconds:.1f} s)", file=sys.stderr, flush=True)
-    record = {"date": dt.date.today().isoformat(), "machine": f"{platform.node()} ({platform.machine()}, "
-              f"{len(__import__('os').sched_getaffinity(0))} cores)", "command": " ".join(sys.argv),
-              "gpus": args.gpus, "gpu_type": gpu.name, "rows": rows}
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    record = {**provenance(), "gpus": args.gpus, "gpu_type": gpu.name, "rows": rows}
     lines = ["| app | features | default (req/s) | s | reference (req/s) | s | default / best of both |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "-"
         lines.append(f"| {r['app']} | {r['features']} | {r['default']['max_demand_rps']:.0f} | {r['default']['seconds']:.1f} | "
                      f"{r['reference']['max_demand_rps']:.0f} | {r['reference']['seconds']:.1f} | {ratio} |")
-    args.out.with_suffix(".md").write_text(f"{record['date']}, {record['machine']}:\n\n    {record['command']}\n\n"
-                                         + "\n".join(lines) + "\n")
+    write(args.out, record, lines)
     print("\n".join(lines))
 
 

@@ -12,10 +12,6 @@ Demands are ``--fractions`` of each app's capacity (``jigsaw capacity`` within 3
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +22,7 @@ from orchestrator.errors import InfeasibleError
 from orchestrator.gpus import gpu_type
 from orchestrator.planner import PlanOptions, make_plan
 from orchestrator.profiles import default_gpu, load_profiles
+from record import provenance, write
 
 
 def _run(app, profiles, gpu, demand: float, opts: PlanOptions) -> dict:
@@ -62,10 +59,7 @@ def main() -> None:
             ref = _run(app, profiles, gpu, demand, PlanOptions(gpus=args.gpus, time_limit=args.reference_limit))
             rows.append({"app": app.name, "fraction": frac, "demand_rps": demand, "plan": fast, "reference": ref})
             print(f"{app.name} {frac:.0%} of {cap:.0f}: {fast} | reference {ref}", file=sys.stderr, flush=True)
-    record = {"date": dt.date.today().isoformat(), "machine": f"{platform.node()} ({platform.machine()}, "
-              f"{len(os.sched_getaffinity(0))} cores)", "command": " ".join(sys.argv), "gpus": args.gpus,
-              "gpu_type": gpu.name, "rows": rows}
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    record = {**provenance(), "gpus": args.gpus, "gpu_type": gpu.name, "rows": rows}
     lines = ["| app | demand (req/s) | plan wall s | method | slices | accuracy | reference wall s | slices | accuracy | objective gap |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -77,8 +71,7 @@ def main() -> None:
         gap = q["objective"] - p["objective"]
         lines.append(f"| {r['app']} | {r['demand_rps']:.0f} | {p['wall_s']:.2f} | {p['method']} | {p['slices']} | "
                      f"{p['accuracy']:.4f} | {q['wall_s']:.2f} | {q['slices']} | {q['accuracy']:.4f} | {gap:+.5f} |")
-    args.out.with_suffix(".md").write_text(f"{record['date']}, {record['machine']}:\n\n    {record['command']}\n\n"
-                                         + "\n".join(lines) + "\n")
+    write(args.out, record, lines)
     print("\n".join(lines))
 
 

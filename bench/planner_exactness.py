@@ -19,10 +19,7 @@ every returned plan with tests/reference.check, and compares with tests/referenc
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import random
 import sys
 import time
@@ -37,6 +34,7 @@ import reference as ref  # noqa: E402
 from test_planner_properties import A100, Instance, build_instance  # noqa: E402
 from orchestrator.errors import InfeasibleError  # noqa: E402
 from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
+from record import provenance  # noqa: E402
 
 
 def _quantile(xs: list[float], q: float) -> float | None:
@@ -148,10 +146,7 @@ def main() -> None:
     for k, v in summary.items():
         print(f"  {k:<24} {v if not isinstance(v, float) else f'{v:.4g}'}")
     if args.out:
-        args.out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-                                        "machine": f"{platform.node()} ({platform.machine()}, "
-                                                   f"{len(os.sched_getaffinity(0))} cores)",
-                                        "seed": args.seed, "n": args.n, "summary": summary,
+        args.out.write_text(json.dumps({**provenance(), "seed": args.seed, "n": args.n, "summary": summary,
                                         # every instance is reproducible from the seed: keep those that fell short
                                         "flagged": [r for r in recs if _flagged(r)]},
                                        indent=1, default=str) + "\n")

@@ -28,6 +28,7 @@ from orchestrator.features import Features
 from orchestrator.gpus import gpu_type
 from orchestrator.planner import PlanOptions
 from orchestrator.profiles import default_gpu, load_profiles
+from record import provenance, write
 
 FACTORS = (0.5, 0.625, 0.75, 1.0, 1.5, 2.0)
 
@@ -59,9 +60,7 @@ def main() -> None:
             a, b = row[feats[0].label]["max_demand_rps"], row[feats[-1].label]["max_demand_rps"]
             row["ratio"] = a / b if b > 0 else None
             rows.append(row)
-    record = {"date": dt.date.today().isoformat(), "machine": f"{platform.node()} ({platform.machine()}, {len(os.sched_getaffinity(0))} cores)",
-              "command": " ".join(sys.argv), "gpus": args.gpus, "gpu_type": gpu.name, "rows": rows}
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    record = {**provenance(), "gpus": args.gpus, "gpu_type": gpu.name, "rows": rows}
     a_label, b_label = feats[0].label, feats[-1].label
     lines = [f"| app | SLO (ms) | x SLO | {a_label} (req/s) | {b_label} (req/s) | {a_label} / {b_label} | search s (max) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -70,8 +69,7 @@ def main() -> None:
         secs = max(r[f.label]["seconds"] for f in feats)
         lines.append(f"| {r['app']} | {r['latency_slo_ms']:g} | {r['slo_factor']:g} | {r[a_label]['max_demand_rps']:.0f} | "
                      f"{r[b_label]['max_demand_rps']:.0f} | {ratio} | {secs:.1f} |")
-    args.out.with_suffix(".md").write_text(f"{record['date']}, {record['machine']}:\n\n    {record['command']}\n\n"
-                                         + "\n".join(lines) + "\n")
+    write(args.out, record, lines)
     print("\n".join(lines))
     _plot(rows, a_label, b_label, args.out.with_suffix(".png"), args.gpus, gpu.name)
 
