@@ -107,12 +107,15 @@ class Policy:
     fanout_min_items: int = 20   # ... measured over at least this many parent items (0: never refine fan-out)
 
 
+MIN_PLANNED_RPS = 1.0  # with no traffic the controller plans for this much: the least plan, not an error
+
+
 def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, policy: Policy) -> float | None:
     """The demand to replan for, or None to keep the current plan."""
     if forecast_rps > planned_rps:
         return forecast_rps * (1 + policy.headroom)
     if forecast_rps < planned_rps * policy.down_ratio and intervals_in_plan >= policy.down_cooldown:
-        target = forecast_rps * (1 + policy.headroom)
+        target = max(forecast_rps * (1 + policy.headroom), MIN_PLANNED_RPS)
         # with (1 + headroom) x down_ratio >= 1 the target can be close to, or above, the current plan
         return target if target <= planned_rps * policy.down_ratio_target else None
     return None

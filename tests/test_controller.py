@@ -629,3 +629,11 @@ def test_plans_leave_the_stages_admission_reserve_of_the_slo(tmp_path: Path, mon
     plan = f.c.initial(20.0)
     assert plan.solver["latency_reserve"] == 0.2
     assert max(p["latency_ms"] for p in plan.paths) <= 0.8 * f.app.latency_slo_ms + 1e-6
+
+
+def test_no_traffic_plans_the_least_once() -> None:
+    """A forecast of 0 req/s (traffic stopped) replans down to MIN_PLANNED_RPS, the least plan, instead of
+    asking the planner for 0 req/s (an InputError every interval); then it keeps that plan."""
+    from orchestrator.controller import MIN_PLANNED_RPS, Policy, decide
+    assert decide(60.0, 0.0, 10, Policy()) == MIN_PLANNED_RPS
+    assert decide(MIN_PLANNED_RPS, 0.0, 10, Policy()) is None
