@@ -19,8 +19,9 @@ YAML layout (see examples/)::
       - {tasks: [scene, objects], weight: 1}
 
 Accuracies are fractions in [0, 1] or scores above 1 (percent, or a metric such as CIDEr, at most
-1000; name it in ``metric``); each task's are normalised to its best variant, so the maximum
-achievable pipeline accuracy is 1.
+1000; name it in ``metric``), read as fractions (``Variant.fraction``: a task's scores above 1 / 100).
+The pipeline's accuracy is the paper's: the paths' weighted mean of their products of routed raw
+accuracies over the same with every task at its best variant, so its maximum is 1 (docs/planning.md).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import click
 
 from .appspec import load_app
 from .capacity import max_demand
-from .errors import InfeasibleError, InputError
+from .errors import InfeasibleError, InputError, UnreachableError
 from .features import Features
 from .gpus import gpu_type
 from .candidates import LATENCY_MODELS
@@ -170,19 +170,26 @@ def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_por
     takes every subdirectory of REPO for a model. An MPS control daemon is started first when
     REPO/jigsaw.json has "uses_mps": true and MPS is available.
     """
-    from .server import MpsDaemon, TritonServer
+    from .server import MpsDaemon, RepoBusy, RepoLock, TritonServer
     from .tritonenv import prepare_backend_dir, server_env
 
     repo = Path(repo_path).resolve()
     if not repo.is_dir():
         raise InputError(f"REPO: no such directory: {repo_path}")
-    key = control_key or secrets.token_hex(16)
-    _write_key(repo / KEY_FILE, key)
-    click.echo(f"control key in {repo / KEY_FILE} (header jigsaw-control-key)")  # never the key itself
+    lock = RepoLock(repo)  # first: a second serve of REPO changes nothing (the key file is the first one's)
+    try:
+        lock.acquire(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    except RepoBusy as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot lock {lock.path}: {exc}") from None
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in handlers:  # SIGTERM stops like Ctrl-C; SIGINT too when started with it ignored (`cmd &`)
         signal.signal(sig, signal.default_int_handler)
     try:
+        key = control_key or secrets.token_hex(16)
+        _write_key(repo / KEY_FILE, key)
+        click.echo(f"control key in {repo / KEY_FILE} (header jigsaw-control-key)")  # never the key itself
         with ExitStack() as stack:
             env = server_env()
             if _uses_mps(repo):
@@ -197,6 +204,7 @@ def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_por
                                                       http_port=http_port, grpc_port=grpc_port,
                                                       metrics_port=metrics_port, control_key=key, env=env,
                                                       max_request_bytes=int(max_request_mb * 2**20)))
+            lock.update(tritonserver_pid=server.pid)
             click.echo(f"tritonserver pid {server.pid} ready: http {server.http_url}, grpc {server.grpc_url}, "
                        f"metrics {server.metrics_url}, log {server.log_path}")
             try:
@@ -212,6 +220,7 @@ def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_por
     except RuntimeError as exc:  # the server or MPS failed to start
         raise click.ClickException(str(exc)) from exc
     finally:
+        lock.release()  # after the server stopped (the ExitStack): the next serve of REPO may start
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     click.echo("stopped")
@@ -266,8 +275,10 @@ def apply(plan_path: str, repo_path: str, url: str, control_key: str | None, inv
     try:
         report = apply_plan(rendered, repo, client, control_headers(key, grpc=True),
                             progress=lambda line: click.echo(f"  {line}", err=True))
-    except RuntimeError as exc:
+    except (RuntimeError, UnreachableError) as exc:  # rolled back, or nothing answers at URL (nothing changed)
         raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
     click.echo(f"applied: {len(report.loaded)} loaded, {len(report.unchanged)} unchanged, "
                f"{len(report.unloaded)} unloaded" + "".join(f"; {g} rerouted in place" for g in report.rerouted))
 

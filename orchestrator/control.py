@@ -31,9 +31,9 @@ from tritonclient.utils import InferenceServerException
 
 from triton_backend.backlog import PREFIX as BACKLOG_PREFIX
 
-from .errors import InputError
+from .errors import InputError, UnreachableError
 from .render import MANIFEST, Rendered, ensure_runner_key, routing_path, write_repository, write_routing
-from .server import CONTROL_HEADER, GRPC_CONTROL_HEADER, LOAD_THREADS
+from .server import CONTROL_HEADER, GRPC_CONTROL_HEADER, LOAD_THREADS, REPO_LOCK
 
 MIN_DRAIN_S = 5.0
 
@@ -69,6 +69,15 @@ def _order(name: str, cfg: model_config_pb2.ModelConfig) -> int:
     """Runners first, then the graph model that calls them."""
     role = json.loads(cfg.parameters["jigsaw"].string_value)["role"] if "jigsaw" in cfg.parameters else ""
     return 0 if role == "runner" else 1
+
+
+def grpc_target(client: grpcclient.InferenceServerClient) -> str:
+    """The ``host:port`` a tritonclient.grpc client talks to ("the server" where it cannot tell)."""
+    try:
+        target = client._channel._channel.target().decode()  # grpc's channel keeps the target it was made for
+    except Exception:  # noqa: BLE001 (another client or grpc version: the message just says less)
+        return "the server"
+    return target.removeprefix("dns:///")
 
 
 def control_headers(key: str | None, grpc: bool) -> dict[str, str] | None:
@@ -126,13 +135,20 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
     the new plan serves; join it before the next apply (``Applier`` does)."""
     old = _old_configs(repo)
     report = ApplyReport()
-    for name in sorted(rendered.configs, key=lambda n: (_order(n, rendered.configs[n]), n)):
-        same = old.get(name) == rendered.configs[name] and client.is_model_ready(name)
-        (report.unchanged if same else report.loaded).append(name)
+    try:  # the first calls to the server: one that nothing answers at fails here, before anything changed
+        for name in sorted(rendered.configs, key=lambda n: (_order(n, rendered.configs[n]), n)):
+            same = old.get(name) == rendered.configs[name] and client.is_model_ready(name)
+            (report.unchanged if same else report.loaded).append(name)
+    except InferenceServerException as exc:
+        if exc.status() != "StatusCode.UNAVAILABLE":
+            raise
+        raise UnreachableError(f"cannot reach the server's gRPC endpoint at {grpc_target(client)}: "
+                               f"{exc.message()}; nothing changed") from None
     backup = repo.with_name(repo.name + ".previous")
     if backup.exists():
         shutil.rmtree(backup)
-    shutil.copytree(repo, backup, ignore=shutil.ignore_patterns(f"{BACKLOG_PREFIX}*"))  # live: kept on rollback
+    # live files, kept on rollback: the graph instances' tables, and the lock `jigsaw serve` holds (its inode)
+    shutil.copytree(repo, backup, ignore=shutil.ignore_patterns(f"{BACKLOG_PREFIX}*", REPO_LOCK))
     ensure_runner_key(repo)  # the new runners read it when they load
     for name, cfg in rendered.configs.items():  # new model directories must exist before loading
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
@@ -225,5 +241,7 @@ def _rollback(client: grpcclient.InferenceServerClient, headers: dict[str, str] 
     for table in repo.glob(f"*/{BACKLOG_PREFIX}*"):  # the graph instances' live table (the backup leaves it out)
         if (backup / table.parent.name).is_dir():
             table.replace(backup / table.parent.name / table.name)
+    if (repo / REPO_LOCK).exists():  # moved, not copied: the serving process keeps its lock on this file
+        (repo / REPO_LOCK).replace(backup / REPO_LOCK)
     shutil.rmtree(repo)
     shutil.move(str(backup), str(repo))

@@ -65,7 +65,7 @@ import numpy as np
 from triton_backend.variants import PADDING_METRIC
 
 from .appspec import AppSpec
-from .errors import InfeasibleError
+from .errors import InfeasibleError, UnreachableError
 from .fanout import FanoutMeter, edge_counts, with_factors
 from .forecast import Forecaster
 from .gpus import GpuType
@@ -203,7 +203,7 @@ class Controller:
         started = time.time()
         try:
             self._apply(self._render(plan))
-        except RuntimeError as exc:  # rolled back: the old plan keeps serving
+        except (RuntimeError, UnreachableError) as exc:  # rolled back, or not reached: the old plan stays
             self.events.write("apply_failed", demand_rps=demand, reason=str(exc))
             self.progress(f"apply failed, old plan keeps serving: {exc}")
             return
@@ -473,6 +473,10 @@ class Controller:
         while not stop.is_set():
             try:
                 self.step()
+            except UnreachableError as exc:  # the server is down or restarting: the plan stays, retried next interval
+                self.events.write("error", reason=str(exc))
+                self.progress(f"controller step failed: {exc}; keeping the plan for "
+                              f"{self.plan.demand_rps if self.plan else 0:g} req/s, retrying in {interval_s:g} s")
             except Exception as exc:  # a missed scrape or a solver error must not stop the controller
                 self.events.write("error", reason=f"{type(exc).__name__}: {exc}")
                 self.progress(f"controller step failed: {type(exc).__name__}: {exc}")

@@ -11,3 +11,7 @@ class InfeasibleError(RuntimeError):
     def __init__(self, message: str, binding: str = "") -> None:
         super().__init__(message)
         self.binding = binding
+
+
+class UnreachableError(ConnectionError):
+    """A server endpoint (gRPC address, metrics URL) that nothing answers at. The message names it."""

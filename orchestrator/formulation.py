@@ -8,16 +8,16 @@ Variables, per unit of source demand (see docs/planning.md for each linearisatio
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 import os
 import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
 
 import cvxpy as cp
+import highspy
 import numpy as np
 
 from .appspec import AppSpec
@@ -75,23 +75,21 @@ class Solution:
     budgets: dict[str, float] | None = None  # each task's modelled worst-case latency (L_t), where modelled
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """HiGHS prints a banner on the C-level stdout when it starts, before any option can silence it: keep
-    it off the program's output and logs (its errors reach Python as exceptions)."""
+@functools.cache
+def _silence_banner() -> None:
+    """HiGHS prints a banner on the C-level stdout when its first instance starts, before any option can
+    silence it (once a process): start that instance with stdout on /dev/null, so that the banner stays
+    off the program's output. Solves then run with output_flag off and touch no file descriptor, so the
+    other threads' output is never redirected."""
     sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(null, 1)
-        os.dup2(null, 2)
-        yield
+        highspy.Highs()
     finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
 
 
 def _pieces(lo: float, hi: float, step: float, log_scale: bool) -> int:
@@ -293,7 +291,8 @@ def solve(app: AppSpec, cands: dict[str, list[Candidate]], demand: float, featur
         opts.update(time_limit=max(float(time_limit), 0.01), mip_rel_gap=1e-6,
                     mip_abs_gap=_abs_gap(weights, clist, demand, bounds))
     try:
-        with warnings.catch_warnings(), _quiet():
+        _silence_banner()
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "may be inaccurate" at the time limit
             problem.solve(solver=cp.HIGHS, **opts)
     except cp.error.SolverError:

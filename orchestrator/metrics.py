@@ -1,10 +1,13 @@
 """Read Triton's and the jigsaw backend's Prometheus metrics (the server's metrics port)."""
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from .errors import UnreachableError
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,16 @@ def parse(text: str, t: float) -> Scrape:
 
 
 def scrape(url: str, t: float, timeout_s: float = 5.0) -> Scrape:
-    """Fetch and parse the metrics page at ``url`` (e.g. http://127.0.0.1:8002/metrics)."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-        return parse(resp.read().decode(), t)
+    """Fetch and parse the metrics page at ``url`` (e.g. http://127.0.0.1:8002/metrics); UnreachableError
+    (naming ``url``) when nothing answers there."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return parse(resp.read().decode(), t)
+    except urllib.error.HTTPError:
+        raise  # something answered: its error is the message
+    except (urllib.error.URLError, OSError) as exc:  # refused, unresolvable, timed out
+        reason = getattr(exc, "reason", None) or exc
+        raise UnreachableError(f"cannot reach the server's metrics at {url}: {reason}") from None
 
 
 def increase(before: float, after: float) -> float:

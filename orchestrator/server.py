@@ -5,6 +5,7 @@ by a killed server goes with it.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -39,6 +40,86 @@ LOAD_THREADS = 4
 # Without a control key the repository API stays open (tests, profiling); health, metadata, model config
 # and inference stay open.
 ADMIN_APIS = ("shared-memory", "statistics", "trace", "logging")
+
+
+# held (flock) by `jigsaw serve` for its server's life, with the holder's PID and ports in it: a second
+# serve of the repository fails before it changes anything (its control key, the first server's)
+REPO_LOCK = ".jigsaw-serve.lock"
+
+
+class RepoBusy(RuntimeError):
+    """The repository is already served; ``holder`` is what its server wrote in the lock (may be {})."""
+
+    def __init__(self, message: str, holder: dict) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class RepoLock:
+    """An exclusive, non-blocking flock on ``REPO/REPO_LOCK``, kept until ``release`` (or the process
+    exits: the kernel drops it, also on SIGKILL). ``acquire`` raises RepoBusy naming the holder."""
+
+    def __init__(self, repo: Path) -> None:
+        self.path = Path(repo) / REPO_LOCK
+        self._fd: int | None = None
+
+    def acquire(self, **info: object) -> RepoLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._read(fd)
+            os.close(fd)
+            raise RepoBusy(f"{self.path.parent} is already served by {self.describe(holder)}; stop it first "
+                           f"(or serve another repository)", holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        os.ftruncate(fd, 0)  # what an earlier holder killed outright left
+        self.update(pid=os.getpid(), **info)
+        return self
+
+    @staticmethod
+    def _read(fd: int) -> dict:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            holder = json.loads(os.read(fd, 65536).decode() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    @staticmethod
+    def describe(holder: dict) -> str:
+        if not holder.get("pid"):
+            return "another jigsaw serve (its PID and ports are not written yet)"
+        ports = ", ".join(f"{k} {holder['host']}:{holder[f'{k}_port']}" for k in ("http", "grpc", "metrics")
+                          if f"{k}_port" in holder and "host" in holder)
+        triton = f", tritonserver pid {holder['tritonserver_pid']}" if holder.get("tritonserver_pid") else ""
+        return f"jigsaw serve pid {holder['pid']}{triton}" + (f" ({ports})" if ports else "")
+
+    def update(self, **info: object) -> None:
+        """Merge ``info`` into what the lock file says about its holder."""
+        assert self._fd is not None, "lock not held"
+        holder = {**self._read(self._fd), **info}
+        data = json.dumps(holder).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+
+    def release(self) -> None:
+        """Empty the file and drop the lock. Idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
+
+    def __enter__(self) -> RepoLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def free_ports(n: int) -> list[int]:

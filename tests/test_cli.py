@@ -349,3 +349,12 @@ def test_plan_out_makes_its_folder(capsys, tiny: str, tmp_path: Path) -> None:
     rc, _, err = run_cli(capsys, "plan", tiny, "--profiles", PROFILES, "--demand", "10", "--out", str(out))
     assert rc == 0, err
     assert out.exists()
+
+
+def test_no_solver_banner_in_a_plans_output(tiny: str) -> None:
+    """HiGHS prints a banner on the C-level stdout when it starts; neither stream of `jigsaw plan` shows it."""
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "plan", tiny, "--profiles", PROFILES,
+                           "--demand", "10"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "HiGHS" not in done.stdout and "HiGHS" not in done.stderr
+    assert done.stdout.startswith("plan for ")
