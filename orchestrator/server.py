@@ -116,7 +116,7 @@ class RepoLock:
                 os.close(fd)
 
     def __enter__(self) -> RepoLock:
-        return self.acquire()
+        return self if self._fd is not None else self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()

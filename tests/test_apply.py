@@ -25,7 +25,7 @@ from orchestrator.profiles import load_profiles
 from google.protobuf import text_format
 
 from orchestrator.render import build_configs, routing_path, write_repository
-from orchestrator.server import LOAD_THREADS, TritonServer, free_ports
+from orchestrator.server import LOAD_THREADS, RepoBusy, RepoLock, TritonServer, free_ports
 from orchestrator.tritonenv import prepare_backend_dir, server_env
 
 CPU = Inventory(gpus=(), source="test: cpu")
@@ -196,10 +196,16 @@ def test_failed_apply_rolls_back(server) -> None:
         for v in task["variants"].values():
             v["runtime"] = {"kind": "no_such_kind"}
     tables = {p: p.stat().st_ino for p in Path(server.repo).glob("cpudemo/.backlog-*")}
-    with Load(server.grpc_url, threads=2) as load:
-        with pytest.raises(RuntimeError, match="rolled back"):
-            apply(build_configs(bad, CPU), server.repo, client, control_headers(KEY, True))
-        time.sleep(0.5)
+    lock = RepoLock(server.repo).acquire()  # as `jigsaw serve` holds it
+    try:
+        with Load(server.grpc_url, threads=2) as load:
+            with pytest.raises(RuntimeError, match="rolled back"):
+                apply(build_configs(bad, CPU), server.repo, client, control_headers(KEY, True))
+            time.sleep(0.5)
+        with pytest.raises(RepoBusy):  # the rollback kept the locked file, not a copy of it
+            RepoLock(server.repo).acquire()
+    finally:
+        lock.release()
     assert load.errors == [] and load.ok > 0
     assert _runners(client) == before
     assert not Path(str(server.repo) + ".previous").exists()

@@ -358,3 +358,19 @@ def test_no_solver_banner_in_a_plans_output(tiny: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "HiGHS" not in done.stdout and "HiGHS" not in done.stderr
     assert done.stdout.startswith("plan for ")
+
+
+def test_apply_to_an_address_nothing_listens_at_is_a_clear_error(capsys, tmp_path: Path) -> None:
+    """No traceback: exit 1 naming the address, and the repository untouched (no backup made)."""
+    from orchestrator.server import free_ports
+    cpu = ROOT / "examples" / "cpu"
+    plan, repo = tmp_path / "plan.json", tmp_path / "repo"
+    assert run_cli(capsys, "plan", cpu / "app.yaml", "--profiles", cpu / "profiles.csv", "--demand", 40,
+                   "--out", plan)[0] == 0
+    assert run_cli(capsys, "render", plan, "--out", repo)[0] == 0
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    addr = f"127.0.0.1:{free_ports(1)[0]}"  # closed: nothing binds it
+    rc, _, err = run_cli(capsys, "apply", plan, "--repo", repo, "--url", addr)
+    assert rc == 1, err
+    assert f"cannot reach the server's gRPC endpoint at {addr}" in err and "Traceback" not in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -637,3 +637,57 @@ def test_no_traffic_plans_the_least_once() -> None:
     from orchestrator.controller import MIN_PLANNED_RPS, Policy, decide
     assert decide(60.0, 0.0, 10, Policy()) == MIN_PLANNED_RPS
     assert decide(MIN_PLANNED_RPS, 0.0, 10, Policy()) is None
+
+
+# -- an unreachable server ----------------------------------------------------------------------------
+
+def test_scrape_of_a_closed_port_names_the_metrics_url() -> None:
+    from orchestrator.errors import UnreachableError
+    from orchestrator.metrics import scrape
+    from orchestrator.server import free_ports
+    url = f"http://127.0.0.1:{free_ports(1)[0]}/metrics"
+    with pytest.raises(UnreachableError, match=f"cannot reach the server's metrics at {url}: .*refused"):
+        scrape(url, 0.0)
+
+
+def test_run_against_a_dead_server_says_what_it_cannot_reach_and_keeps_the_plan(tmp_path: Path) -> None:
+    from orchestrator.server import free_ports
+    url = f"http://127.0.0.1:{free_ports(1)[0]}/metrics"
+    lines: list[str] = []
+    stop = threading.Event()
+    c = Controller(load_app(CPU / "app.yaml"), load_profiles(CPU / "profiles.csv"), gpu_type("cpu"), PlanOptions(),
+                   Inventory(gpus=(), source="test: cpu"), tmp_path / "repo", url, MovingAverage(window=1, slack=0.0),
+                   EventLog(tmp_path / "events.jsonl", origin=0.0), POLICY, apply_plan=lambda r: None,
+                   progress=lambda line: (lines.append(line), len(lines) == 3 and stop.set()))
+    plan = c.initial(20)
+    c.run(0.5, stop)  # two steps fail, each logged, then the progress callback stops it
+    assert len(lines) == 3 and c.plan is plan
+    for line in lines[1:]:
+        assert line.startswith(f"controller step failed: cannot reach the server's metrics at {url}: ")
+        assert "keeping the plan for 20 req/s, retrying in 0.5 s" in line and "URLError" not in line
+    errors = [e for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines()) if e["kind"] == "error"]
+    assert len(errors) == 2 and url in errors[0]["reason"]
+
+
+def test_an_apply_to_an_unreachable_server_keeps_the_plan_and_names_the_address(tmp_path: Path, monkeypatch) -> None:
+    import tritonclient.grpc as grpcclient
+    from orchestrator.control import Applier
+    from orchestrator.server import free_ports
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.1))
+    first = f.c.initial(20 * 1.1)
+    addr = f"127.0.0.1:{free_ports(1)[0]}"
+    client = grpcclient.InferenceServerClient(addr)
+    f.c.apply_plan = Applier(tmp_path / "repo", client)
+    try:
+        for rps in (20, 200):
+            f.push(rps)
+        f.c.step()
+        f.c.step()  # replans up; the apply cannot reach the server
+    finally:
+        client.close()
+    assert f.c.plan is first
+    assert any(line.startswith(f"apply failed, old plan keeps serving: cannot reach the server's gRPC endpoint "
+                               f"at {addr}") for line in f.lines), f.lines
+    assert [e["reason"] for e in f.events("apply_failed")] == [
+        next(line for line in f.lines if "apply failed" in line).split("keeps serving: ", 1)[1]]
+    assert not (tmp_path / "repo.previous").exists()

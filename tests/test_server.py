@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from tritonclient.utils import InferenceServerException
 from orchestrator import tritonenv
 from orchestrator.cli import main
 from orchestrator.errors import InputError
-from orchestrator.server import CONTROL_HEADER, GRPC_CONTROL_HEADER, MpsDaemon, TritonServer, free_ports
+from orchestrator.server import (CONTROL_HEADER, GRPC_CONTROL_HEADER, REPO_LOCK, MpsDaemon, RepoBusy, RepoLock,
+                                 TritonServer, free_ports)
 from orchestrator.tritonenv import find_runtime, prepare_backend_dir, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,3 +252,77 @@ def test_serve_until_sigterm(placeholder_pkg, tmp_path):
     assert proc.returncode == 0, out
     assert out.rstrip().endswith("stopped")
     assert not _group_alive(server_pid)
+
+
+def _serve(repo: Path, ports: dict[str, int], placeholder_pkg: Path, tmp_path: Path, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(placeholder_pkg), str(ROOT)]), "TMPDIR": str(tmp_path)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "serve", str(repo), "--http-port", str(ports["http_port"]),
+         "--grpc-port", str(ports["grpc_port"]), "--metrics-port", str(ports["metrics_port"])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path, **kw)
+
+
+def test_second_serve_of_a_served_repo_fails_at_once_naming_the_first(placeholder_pkg, tmp_path):
+    repo = tmp_path / "repo"
+    _model(repo, "double", "python", DOUBLE_PY)
+    ports, other = _ports(), _ports()
+    first = _serve(repo, ports, placeholder_pkg, tmp_path)
+    server_pid = None
+    try:
+        lines = []
+        while not any("ready" in line for line in lines):
+            line = first.stdout.readline()
+            assert line, "serve exited early:\n" + "".join(lines)
+            lines.append(line)
+        server_pid = int(lines[-1].split("pid ")[1].split()[0])
+        key_file = repo / ".jigsaw-control-key"
+        key, key_stat = key_file.read_text(), key_file.stat()
+        started = time.monotonic()
+        second = _serve(repo, other, placeholder_pkg, tmp_path)
+        try:
+            out, _ = second.communicate(timeout=60)
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.wait()
+        took = time.monotonic() - started
+        assert second.returncode == 1, out
+        assert took < 15, f"took {took:.1f} s: {out}"  # a Python start; no tritonserver was started
+        assert "Traceback" not in out and "tritonserver" in out and "control key in" not in out
+        assert f"jigsaw serve pid {first.pid}, tritonserver pid {server_pid}" in out, out
+        for port in ports.values():
+            assert f"127.0.0.1:{port}" in out, out
+        assert (key_file.read_text(), key_file.stat().st_mtime_ns) == (key, key_stat.st_mtime_ns)
+        with httpclient.InferenceServerClient(f"127.0.0.1:{ports['http_port']}") as client:
+            assert client.is_model_ready("double")
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        if server_pid and _group_alive(server_pid):
+            os.killpg(server_pid, signal.SIGKILL)
+    assert first.returncode == 0, out
+    RepoLock(repo).acquire().release()  # released when the server stopped
+
+
+def test_serve_releases_the_repo_lock_when_the_server_fails(tmp_path, capsys, monkeypatch):
+    def fail(self):
+        raise RuntimeError("tritonserver exited with code 1 (test)")
+    monkeypatch.setattr(TritonServer, "__enter__", fail)
+    monkeypatch.setattr("orchestrator.tritonenv.prepare_backend_dir", lambda d: d)
+    monkeypatch.setattr("orchestrator.tritonenv.server_env", lambda: {})
+    ports = _ports()
+    args = ["serve", str(tmp_path), *(f"--{k.replace('_', '-')}={v}" for k, v in ports.items())]
+    assert main(args) == 1
+    assert "exited with code 1 (test)" in capsys.readouterr().err
+    assert (tmp_path / REPO_LOCK).read_text() == ""  # no holder left in it
+    key = (tmp_path / ".jigsaw-control-key").read_text()
+    with RepoLock(tmp_path).acquire(host="127.0.0.1", http_port=1) as lock:  # free again
+        with pytest.raises(RepoBusy, match=rf"already served by jigsaw serve pid {os.getpid()} \(http 127\.0\.0\.1:1\)"):
+            RepoLock(tmp_path).acquire()
+        lock.update(tritonserver_pid=42)
+        assert main(args) == 1  # before the key is written
+        assert f"pid {os.getpid()}, tritonserver pid 42" in capsys.readouterr().err
+        assert (tmp_path / ".jigsaw-control-key").read_text() == key
