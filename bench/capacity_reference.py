@@ -61,7 +61,6 @@ def main() -> None:
         lines.append(f"| {r['app']} | {r['features']} | {r['default']['max_demand_rps']:.0f} | {r['default']['seconds']:.1f} | "
                      f"{r['reference']['max_demand_rps']:.0f} | {r['reference']['seconds']:.1f} | {ratio} |")
     write(args.out, record, lines)
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

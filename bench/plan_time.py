@@ -72,7 +72,6 @@ def main() -> None:
         lines.append(f"| {r['app']} | {r['demand_rps']:.0f} | {p['wall_s']:.2f} | {p['method']} | {p['slices']} | "
                      f"{p['accuracy']:.4f} | {q['wall_s']:.2f} | {q['slices']} | {q['accuracy']:.4f} | {gap:+.5f} |")
     write(args.out, record, lines)
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

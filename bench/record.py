@@ -17,7 +17,8 @@ def provenance() -> dict[str, str]:
 
 
 def write(out: Path, record: dict[str, Any], table: list[str]) -> None:
-    """The JSON at ``out`` and the table, headed by the provenance, beside it (.md)."""
+    """The JSON at ``out`` and the table, headed by the provenance, beside it (.md); the table on stdout."""
     out.write_text(json.dumps(record, indent=2, default=str) + "\n")
     out.with_suffix(".md").write_text(f"{record['date']}, {record['machine']}:\n\n    {record['command']}\n\n"
                                       + "\n".join(table) + "\n")
+    print("\n".join(table))

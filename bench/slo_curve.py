@@ -70,7 +70,6 @@ def main() -> None:
         lines.append(f"| {r['app']} | {r['latency_slo_ms']:g} | {r['slo_factor']:g} | {r[a_label]['max_demand_rps']:.0f} | "
                      f"{r[b_label]['max_demand_rps']:.0f} | {ratio} | {secs:.1f} |")
     write(args.out, record, lines)
-    print("\n".join(lines))
     _plot(rows, a_label, b_label, args.out.with_suffix(".png"), args.gpus, gpu.name)
 
 
