@@ -1,6 +1,6 @@
 """The paper's empirical comparison on one GPU: JigsawServe (A+S+T) against A+T, S+T and A+S.
 
-For each app (``--app``, repeatable: one directory per app under ``--out``), in one session, on real
+For each app (``--app``, repeatable: one directory per app under ``--out``), in one run, on real
 Triton with the jigsaw backend:
   1. the demand every system is tested at: the shipped synthetic diurnal day scaled so that its peak
      is ``--peak-fraction`` of what A+S+T can serve on the GPUs (``capacity.max_demand``);
@@ -39,7 +39,7 @@ from orchestrator.profiles import default_gpu, load_profiles  # noqa: E402
 
 # triton_backend.zoo.CAPTURE_ENV and CAPTURE_POLICIES, without importing torch here
 CAPTURE_ENV, CAPTURE_POLICIES = "JIGSAW_CAPTURE", ("cheap", "half", "all", "background")
-from tools.trace import compress, scale_to_peak, synthetic_diurnal  # noqa: E402
+from tools.trace import compress, scale_to_peak, synthetic_diurnal, with_burst  # noqa: E402
 
 SYSTEMS = {"ast": "JigsawServe (A+S+T)", "at": "A+T (Loki-like)", "st": "S+T (ParvaGPU-like)",
            "as": "A+S (Clover-like)"}
@@ -50,6 +50,10 @@ def log(line: str) -> None:
 
 
 def plot(results: list[dict], out: Path) -> None:
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
+        log("matplotlib is not installed: no comparison.png (--merge draws it elsewhere)")
+        return
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -83,7 +87,8 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
     cap = max_demand(app, profiles, gpu, PlanOptions(features=Features.parse("ast"), gpus=args.gpus))
     peak = args.peak or args.peak_fraction * cap.max_demand_rps
     log(f"{app.name}: A+S+T capacity on {args.gpus} GPU(s): {cap.max_demand_rps:.1f} req/s; trace peak {peak:.1f} req/s")
-    trace = compress(scale_to_peak(synthetic_diurnal(), peak), args.duration)
+    day = scale_to_peak(synthetic_diurnal(), peak)
+    trace = compress(with_burst(day, args.burst, args.burst_fraction) if args.burst else day, args.duration)
     total = gpu.slices * args.gpus
     results = []
     for key in args.systems.split(","):
@@ -98,7 +103,8 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                  "surge_poll_s": args.surge_poll, "admission_reserve": args.admission_reserve,
                  "refine_drift": args.refine_drift, "shed_limit": args.shed_limit, "surge_headroom": args.surge_headroom,
                  "profiles": str(args.profiles), "capture": args.capture, "client_deadline": args.client_deadline,
-                 "queueing": args.queueing,
+                 "queueing": args.queueing, "standby": args.standby, "standby_slices": args.standby_slices, "burst": args.burst,
+                 "burst_fraction": args.burst_fraction,
                  "run_dir": str(run_dir)}
         log(f"--- {app.name}: {label}")
         try:
@@ -107,7 +113,8 @@ def evaluate(app_path: str, args: argparse.Namespace, out: Path) -> list[dict]:
                              policy=Policy(headroom=args.headroom, surge_poll_s=args.surge_poll,
                                            admission_reserve=args.admission_reserve,
                                            refine_drift=args.refine_drift, shed_limit=args.shed_limit,
-                                           surge_headroom=args.surge_headroom),
+                                           surge_headroom=args.surge_headroom, standby=args.standby,
+                                           standby_slices=args.standby_slices),
                              notes="bench/h200_eval.py; MIG emulated with MPS SM caps and memory limits",
                              send_deadline=args.client_deadline)
             entry["summary"] = run(exp, progress=log)
@@ -144,7 +151,7 @@ def write_report(results: list[dict], out: Path) -> None:
              + (f" (surges: x {1 + first['surge_headroom']:g})" if first.get("surge_headroom") is not None else "")
              + (f", refining profiles {100 * first['refine_drift']:g}% slower" if first.get("refine_drift") else "")
              + (f", stepping up past {100 * first['shed_limit']:g}% shed" if first.get("shed_limit") else "")
-             + (f"; profiles {first['profiles']}" if first.get("profiles") else "")  # recorded since the eighth session
+             + (f"; profiles {first['profiles']}" if first.get("profiles") else "")  # older records lack it
              + (f"; runners' captures: {first['capture']}" if first.get("capture") else "")
              + ("; plans with the queueing term" if first.get("queueing") else "")
              + {True: "; requests carry the client's deadline (deadline_ns)",
@@ -158,8 +165,8 @@ def write_report(results: list[dict], out: Path) -> None:
             lines.append(f"| {r['label']} | - | cannot be placed: {r['infeasible'][:80]} | - | - | - | - | - | - |")
             continue
         s = r["summary"]
-        applies = s["plan_changes"].get("applies") or {}  # summaries before 2026-11-29 (third) lack it
-        server = s.get("server")  # answers leaving a sink stage late; runs before the sixth session lack it
+        applies = s["plan_changes"].get("applies") or {}  # older records lack it
+        server = s.get("server")  # answers leaving a sink stage late; older records lack it
         lines.append(f"| {r['label']} | {s['requests']['total']} | {100 * (s['slo_violation_rate'] or 0):.2f}% | "
                      f"{s['requests']['late']} / {s['requests']['dropped']} | "
                      f"{server['sink_misses'] if server else '-'} | "
@@ -195,6 +202,14 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--headroom", type=float, default=0.5,
                     help="plan for forecast x (1 + headroom): keeps runners below ~1/(1+headroom) utilisation")
+    ap.add_argument("--standby", action="store_true",
+                    help="keep a standby plan's runners loaded (Policy.standby): most scale-ups a routing swap")
+    ap.add_argument("--standby-slices", type=int, default=None,
+                    help="the standby runners beside the live plan's take at most this many slices (default: the "
+                         "GPUs' spare slices; with MIG emulated a standby runner holds memory only)")
+    ap.add_argument("--burst", type=float, default=0.0,
+                    help="add a burst of this x the day's peak (tools.trace.with_burst; 0: none)")
+    ap.add_argument("--burst-fraction", type=float, default=0.1, help="... lasting this share of the day")
     ap.add_argument("--surge-poll", type=float, default=Policy().surge_poll_s,
                     help="the controller's surge checks between steps, every this many seconds (0: none)")
     ap.add_argument("--admission-reserve", type=float, default=Policy().admission_reserve,
@@ -219,7 +234,7 @@ def main() -> None:
                     help="plan with the queueing term (PlanOptions.queueing, docs/planning.md)")
     ap.add_argument("--no-client-deadline", dest="client_deadline", action="store_false",
                     help="the load generator sends no deadline_ns: a request's deadline starts when a graph "
-                         "instance takes it (as before the eleventh session)")
+                         "instance takes it (as older records ran)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", default="/tmp/jigsaw-runs", help="where the full run directories go")
     ap.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",

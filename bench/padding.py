@@ -4,7 +4,7 @@ A GPU runner replays one captured CUDA graph per batch size; a batch between two
 padded to the larger one. EfficientNet runners capture batch 1 and their max only (their captures
 cost 1.5-4.2 s a size: ``triton_backend.zoo.CHEAP_CAPTURE_S``), so on the H200 traffic's car runner at
 batch 16 ran 10-row batches as 16, back to back, and its requests waited 17.6-27 ms in its queue
-(``bench/results/h200-eval/results.md``, ninth session). This bench serves a two-task app (a source
+(``bench/results/h200-eval/results.md``, 2026-11-29, the refined profile's runs). This bench serves a two-task app (a source
 fanning out 3 items per request to a "car" task) whose car runner is a numpy stand-in that sleeps
 like a batch of the padded size (``NumpyMlp.pad_to``: ``delay_ms + delay_per_item_ms x rows``, scaled
 by ``--scale``), planned by the real planner from a profile of every size, padding to {1, max},

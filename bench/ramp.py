@@ -339,7 +339,7 @@ def main() -> None:
     ap.add_argument("--shed-limit", type=float, default=Policy().shed_limit,
                     help="the controller steps a plan up when this share of the requests was shed (0: never)")
     ap.add_argument("--down-on-rise", action="store_true",
-                    help="let a down replan go below what rising arrivals project (the rule before 2026-11-29, eighth)")
+                    help="let a down replan go below what rising arrivals project (the rule before fb699cd)")
     ap.add_argument("--efficiency", type=float, default=1.0,
                     help="the share of its planned demand a plan really serves (capacity = plan x this)")
     ap.add_argument("--poisson-seed", type=int, default=None,

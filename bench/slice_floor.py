@@ -25,7 +25,7 @@ from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
 from orchestrator.profiles import Profiles, default_gpu, load_profiles  # noqa: E402
 from tools.trace import scale_to_peak, synthetic_diurnal  # noqa: E402
 
-# the eleventh and twelfth sessions' runs: trace peak on one GPU and the controller's headroom
+# the H200 runs of f789673 and 8a61e13 (2026-11-29): trace peak on one GPU and the controller's headroom
 RUNS = {"social": (663.1, 0.4), "traffic": (369.1, 0.5), "ar": (105.7, 0.5)}
 
 

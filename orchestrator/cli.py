@@ -162,15 +162,20 @@ def _write_key(path: Path, key: str) -> None:
                    f"written to REPO/{KEY_FILE}")
 @click.option("--max-request-mb", type=float, default=64.0, show_default=True,
               help="largest HTTP request body (also decompressed) the HTTP front passes on")
+@click.option("--restart", "restarts", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="when tritonserver dies, start it again on REPO (the last applied plan) and the same ports, "
+                   "at most N times; then exit 1")
 def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_port: int,
-          control_key: str | None, max_request_mb: float) -> None:
+          control_key: str | None, max_request_mb: float, restarts: int) -> None:
     """Serve the model repository REPO with Triton until SIGINT or SIGTERM.
 
     The python and jigsaw backends are prepared in a temporary directory (removed on exit): Triton
     takes every subdirectory of REPO for a model. An MPS control daemon is started first when
-    REPO/jigsaw.json has "uses_mps": true and MPS is available.
+    REPO/jigsaw.json has "uses_mps": true and MPS is available. Every stop of tritonserver (also its
+    death) ends its stubs and removes its shared-memory regions.
     """
     from .server import MpsDaemon, RepoBusy, RepoLock, TritonServer
+    from .supervise import supervise
     from .tritonenv import prepare_backend_dir, server_env
 
     repo = Path(repo_path).resolve()
@@ -199,25 +204,25 @@ def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_por
                     click.echo(f"MPS control daemon pid {mps.pid}, pipe {mps.env()['CUDA_MPS_PIPE_DIRECTORY']}")
                 else:
                     click.echo("warning: REPO asks for MPS, which is unavailable here: serving without", err=True)
-            backends = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jigsaw-backends-")))
-            server = stack.enter_context(TritonServer(repo, prepare_backend_dir(backends), host=host,
-                                                      http_port=http_port, grpc_port=grpc_port,
-                                                      metrics_port=metrics_port, control_key=key, env=env,
-                                                      max_request_bytes=int(max_request_mb * 2**20)))
-            lock.update(tritonserver_pid=server.pid)
-            click.echo(f"tritonserver pid {server.pid} ready: http {server.http_url}, grpc {server.grpc_url}, "
-                       f"metrics {server.metrics_url}, log {server.log_path}")
+            backend_dir = prepare_backend_dir(Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="jigsaw-backends-"))))
+
+            def start() -> TritonServer:  # stopped by the stack on exit (a no-op for one already stopped)
+                server = stack.enter_context(TritonServer(repo, backend_dir, host=host, http_port=http_port,
+                                                          grpc_port=grpc_port, metrics_port=metrics_port,
+                                                          control_key=key, env=env,
+                                                          max_request_bytes=int(max_request_mb * 2**20)))
+                lock.update(tritonserver_pid=server.pid)
+                click.echo(f"tritonserver pid {server.pid} ready: http {server.http_url}, grpc {server.grpc_url}, "
+                           f"metrics {server.metrics_url}, log {server.log_path}")
+                return server
             try:
-                while server.exit_code is None:
-                    time.sleep(0.5)
+                supervise(start, restarts, click.echo)
             except KeyboardInterrupt:
                 for sig in handlers:
                     signal.signal(sig, signal.SIG_IGN)  # let the shutdown finish
                 click.echo("stopping")
-            else:
-                raise click.ClickException(f"tritonserver exited with code {server.exit_code}; last lines of "
-                                           f"{server.log_path}:\n{server.log_tail()}")
-    except RuntimeError as exc:  # the server or MPS failed to start
+    except RuntimeError as exc:  # the server or MPS failed to start, or the server died (supervise.ServerDied)
         raise click.ClickException(str(exc)) from exc
     finally:
         lock.release()  # after the server stopped (the ExitStack): the next serve of REPO may start
@@ -507,7 +512,7 @@ def _run_experiment(app_path: str, profiles_path: str, gpu_name: str | None, fea
                     interval: float, out: str, inventory: str | None, forecaster: str, system: str,
                     headroom: float, notes: str = "", surge_poll: float | None = None,
                     shed_limit: float | None = None, latency_model: str = "batches",
-                    dataset: str | None = None) -> dict:
+                    dataset: str | None = None, standby: bool = False) -> dict:
     from .experiment import Experiment, run as run_exp
     from .inventory import detect
 
@@ -517,18 +522,22 @@ def _run_experiment(app_path: str, profiles_path: str, gpu_name: str | None, fea
     exp = Experiment(app=app, profiles=profiles, gpu=gpu, opts=opts, inventory=detect(inventory),
                      trace=_trace(trace_path, peak, duration), interval_s=interval, out=Path(out),
                      system=system or opts.features.label, forecaster=forecaster, notes=notes,
-                     policy=_policy(headroom, surge_poll, shed_limit), dataset=Path(dataset) if dataset else None)
+                     policy=_policy(headroom, surge_poll, shed_limit, standby), dataset=Path(dataset) if dataset else None)
     try:
         return run_exp(exp, progress=lambda line: click.echo(line, err=True))
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def _policy(headroom: float, surge_poll: float | None, shed_limit: float | None = None):
+def _policy(headroom: float, surge_poll: float | None, shed_limit: float | None = None, standby: bool = False):
     """The controller's policy: the defaults, with the options given."""
     from .controller import Policy
     given = {"surge_poll_s": surge_poll, "shed_limit": shed_limit}
-    return Policy(headroom=headroom, **{k: v for k, v in given.items() if v is not None})
+    return Policy(headroom=headroom, standby=standby, **{k: v for k, v in given.items() if v is not None})
+
+
+STANDBY_HELP = ("keep the runners of a plan for (1 + headroom)^2 x the planned demand loaded beside the live plan's, "
+                "in no route, within the GPUs' spare slices: a scale-up it covers is a routing swap, nothing loads")
 
 
 SURGE_HELP = ("between measurements, check this often (s) whether arrivals already exceed the plan and replan up "
@@ -542,6 +551,7 @@ def _experiment_options(f):
     f = click.option("--dataset", type=click.Path(file_okay=False), default=None,
                      help="a typed app: the requests to send, in turn (labels.jsonl; default: 32 that its "
                           "evaluation.make writes into the run directory)")(f)
+    f = click.option("--standby", is_flag=True, help=STANDBY_HELP)(f)
     f = click.option("--shed-limit", type=click.FloatRange(min=0, max=1), default=None, help=SHED_HELP)(f)
     f = click.option("--surge-poll", type=click.FloatRange(min=0), default=None, help=SURGE_HELP)(f)
     f = click.option("--headroom", type=click.FloatRange(min=0), default=0.3, show_default=True,
@@ -578,14 +588,23 @@ def _print_report(summary: dict, out: str, as_json: bool) -> None:
 def experiment(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float,
                method: str, latency_model: str, trace_path: str | None, peak: float, duration: float, interval: float,
                inventory: str | None, forecaster: str, headroom: float, surge_poll: float | None,
-               shed_limit: float | None, dataset: str | None, as_json: bool, gpus: int | None, out: str,
+               shed_limit: float | None, standby: bool, dataset: str | None, as_json: bool, gpus: int | None, out: str,
                system: str) -> None:
     """Serve APP.yaml under a replayed demand trace with live replanning, then report (closed loop)."""
     summary = _run_experiment(app_path, profiles_path, gpu_type, features, method, time_limit, gpus, trace_path,
                               peak, duration, interval, out, inventory, forecaster, system, headroom,
                               surge_poll=surge_poll, shed_limit=shed_limit, latency_model=latency_model,
-                              dataset=dataset)
+                              dataset=dataset, standby=standby)
     _print_report(summary, out, as_json)
+
+
+def _mig_type_of(device_name: str):
+    """The catalogue's MIG GPU type for an NVML device name (its shapes are what the demo emulates): A100,
+    H100, H200 by name; any other GPU as an H100's shapes scaled to its SMs and memory by the binding."""
+    for marker, name in (("A100", "a100-80gb"), ("H200", "h200-141gb"), ("H100", "h100-80gb")):
+        if marker in device_name.upper():
+            return gpu_type(name)
+    return gpu_type("h100-80gb")
 
 
 def _gpu_available() -> bool:
@@ -620,8 +639,9 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
 
     On a CPU: examples/cpu/app.yaml (numpy stand-in variants, emulated device time), profiled here
     first, on 4 whole-CPU slices. On a GPU: examples/h200/traffic.yaml (torchvision models as CUDA
-    graphs) on one GPU with MIG emulated by MPS, with examples/h200/profiles.csv on an H200 and a
-    fresh `jigsaw profile` (about 5 minutes) elsewhere.
+    graphs) on one GPU with MIG emulated by MPS (the MIG shapes of an A100, H100 or H200, by the GPU's name),
+    with examples/h200/profiles.csv on an H200, profiles.<gpu type>.csv beside it where one exists (H100),
+    and a fresh `jigsaw profile` (about 5 minutes, written into --out) elsewhere.
 
     With --app: a typed app with an evaluation, planned from the profiles.csv beside it (profiled here
     first when there is none), served, sent a fresh ground-truth dataset; the summary has its quality
@@ -636,13 +656,17 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
         return
     if device == "gpu" or (device == "auto" and _gpu_available()):
         app_path = root / "examples" / "h200" / "traffic.yaml"
-        profiles_path = root / "examples" / "h200" / "profiles.csv"
         from .inventory import detect
-        if "H200" not in detect(None).gpus[0].name:
+        device_name = detect(None).gpus[0].name
+        catalogue = _mig_type_of(device_name)
+        profiles_path = root / "examples" / "h200" / ("profiles.csv" if catalogue.name == "h200-141gb"
+                                                      else f"profiles.{catalogue.name}.csv")
+        if not profiles_path.is_file():
             from tools.profile_gpu import run as profile_gpu
             profiles_path = Path(out) / "profiles.csv"
-            click.echo(f"profiling {app_path} on this GPU -> {profiles_path}", err=True)
-            profile_gpu([load_app(app_path)], gpu_type("h200-141gb"), str(profiles_path),
+            click.echo(f"no profile for {device_name}: profiling {app_path} on it as {catalogue.name} (MIG emulated "
+                       f"with MPS) -> {profiles_path}", err=True)
+            profile_gpu([load_app(app_path)], catalogue, str(profiles_path),
                         progress=lambda line: click.echo(line, err=True))
         gpus, label, headroom = 1, "A+S+T (demo, GPU, MIG emulated)", 0.5
         if peak is None:
@@ -657,7 +681,7 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
         profile_cpu([load_app(app_path)], str(profiles_path), repeats=10, progress=lambda _: None)
         gpus, label, headroom, peak = 4, "A+S+T (demo, CPU)", DEMO_HEADROOM, peak or 40.0
     summary = _run_experiment(str(app_path), str(profiles_path), None, "ast", "auto", 2.0, gpus, None, peak,
-                              duration, max(2.0, duration / 20), out, None, "holt", label, headroom,
+                              duration, max(2.0, duration / 20), out, None, "holt", label, headroom, standby=gpus == 1,
                               notes=f"jigsaw demo: {app_path.relative_to(root)}, synthetic diurnal day compressed "
                                     f"to {duration:g} s")
     _print_report(summary, out, as_json)
@@ -801,6 +825,7 @@ def bundle(out: str, python_version: str, platforms: tuple[str, ...], deps: bool
               help="plan for the forecast x (1 + headroom)")
 @click.option("--surge-poll", type=click.FloatRange(min=0), default=None, help=SURGE_HELP)
 @click.option("--shed-limit", type=click.FloatRange(min=0, max=1), default=None, help=SHED_HELP)
+@click.option("--standby", is_flag=True, help=STANDBY_HELP)
 @click.option("--forecaster", type=click.Choice(["holt", "moving-average"]), default="holt", show_default=True,
               help="holt: level + trend + residual-quantile slack; moving-average: the paper's (5 bins + 5%)")
 @click.option("--inventory", default=None, type=click.Path(), help="simulated GPU inventory JSON")
@@ -808,8 +833,8 @@ def bundle(out: str, python_version: str, platforms: tuple[str, ...], deps: bool
               help="where decisions are logged (tools/report.py reads it)")
 def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float, method: str,
           latency_model: str, plan_path: str, repo_path: str, url: str, metrics_url: str, control_key: str | None, interval: float,
-          gpus: int | None, headroom: float, surge_poll: float | None, shed_limit: float | None, forecaster: str,
-          inventory: str | None, events: str) -> None:
+          gpus: int | None, headroom: float, surge_poll: float | None, shed_limit: float | None, standby: bool,
+          forecaster: str, inventory: str | None, events: str) -> None:
     """Keep a running server's plan matched to its demand: measure, forecast, replan, apply (Ctrl-C stops)."""
     import threading
 
@@ -835,10 +860,12 @@ def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str
                        latency_model=latency_model)
     applier = Applier(repo, client, headers, progress=echo)
     controller = Controller(app, profiles, gpu, opts, detect(inventory), repo, metrics_url, FORECASTERS[forecaster](),
-                            EventLog(Path(events), time.time()), _policy(headroom, surge_poll, shed_limit),
+                            EventLog(Path(events), time.time()), _policy(headroom, surge_poll, shed_limit, standby),
                             apply_plan=applier,
                             progress=echo)
     controller.plan = current
+    if standby:
+        controller.restandby()
     echo(f"watching {app.name} at {url} (metrics {metrics_url}) every {interval:g} s; plan for "
          f"{current.demand_rps:g} req/s; decisions in {events}")
     try:

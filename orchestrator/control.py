@@ -12,6 +12,11 @@ no longer uses. If any load fails, no further load starts and those in flight fi
 routing file is put back if it had been replaced (and the instances given the drain to return to
 it), every model already moved is loaded again with its old config, the runners added are unloaded,
 the old files are restored, and the error is raised: the old plan keeps serving.
+
+Standby runners (``render.with_standby``: a likely next plan's runners, in no route) load after the new
+routing is in place, so they never delay it, and a failed one is only logged: the live plan does not
+need it. When a later plan is that standby plan, its runners are all loaded with the same configs, and
+the apply is a routing-file swap.
 """
 from __future__ import annotations
 
@@ -46,6 +51,10 @@ class ApplyReport:
     rerouted: list[str] = field(default_factory=list)  # graph models that took the new routing in place, unreloaded
     draining: threading.Thread | None = None  # unloads the old runners after the drain (background apply)
     retiring: list[str] = field(default_factory=list)  # what ``draining`` unloads
+    serving_s: float = 0.0  # from the call to the new plan serving (its routing in place)
+    standby: list[str] = field(default_factory=list)  # standby runners loaded after that (``render.with_standby``)
+    standby_failed: list[str] = field(default_factory=list)  # ... whose load failed (the live plan is unaffected)
+    warming: threading.Thread | None = None  # loads ``standby`` (background apply)
 
 
 class _LoadFailed(Exception):
@@ -109,6 +118,24 @@ def _load(client: grpcclient.InferenceServerClient, headers: dict[str, str] | No
             future.result()  # raises the first failure
 
 
+def _warm(client: grpcclient.InferenceServerClient, headers: dict[str, str] | None, rendered: Rendered,
+          names: list[str], report: ApplyReport, progress: Callable[[str], None]) -> None:
+    """Load standby runners, ``LOAD_THREADS`` at a time; a failure costs that standby only (logged, and
+    kept in ``report.standby_failed``): the live plan serves without it."""
+    def one(name: str) -> None:
+        progress(f"loading standby {name}")
+        try:
+            client.load_model(name, config=rendered.config_json(name), headers=headers)
+        except InferenceServerException as exc:
+            progress(f"standby {name} failed to load: {exc}")
+            report.standby_failed.append(name)
+            return
+        report.standby.append(name)
+
+    with ThreadPoolExecutor(LOAD_THREADS) as pool:
+        list(pool.map(one, names))
+
+
 def _reroute(rendered: Rendered, repo: Path, progress: Callable[[str], None]) -> str | None:
     """Write the graph model's new routing file; the routing it replaced (None: there was none, or it
     is unchanged)."""
@@ -133,6 +160,7 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
     requests stay longer): requests that started on the old routing finish on them. With
     ``background``, that drain and unload run in ``report.draining`` and the call returns as soon as
     the new plan serves; join it before the next apply (``Applier`` does)."""
+    started = time.monotonic()
     old = _old_configs(repo)
     report = ApplyReport()
     try:  # the first calls to the server: one that nothing answers at fails here, before anything changed
@@ -156,9 +184,10 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
     wait_s = drain_s if drain_s is not None else max(MIN_DRAIN_S, 2 * float(rendered.manifest.get("latency_slo_ms", 0)) / 1000)
     moved: list[str] = []
     replaced: str | None = None
+    standby = [n for n in report.loaded if n in set(rendered.standby)]
     try:
-        _load(client, headers, rendered, [n for n in report.loaded if _order(n, rendered.configs[n]) == 0],
-              moved, progress)
+        _load(client, headers, rendered,
+              [n for n in report.loaded if _order(n, rendered.configs[n]) == 0 and n not in standby], moved, progress)
         replaced = _reroute(rendered, repo, progress)  # every runner it names is ready now
         _load(client, headers, rendered, [n for n in report.loaded if _order(n, rendered.configs[n]) == 1],
               moved, progress)
@@ -170,6 +199,7 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
         _rollback(client, headers, old, moved, backup, repo)
         raise RuntimeError(f"apply failed while loading {failed.name}: {failed.exc}; rolled back, the old plan "
                            "keeps serving") from None
+    report.serving_s = time.monotonic() - started
     if replaced is not None and rendered.graph in report.unchanged:
         report.rerouted.append(rendered.graph)
     write_repository(rendered, repo)
@@ -189,6 +219,12 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
                 continue
             report.unloaded.append(name)
 
+    if standby and background:
+        report.warming = threading.Thread(target=_warm, args=(client, headers, rendered, standby, report, progress),
+                                          name="jigsaw-standby", daemon=True)
+        report.warming.start()
+    elif standby:
+        _warm(client, headers, rendered, standby, report, progress)
     if gone and background:
         report.retiring = gone
         report.draining = threading.Thread(target=retire, name="jigsaw-drain", daemon=True)
@@ -199,25 +235,34 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
 
 
 class Applier:
-    """``apply`` for a controller: returns once the new plan serves (the old runners drain and unload
-    in the background). The next apply starts at once, unless its plan has a runner that an earlier
-    drain is still to unload: then it waits for those drains first, so that an unload never races a
-    load (on a ramp, a replan soon after the last one does not wait out its drain)."""
+    """``apply`` for a controller: returns once the new plan serves (standby runners load, and the old
+    runners drain and unload, in the background). The next apply waits for the standby loads still under
+    way (a model must not be loaded twice at once, nor unloaded while it loads: a plan that needs them
+    would wait for them anyway), and for the drains that are still to unload a runner of its plan, so
+    that an unload never races a load (on a ramp, a replan soon after the last one does not wait out its
+    drain)."""
 
     def __init__(self, repo: Path, client: grpcclient.InferenceServerClient, headers: dict[str, str] | None = None,
                  progress: Callable[[str], None] = lambda _: None) -> None:
         self.repo, self.client, self.headers, self.progress = repo, client, headers, progress
         self._draining: list[ApplyReport] = []  # applies whose old runners are still to be unloaded
+        self._warming: list[ApplyReport] = []  # applies whose standby runners are still loading
 
     def __call__(self, rendered: Rendered) -> ApplyReport:
         self.wait(set(rendered.configs))
         report = apply(rendered, self.repo, self.client, self.headers, self.progress, background=True)
         if report.draining is not None:
             self._draining.append(report)
+        if report.warming is not None:
+            self._warming.append(report)
         return report
 
     def wait(self, names: set[str] | None = None) -> None:
-        """Until the drains that unload any of ``names`` (default: all) are done."""
+        """Until every standby load, and the drains that unload any of ``names`` (default: all), are done."""
+        for report in list(self._warming):
+            assert report.warming is not None
+            report.warming.join()
+            self._warming.remove(report)
         for report in list(self._draining):
             assert report.draining is not None
             if names is None or names & set(report.retiring):

@@ -47,6 +47,19 @@ the measured factor differs from the one the plan used by more than ``fanout_dri
 factor for that variant is replaced by the measured one (a ``fanout`` event per edge and variant every
 interval, ``refined`` when it replaced it) and the app is replanned.
 
+Standby (``standby``): beside the live plan, the runners of a plan for its demand x (1 + headroom)^2 (the
+most the next up replan asks for while the forecast stays within one headroom of the plan) stay loaded and
+ready in no route, as far as the GPUs' spare slices allow (``standby_slices``; on emulated MIG a standby
+runner is an idle process holding its memory, on real MIG it needs a free MIG device of its size, which
+binding takes in inventory order, so there it stands by only where the later plan binds alike). An up replan
+to a demand that plan covers takes it: every runner is loaded with the same config, so the apply is a
+routing-file swap, with nothing on the critical path. Its runners are named apart from any model the server
+holds under another config (``render.name_apart``), so loading them changes nothing that serves. After each
+switch the models of the old plans stay until the next standby plan is loaded beside the new one (what
+neither needs then drains and unloads). A cold apply still happens when the demand outruns the standby plan,
+on down replans (a new, smaller plan: its runners load first; often already loaded), after a profile or
+fan-out refinement (the standby was planned with the old figures), and when no standby fits.
+
 Every decision is appended to ``events.jsonl`` (tools/report.py reads it).
 """
 from __future__ import annotations
@@ -75,7 +88,8 @@ from .plan import Plan
 from .planner import PlanOptions, make_plan
 from .profiles import Profiles
 from .refinement import batch_times_ms, scaled
-from .render import ADMISSION_RESERVE, Rendered, build_configs, runner_name, write_repository
+from .render import (ADMISSION_RESERVE, Rendered, build_configs, name_apart, runner_name, with_standby,
+                     write_repository)
 
 STAGE_COUNTERS = {"requests": "jigsaw_stage_requests_total", "drops": "jigsaw_stage_drops_total",
                   "misses": "jigsaw_stage_deadline_misses_total"}
@@ -105,6 +119,10 @@ class Policy:
     admission_reserve: float = ADMISSION_RESERVE  # of a request's budget, held back by the stages' admission
     fanout_drift: float = 0.10   # replan when a measured fan-out differs from the planned by more than this share
     fanout_min_items: int = 20   # ... measured over at least this many parent items (0: never refine fan-out)
+    standby: bool = False        # keep the runners of a plan for more demand loaded, in no route (``standby_plan``)
+    standby_step: float | None = None  # ... for the plan's demand x (1 + this); None: (1 + headroom)^2 - 1
+    standby_slices: int | None = None  # ... its runners beside the live plan's take at most this many slices;
+    #                                    None: the slices the GPUs have spare (emulated MIG: idle processes' memory)
 
 
 MIN_PLANNED_RPS = 1.0  # with no traffic the controller plans for this much: the least plan, not an error
@@ -159,6 +177,8 @@ class Controller:
         # stop at that demand while the forecast stays at or above that rate
         self.shed_floor: tuple[float, float] | None = None
         self.fanout = FanoutMeter()               # the edges' measured fan-out since the first scrape
+        self.rendered: Rendered | None = None     # what the server holds: the live plan's models and the standby's
+        self.standby: Plan | None = None          # the plan whose runners stand by (``standby_plan``)
 
     # -- planning ---------------------------------------------------------------------------------
 
@@ -170,10 +190,46 @@ class Controller:
     def _render(self, plan: Plan) -> Rendered:
         return build_configs(plan, self.inventory, admission_reserve=self.policy.admission_reserve)
 
+    def _slices_spare(self, plan: Plan) -> float:
+        """The slices the GPUs the plans may use have beyond ``plan``'s (no bound: CPU slices, unlimited)."""
+        gpus = self.opts.gpus or len(self.inventory.gpus)
+        return max(0, gpus * self.gpu.slices - plan.slices) if gpus else math.inf
+
+    def standby_plan(self, plan: Plan, live: Rendered) -> Plan | None:
+        """The plan to keep standing by beside ``plan`` (rendered ``live``): for ``plan``'s demand x (1 +
+        ``standby_step``), or the largest of the fallback fractions of that which can be planned and whose
+        runners not already in ``live`` fit ``standby_slices``; its runners named apart from every model the
+        server holds (``render.name_apart``). An up replan to a demand it covers then takes it with a routing
+        swap: nothing loads on the critical path. None when no such plan exists."""
+        step = self.policy.standby_step if self.policy.standby_step is not None else (1 + self.policy.headroom) ** 2 - 1
+        cap = self.policy.standby_slices if self.policy.standby_slices is not None else self._slices_spare(plan)
+        taken = {**(self.rendered.configs if self.rendered else {}), **live.configs}
+        for fraction in (1.0, *self.policy.fallback):
+            target = plan.demand_rps * (1 + step) * fraction
+            if target <= plan.demand_rps * (1 + step / 4):
+                break
+            try:
+                candidate = name_apart(self._make(target), self.inventory, taken, self.policy.admission_reserve)
+            except InfeasibleError:
+                continue
+            extra = sum(e.count * e.mig for e in candidate.entries if runner_name(self.app.name, e) not in live.configs)
+            if extra <= cap:
+                self.events.write("standby", demand_rps=round(target, 3), slices=candidate.slices, extra_slices=extra)
+                return candidate
+            self.events.write("standby_skipped", demand_rps=round(target, 3), extra_slices=extra, cap_slices=cap)
+        return None
+
+    def _with_standby(self, plan: Plan) -> Rendered:
+        """``plan`` rendered, with a standby plan's runners beside it when the policy keeps one."""
+        live = self._render(plan)
+        self.standby = self.standby_plan(plan, live) if self.policy.standby else None
+        return with_standby(live, self._render(self.standby)) if self.standby else live
+
     def initial(self, demand: float) -> Plan:
         """Plan for ``demand`` and write the repository the server will start from."""
         self.plan = self._make(demand)
-        write_repository(self._render(self.plan), self.repo)
+        self.rendered = self._with_standby(self.plan)
+        write_repository(self.rendered, self.repo)
         self.events.write("plan", plan=self.plan.to_json(), demand_rps=demand, capacity_rps=demand, reason="initial")
         self.progress(f"initial plan for {demand:.1f} req/s: {self.plan.slices} slices, "
                       f"accuracy {self.plan.accuracy:.3f}")
@@ -195,34 +251,62 @@ class Controller:
         return None
 
     def _replan(self, demand: float, reason: str) -> None:
-        found = self._best_effort(demand, reason)
-        if found is None:
-            self.progress("keeping the current plan")
-            return
-        plan, demand = found
+        """Move to a plan for ``demand``: the standby plan when it is for more than the current plan and
+        covers ``demand`` (its runners are loaded: a routing swap), else a new one. With standby on, every
+        model the server holds stays through the switch (no unload, no reload of one the new plan may
+        want), and the next standby plan is loaded after it, off the critical path."""
+        assert self.plan is not None
+        standby = self.standby
+        if standby is not None and self.plan.demand_rps < demand <= standby.demand_rps:
+            plan, demand, reason = standby, standby.demand_rps, f"{reason}; standby plan"
+        else:
+            found = self._best_effort(demand, reason)
+            if found is None:
+                self.progress("keeping the current plan")
+                return
+            plan, demand = found
         started = time.time()
+        live = self._render(plan)
+        rendered = with_standby(live, self.rendered) if self.policy.standby and self.rendered else live
         try:
-            self._apply(self._render(plan))
+            report = self._apply(rendered)
         except (RuntimeError, UnreachableError) as exc:  # rolled back, or not reached: the old plan stays
             self.events.write("apply_failed", demand_rps=demand, reason=str(exc))
             self.progress(f"apply failed, old plan keeps serving: {exc}")
             return
         self.plan, self.intervals_in_plan, self.plan_seen_since = plan, 0, None
-        self.apply_s = time.time() - started
+        self.rendered = rendered
+        serving_s = getattr(report, "serving_s", None)
+        self.apply_s = serving_s if serving_s else time.time() - started
         self.events.write("plan", plan=plan.to_json(), demand_rps=demand, capacity_rps=demand, reason=reason,
-                          apply_s=round(self.apply_s, 2))
+                          apply_s=round(self.apply_s, 2), standby=plan is standby)
         self.progress(f"replanned for {demand:.1f} req/s ({reason}): {plan.slices} slices, accuracy "
-                      f"{plan.accuracy:.3f}, applied in {time.time() - started:.1f} s")
+                      f"{plan.accuracy:.3f}, serving in {self.apply_s:.1f} s")
+        if self.policy.standby:
+            self.restandby()
 
-    def _apply(self, rendered: Rendered) -> None:
+    def restandby(self) -> None:
+        """Plan the next standby for the plan in force and load it beside it (what neither needs unloads
+        after its drain)."""
+        assert self.plan is not None
+        rendered = self._with_standby(self.plan)
+        try:
+            self._apply(rendered)
+        except (RuntimeError, UnreachableError) as exc:
+            self.standby = None
+            self.events.write("standby_failed", reason=str(exc))
+            self.progress(f"standby not loaded: {exc}")
+            return
+        self.rendered = rendered
+
+    def _apply(self, rendered: Rendered) -> Any:
         """``apply_plan``, while a thread samples the arrivals every ``surge_poll_s`` (``sample``): the
         surge checks after a long apply then see the windows it spanned, not a line drawn across them (on
         the H200 a rise that began during a 14 s apply fired the surge 7 s after it; the sampled windows
         would have shown it at the first check, bench/README.md)."""
         assert self.apply_plan is not None
         if not (self.policy.sample_applies and self.policy.surge_poll_s):
-            self.apply_plan(rendered)
-            return
+            return self.apply_plan(rendered)
         stop = threading.Event()
 
         def sampling() -> None:
@@ -235,7 +319,7 @@ class Controller:
         sampler = threading.Thread(target=sampling, name="arrival-sampler", daemon=True)
         sampler.start()
         try:
-            self.apply_plan(rendered)
+            return self.apply_plan(rendered)
         finally:
             stop.set()
             sampler.join()
@@ -338,6 +422,7 @@ class Controller:
             if rise > 0:  # the forecast lags a rise that has begun: the smaller plan would meet it
                 target = self._down_to_at_least(target, projected * (1 + self.policy.headroom))
         if refined or fanned:
+            self.standby = None  # planned with the old profiles or fan-out
             reasons = ([f"profile refined: {', '.join(refined)}"] if refined else []) + (
                 [f"fan-out measured: {', '.join(fanned)}"] if fanned else [])
             self._replan(max(target or 0.0, self.plan.demand_rps), "; ".join(reasons))

@@ -26,6 +26,7 @@ class Entry:
     items: float = 1.0  # the most items one request brings to this task
     utilisation: float = 0.0  # the share of these instances' capacity that the plan's routing uses
     latency_model: str = "batches"
+    model: str = ""  # the runner model serving it, where not the default name (render.runner_name)
 
     @property
     def wc_latency_ms(self) -> float:
@@ -89,7 +90,7 @@ class Plan:
             "app": self.app, "gpu_type": self.gpu_type, "features": self.features,
             "demand_rps": self.demand_rps,
             "slo": {"latency_ms": self.latency_slo_ms, "accuracy": self.accuracy_slo},
-            "tasks": {t: [{k: v for k, v in asdict(e).items() if k != "task"} for e in es]
+            "tasks": {t: [{k: v for k, v in asdict(e).items() if k != "task" and (v or k != "model")} for e in es]
                       for t, es in self.tasks().items()},
             "routing": self.routing, "task_demand": self.task_demand,
             "accuracy": self.accuracy, "task_accuracy": self.task_accuracy,

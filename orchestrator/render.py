@@ -22,7 +22,7 @@ import json
 import os
 import secrets
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ ROUTING = "routing.json"  # in the graph model's directory
 # the secret the graph model passes to its runners in its BLS calls (triton_backend/model.py, CALLER_PARAM):
 # beside the model directories, where no client API reaches; written once per repository, kept across renders
 RUNNER_KEY_FILE = ".jigsaw-runner-key"
+STANDBY_SUFFIX = "__w"  # a runner named apart from a loaded one of another config (name_apart)
 
 
 @dataclass
@@ -68,6 +69,11 @@ class Rendered:
     def graph(self) -> str:
         """The graph model's name (the app's)."""
         return self.manifest["model"]
+
+    @property
+    def standby(self) -> list[str]:
+        """Runner models loaded for a standby plan, in no route (``with_standby``)."""
+        return list(self.manifest.get("standby", []))
 
     def routing_text(self) -> str:
         """The content of the graph model's routing file."""
@@ -90,7 +96,48 @@ def write_routing(path: Path, text: str) -> bool:
 
 
 def runner_name(app: str, e: Entry) -> str:
-    return f"{app}__{e.task}__{e.variant}__{e.mig}g{e.mps}p{e.batch}b"
+    """The runner model serving ``e``: its own name where it has one (a standby plan's, ``name_apart``),
+    else one per (task, variant, segment shape, batch)."""
+    return e.model or f"{app}__{e.task}__{e.variant}__{e.mig}g{e.mps}p{e.batch}b"
+
+
+def _same(cfg: model_config_pb2.ModelConfig, other: model_config_pb2.ModelConfig, name: str) -> bool:
+    renamed = model_config_pb2.ModelConfig()
+    renamed.CopyFrom(cfg)
+    renamed.name = name
+    return renamed == other
+
+
+def name_apart(plan: Plan, inventory: Inventory, taken: dict[str, model_config_pb2.ModelConfig],
+               admission_reserve: float = ADMISSION_RESERVE) -> Plan:
+    """``plan`` with each runner named so that it can be loaded beside the models ``taken`` (name -> config)
+    without changing any of them: its default name where that is free or already holds the same config,
+    else the first such ``<name>__w<i>``. A standby plan is named so: its runners load while the live plan's
+    serve, and taking it over later loads nothing (``with_standby``)."""
+    plain = replace(plan, entries=[replace(e, model="") for e in plan.entries])
+    configs = build_configs(plain, inventory, admission_reserve=admission_reserve).configs
+    entries = []
+    for e in plain.entries:
+        default = runner_name(plan.app, e)
+        cfg = configs[default]
+        name, i = default, 0
+        while name in taken and not _same(cfg, taken[name], name):
+            i += 1
+            name = f"{default}{STANDBY_SUFFIX}{i}"
+        entries.append(replace(e, model="" if name == default else name))
+    return replace(plan, entries=entries)
+
+
+def with_standby(live: Rendered, standby: Rendered) -> Rendered:
+    """The live plan's repository with the standby plan's other runners beside it: loaded and ready, but in
+    no route (zero routing weight) until a later apply makes that plan live. ``manifest["standby"]`` names
+    them (``control.apply`` loads them after the new routing is in place)."""
+    extra = {n: c for n, c in standby.configs.items() if n not in live.configs and n != standby.graph}
+    configs = {**live.configs, **extra}
+    manifest = {**live.manifest, "models": sorted(configs), "standby": sorted(extra),
+                "standby_demand_rps": standby.manifest.get("demand_rps"),
+                "uses_mps": bool(live.manifest.get("uses_mps") or standby.manifest.get("uses_mps"))}
+    return Rendered(configs, manifest, live.routing)
 
 
 def _env() -> jinja2.Environment:
@@ -220,7 +267,7 @@ def build_configs(plan: Plan, inventory: Inventory, batch_wait_fraction: float =
         settings={"role": "graph", "app": app.name, "slo_ms": app.latency_slo_ms,
                   "admission_reserve": admission_reserve, "width": width, "tasks": tasks,
                   "routing": ROUTING, "runner_key": True, **({"typed": typed} if typed else {})})
-    manifest = {"app": app.name, "model": app.name, "latency_slo_ms": app.latency_slo_ms,
+    manifest = {"app": app.name, "model": app.name, "latency_slo_ms": app.latency_slo_ms, "demand_rps": plan.demand_rps,
                 "gpu_type": plan.gpu_type, "uses_mps": uses_mps(bindings),
                 "inventory": inventory.source, "models": sorted(configs),
                 "bindings": {label: [p.description for p in b.processes] for label, b in sorted(bindings.items())}}

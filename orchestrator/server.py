@@ -1,7 +1,7 @@
 """Run tritonserver and an MPS control daemon as child processes in their own process groups.
 
 Both are stopped through their process group (never by name), so a Python-backend stub left behind
-by a killed server goes with it.
+by a killed server goes with it, and so do the server's shared-memory regions (SHM_PREFIX).
 """
 from __future__ import annotations
 
@@ -40,6 +40,19 @@ LOAD_THREADS = 4
 # Without a control key the repository API stays open (tests, profiling); health, metadata, model config
 # and inference stay open.
 ADMIN_APIS = ("shared-memory", "statistics", "trace", "logging")
+# The Python backend (and each Python-based backend, as jigsaw) names a model instance's shared-memory region
+# "<prefix><uuid>" in /dev/shm (python_backend r24.10 src/stub_launcher.cc), the prefix by default
+# "triton_<backend>_backend_shm_region_" for every server alike. A region goes when its stub ends (also when
+# the stub sees its server gone, measured); a stub killed with its server leaves it behind, memory nothing
+# frees. The prefix is set per server (backend config shm-region-prefix-name, src/python_be.cc), so stop()
+# removes exactly this server's regions.
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "jigsaw_tritonserver_"
+# The stubs of a server that died notice it within 0.3 s (pb_stub.cc checks its parent every 300 ms) and
+# exit; under load some stayed blocked, and stop() waited its 15 s for them before it killed them (a death
+# under the CPU demo at 40 req/s took 17.8 s to end, 3 of 35 regions left, measured). Once the server is
+# gone they get this long.
+ORPHAN_GRACE_S = 2.0
 
 
 # held (flock) by `jigsaw serve` for its server's life, with the holder's PID and ports in it: a second
@@ -197,6 +210,7 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else None
         self.env = env
         self.ready_timeout_s = ready_timeout_s
+        self.shm_prefix = f"{SHM_PREFIX}{secrets.token_hex(8)}_"
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -238,7 +252,9 @@ class TritonServer:
                 # named is: with strict readiness a model whose load failed kept 2.51 unready for good (a rolled
                 # back apply; unloading it did not help, measured), and every load made it unready for 2-4 s,
                 # while the app was served. HTTP's /v2/health/ready is the app's (the front, app_models).
-                "--strict-readiness=false"]
+                "--strict-readiness=false",
+                # Python-based backends (jigsaw) take the python backend's config (2.51's log shows it)
+                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
         # 2.51 parses '<apis>:<header>=<value>' (apis comma-separated); its --help text shows a comma before the
         # header, which it rejects. One flag per header: each API group is restricted once.
         apis = ",".join((*(("model-repository",) if self.control_key else ()), *ADMIN_APIS))
@@ -247,6 +263,10 @@ class TritonServer:
         if self.http_front:  # tritonserver's HTTP inference answers the front only
             args.append(f"--http-restricted-api=inference:{FRONT_HEADER}={self._front_key}")
         return args
+
+    def shm_regions(self) -> list[Path]:
+        """This server's shared-memory regions in /dev/shm (its stubs'; left behind when it was killed)."""
+        return sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
 
     def _http_args(self) -> list[str]:
         if not self.http_front:
@@ -326,11 +346,15 @@ class TritonServer:
             client.close()
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM the server's process group, SIGKILL it after ``timeout_s``. Idempotent."""
+        """SIGTERM the server's process group, SIGKILL it after ``timeout_s`` (``ORPHAN_GRACE_S`` when the
+        server itself has already exited), then remove its shared-memory regions. Idempotent."""
         self._stop_front()  # first: tritonserver waits for its open HTTP connections (the front's) at exit
-        proc, self._proc = self._proc, None
-        if proc:
-            _stop_group(proc, timeout_s)
+        proc = self._proc
+        if proc:  # forgotten once stopped: a stop interrupted (Ctrl-C) is done again by the next
+            _stop_group(proc, timeout_s if proc.poll() is None else ORPHAN_GRACE_S)
+            for region in self.shm_regions():  # what killed stubs left behind; the group is gone
+                region.unlink(missing_ok=True)
+            self._proc = None
 
     def __enter__(self) -> TritonServer:
         self.start()

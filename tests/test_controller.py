@@ -691,3 +691,51 @@ def test_an_apply_to_an_unreachable_server_keeps_the_plan_and_names_the_address(
     assert [e["reason"] for e in f.events("apply_failed")] == [
         next(line for line in f.lines if "apply failed" in line).split("keeps serving: ", 1)[1]]
     assert not (tmp_path / "repo.previous").exists()
+
+
+# -- standby plans ----------------------------------------------------------------------------------
+
+def _routed(rendered) -> set[str]:
+    return {r["model"] for t in rendered.routing["tasks"].values() for r in t["routes"]}
+
+
+def test_a_scale_up_the_standby_plan_covers_is_a_routing_swap(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.1, standby=True))
+    first = f.c.initial(22.0)
+    standby = f.c.standby
+    assert standby is not None and standby.demand_rps == pytest.approx(22.0 * 1.1 ** 2)
+    held = dict(f.c.rendered.configs)                  # the repository the server starts from: both plans' runners
+    assert {runner_name(f.app.name, e) for e in standby.entries} <= set(held)
+    assert _routed(f.c.rendered) == {runner_name(f.app.name, e) for e in first.entries}
+    for rps in (20, 20, 23):                           # 23 x 1.1 = 25.3: within the standby's 26.62
+        f.push(rps)
+    for _ in range(3):
+        f.c.step()
+    assert f.c.plan is standby
+    swap, restandby = f.applied                        # the swap, then the next standby loaded beside it
+    assert all(held.get(n) == cfg for n, cfg in swap.configs.items() if n != f.app.name)   # nothing new to load
+    assert set(held) <= set(swap.configs)              # and nothing unloaded on the critical path
+    assert _routed(swap) == {runner_name(f.app.name, e) for e in standby.entries}
+    assert f.events("plan")[-1]["standby"] is True and "standby plan" in f.events("plan")[-1]["reason"]
+    assert f.c.standby is not None and f.c.standby.demand_rps == pytest.approx(standby.demand_rps * 1.21)
+    assert restandby.routing == swap.routing and set(restandby.standby) <= set(restandby.configs)
+
+
+def test_a_scale_up_beyond_the_standby_plans_afresh_and_keeps_what_is_loaded(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.1, standby=True))
+    f.c.initial(22.0)
+    held = set(f.c.rendered.configs)
+    for rps in (20, 20, 200):
+        f.push(rps)
+    for _ in range(3):
+        f.c.step()
+    assert f.c.plan.demand_rps == pytest.approx(220.0) and f.events("plan")[-1]["standby"] is False
+    assert held <= set(f.applied[0].configs)           # loads what it needs; unloads nothing until the next standby
+
+
+def test_no_standby_beyond_the_spare_slices(tmp_path: Path, monkeypatch) -> None:
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.1, standby=True, standby_step=8.0, standby_slices=0))
+    f.c.initial(22.0)
+    assert f.c.standby is None and f.c.rendered.standby == []
+    skipped = f.events("standby_skipped")
+    assert skipped and all(e["cap_slices"] == 0 and e["extra_slices"] > 0 for e in skipped)

@@ -15,11 +15,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from orchestrator.appspec import AppSpec, parse_app
 from orchestrator.checker import metrics
@@ -29,6 +27,9 @@ from orchestrator.plan import Plan, parse_label
 from tools.fanout_report import fanout_lines, fanout_summary
 from tools.hostload import FILE as HOST_FILE
 from tools.trace import number
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REQUESTS_FILE, EVENTS_FILE, RUN_FILE, SUMMARY_FILE = "requests.csv", "events.jsonl", "run.json", "summary.json"
 REQUEST_COLUMNS = ("id", "scheduled_s", "sent_s", "latency_ms", "outcome", "items", "error")
@@ -224,7 +225,7 @@ def _metrics_event(path: Path, line: int, t: float, doc: dict[str, Any]) -> Metr
             raise InputError(f"{path} line {line}: stages: expected an object of counter -> task -> count")
         stages = {k: {t: float(_number(n, f"{path} line {line}: stages.{k}.{t}")) for t, n in v.items()}
                   for k, v in stages.items()}
-    graph = doc.get("graph")  # runs before the sixth session have none
+    graph = doc.get("graph")  # runs before the controller kept the graph model's counters have none
     if graph is not None:
         if not isinstance(graph, dict):
             raise InputError(f"{path} line {line}: graph: expected an object of counter -> value")
@@ -560,6 +561,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _figure(run: Run, what: str, width: float = 8.0, height: float = 3.5) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     title = f"{what}: {run.info.get('app') or run.path.name}"
@@ -687,7 +691,14 @@ def figures(run: Run) -> dict[str, Figure]:
 
 
 def plot(run_dir: str | Path) -> list[Path]:
-    """Write demand.png, violations.png, slices.png and placement.png into the run directory."""
+    """Write demand.png, violations.png, slices.png and placement.png into the run directory; none where
+    matplotlib is not installed (an air-gapped GPU host: `jigsaw report RUN_DIR` draws them elsewhere)."""
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
+        import sys
+        print(f"matplotlib is not installed: no plots in {run_dir} (run `jigsaw report {run_dir}` where it is)",
+              file=sys.stderr)
+        return []
     run = load_run(run_dir)
     paths = []
     for name, fig in figures(run).items():

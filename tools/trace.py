@@ -97,6 +97,19 @@ def scale_to_peak(trace: Trace, peak_rps: float) -> Trace:
     return Trace(trace.interval_s, trace.rates * (peak_rps / trace.peak_rps))
 
 
+def with_burst(trace: Trace, factor: float = 1.5, fraction: float = 0.1, at: float = 0.45) -> Trace:
+    """The trace with a burst: ``factor`` x its peak over ``fraction`` of its intervals, starting ``at`` that
+    share of the day (a load the day's shape never warned of: what a plan's headroom and the apply speed
+    must absorb)."""
+    if not (factor > 0 and 0 < fraction <= 1 and 0 <= at < 1):
+        raise InputError(f"burst: factor {factor!r} > 0, fraction {fraction!r} in (0, 1] and at {at!r} in [0, 1)")
+    rates = np.array(trace.rates)
+    start = int(at * len(rates))
+    stop = min(len(rates), start + max(1, round(fraction * len(rates))))
+    rates[start:stop] = factor * trace.peak_rps
+    return Trace(trace.interval_s, rates)
+
+
 def compress(trace: Trace, duration_s: float) -> Trace:
     """The whole trace replayed in ``duration_s`` seconds: same rates, intervals shortened alike."""
     if not (math.isfinite(duration_s) and duration_s > 0):

@@ -328,7 +328,7 @@ CHEAP_CAPTURE_S = 1.0
 # max; "half" as "cheap", but a costly architecture also captures the largest size below its max. On the
 # H200, traffic's EfficientNet car runners padded every batch to their max under "cheap" (a request waited
 # 17.6-27 ms in their queue); under "all" 1.8-7.6 ms, for applies of 13.4 s instead of 9-10 s on average
-# (bench/results/h200-eval/results.md, tenth session). "background": batch 1 and the max before the runner
+# (bench/results/h200-eval/results.md, 2026-11-29). "background": batch 1 and the max before the runner
 # is ready, every size in between after it, in a thread, while it serves (each in use once captured):
 # applies as short as "cheap"'s, batches as "all"'s a few seconds later
 CAPTURE_ENV, CAPTURE_POLICIES = "JIGSAW_CAPTURE", ("cheap", "half", "all", "background")

@@ -1,0 +1,15 @@
+# bench/gpu_setup.sh: sourced at the start of a command on a GPU host without a package index (the device
+# machine): installs the dependencies from $BUNDLE, a `jigsaw bundle` tarball (README.md, "Air-gapped
+# hosts"), into /tmp/site unless it already holds them, and puts this checkout first on the path (the
+# bundle's own wheel of the project may be older than the tree). Prints the GPU and the code's commit.
+BUNDLE=${BUNDLE:-.whl/jigsaw-cp312.tar.xz}
+export PYTHONUNBUFFERED=1
+_t0=$(date +%s)
+if [ ! -x /tmp/site/bin/jigsaw ]; then
+  rm -rf /tmp/jb /tmp/site; mkdir -p /tmp/jb && tar xf "$BUNDLE" -C /tmp/jb \
+    && /tmp/jb/install.sh --target /tmp/site > /tmp/jb-install.log 2>&1 || { tail -40 /tmp/jb-install.log; return 1; }
+fi
+export PYTHONPATH=$PWD:/tmp/site JIGSAW_TRITON_HOME=/tmp/site/jigsaw-triton JIGSAW_STUB_PYTHONPATH=/tmp/site/jigsaw-stub
+jigsaw() { python3 -m orchestrator.cli "$@"; }
+echo "setup $(( $(date +%s) - _t0 )) s; code $(cat .whl/COMMIT 2>/dev/null)"
+nvidia-smi --query-gpu=index,name,memory.used,utilization.gpu,mig.mode.current --format=csv,noheader
