@@ -9,6 +9,8 @@ if [ ! -x /tmp/site/bin/jigsaw ]; then
   rm -rf /tmp/jb /tmp/site; mkdir -p /tmp/jb && tar xf "$BUNDLE" -C /tmp/jb \
     && /tmp/jb/install.sh --target /tmp/site > /tmp/jb-install.log 2>&1 || { tail -40 /tmp/jb-install.log; return 1; }
 fi
+ls .whl/*.whl >/dev/null 2>&1 && [ ! -f /tmp/site/.extra ] && python3 -m pip install -q --no-index --no-deps --no-compile \
+  --target /tmp/site .whl/*.whl && touch /tmp/site/.extra  # wheels the bundle left out that the host lacks
 export PYTHONPATH=$PWD:/tmp/site JIGSAW_TRITON_HOME=/tmp/site/jigsaw-triton JIGSAW_STUB_PYTHONPATH=/tmp/site/jigsaw-stub
 jigsaw() { python3 -m orchestrator.cli "$@"; }
 echo "setup $(( $(date +%s) - _t0 )) s; code $(cat .whl/COMMIT 2>/dev/null)"

@@ -71,10 +71,18 @@ def cli() -> None:
               help="measured accuracies (task,variant,accuracy, as `jigsaw profile --accuracy` writes) in place of "
                    "the spec's cited ones; the plan's app_spec says per variant which it used (source)")
 @click.option("--out", type=click.Path(), default=None, help="write the plan JSON here")
+@click.option("--cluster", "cluster_path", type=click.Path(dir_okay=False), default=None,
+              help="plan over the nodes of this cluster inventory (JSON, docs/planning.md), every request's path "
+                   "inside one node; --out writes the cluster plan; --time-limit's default becomes 30 s")
+@click.option("--nodes", "node_count", type=int, default=None,
+              help="plan over this many identical nodes of --gpus-per-node GPUs (instead of --cluster)")
+@click.option("--gpus-per-node", type=int, default=None, help="GPUs (of the profiles' type) of each of --nodes")
 def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float,
          method: str, latency_model: str, demand: float, gpus: int | None, alpha: float, beta: float | None,
-         latency_reserve: float, queueing: bool, accuracy_csv: str | None, out: str | None) -> None:
-    """Plan APP.yaml for a demand: variants, segments, batch sizes and instance counts."""
+         latency_reserve: float, queueing: bool, accuracy_csv: str | None, out: str | None,
+         cluster_path: str | None, node_count: int | None, gpus_per_node: int | None) -> None:
+    """Plan APP.yaml for a demand: variants, segments, batch sizes and instance counts; with --cluster or
+    --nodes, the demand split over nodes, each serving the whole app with its own plan."""
     from .typed import check_variants
 
     app, profiles, gpu = _load(app_path, profiles_path, gpu_type)
@@ -85,10 +93,24 @@ def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str,
         click.echo(f"accuracy: measured ({accuracy_csv}) for {', '.join(measured)}; "
                    f"cited (the spec's) for {', '.join(cited) or 'none'}")
     check_variants(app)  # a typed app's model files and signatures, before any server starts
+    nodes = None
+    if cluster_path or node_count is not None or gpus_per_node is not None:
+        from click.core import ParameterSource
+        from .cluster import DEFAULT_TIME_LIMIT, load_cluster, plan_cluster, uniform
+        if gpus is not None:
+            raise InputError("--gpus: a single pool's GPUs; with --cluster or --nodes each node has its own")
+        if cluster_path and (node_count is not None or gpus_per_node is not None):
+            raise InputError("--cluster: give a cluster file or --nodes N --gpus-per-node G, not both")
+        if not cluster_path and (node_count is None or gpus_per_node is None):
+            raise InputError("--nodes and --gpus-per-node: give both (or --cluster FILE)")
+        nodes = load_cluster(cluster_path) if cluster_path else uniform(node_count or 0, gpus_per_node or 0)
+        if click.get_current_context().get_parameter_source("time_limit") is ParameterSource.DEFAULT:
+            time_limit = DEFAULT_TIME_LIMIT
     opts = PlanOptions(features=Features.parse(features), gpus=gpus, alpha=alpha, beta=beta,
                        method=method, time_limit=time_limit, latency_reserve=latency_reserve, queueing=queueing,
                        latency_model=latency_model)
-    result = make_plan(app, profiles, gpu, demand, opts)
+    result = (plan_cluster(app, profiles, gpu, demand, nodes, opts) if nodes
+              else make_plan(app, profiles, gpu, demand, opts))
     click.echo(result.summary())
     if out:
         result.save(out)
@@ -259,12 +281,25 @@ def render(plan_path: str, out: str, inventory: str | None) -> None:
 
 @cli.command()
 @click.argument("plan_path", metavar="PLAN.json", type=click.Path())
-@click.option("--repo", "repo_path", required=True, type=click.Path(), help="the repository the server serves")
+@click.option("--repo", "repo_path", default=None, type=click.Path(), help="the repository the server serves")
 @click.option("--url", default="127.0.0.1:8001", show_default=True, help="the server's gRPC address")
 @click.option("--control-key", default=None, help=f"model-control key (default: REPO/{KEY_FILE})")
 @click.option("--inventory", default=None, type=click.Path(), help="simulated GPU inventory JSON")
-def apply(plan_path: str, repo_path: str, url: str, control_key: str | None, inventory: str | None) -> None:
-    """Move the server at URL to PLAN.json without failing requests in flight (rolls back on failure)."""
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="instead: PLAN.json is a cluster plan; move the cluster that `jigsaw serve-cluster` serves on the "
+                   "Ray cluster at ADDRESS (or 'auto') to it, node by node")
+def apply(plan_path: str, repo_path: str | None, url: str, control_key: str | None, inventory: str | None,
+          ray_address: str | None) -> None:
+    """Move the server at URL to PLAN.json without failing requests in flight (rolls back on failure).
+
+    With --ray: each node's server moves as one server does; nodes that gain a plan start, the front door takes
+    the new shares once the nodes that grow have moved (before those that shrink), and nodes that lose their
+    plan get no new request, drain, then stop."""
+    if ray_address:
+        _apply_cluster(plan_path, ray_address)
+        return
+    if repo_path is None:
+        raise click.UsageError("--repo is required (or --ray for a cluster plan)")
     import tritonclient.grpc as grpcclient
 
     from .control import apply as apply_plan, control_headers
@@ -286,6 +321,68 @@ def apply(plan_path: str, repo_path: str, url: str, control_key: str | None, inv
         client.close()
     click.echo(f"applied: {len(report.loaded)} loaded, {len(report.unchanged)} unchanged, "
                f"{len(report.unloaded)} unloaded" + "".join(f"; {g} rerouted in place" for g in report.rerouted))
+
+
+def _load_cluster_plan(plan_path: str):
+    from .cluster import ClusterPlan
+    try:
+        doc = json.loads(Path(plan_path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{plan_path}: cannot read the cluster plan ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), dict):
+        raise InputError(f"{plan_path}: not a cluster plan (no \"nodes\"; `jigsaw plan --nodes` writes one)")
+    return ClusterPlan.from_json(doc)
+
+
+def _apply_cluster(plan_path: str, ray_address: str) -> None:
+    import ray
+
+    from .ray_cluster import ClusterServing, connect
+
+    plan = _load_cluster_plan(plan_path)
+    connect(ray_address)
+    try:
+        serving = ClusterServing(progress=lambda line: click.echo(f"  {line}", err=True)).attach()
+        report = serving.apply(plan)
+    except (RuntimeError, ValueError) as exc:  # nothing served there, another app, a node's apply rolled back
+        raise click.ClickException(str(exc)) from None
+    finally:
+        ray.shutdown()
+    click.echo(f"applied to {len(report['applied'])} node(s); started {', '.join(report['started']) or 'none'}; "
+               f"stopped {', '.join(report['stopped']) or 'none'}")
+
+
+@cli.command("serve-cluster")
+@click.argument("plan_path", metavar="PLAN.json", type=click.Path())
+@click.option("--ray", "ray_address", default="auto", show_default=True, metavar="ADDRESS",
+              help="the Ray cluster (its GCS host:port); its nodes carry the resource jigsaw_node:<name>")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8001, show_default=True,
+              help="the front door's gRPC port on the head node (0: any free one)")
+def serve_cluster(plan_path: str, ray_address: str, port: int) -> None:
+    """Serve a cluster plan on a Ray cluster until SIGINT or SIGTERM: one tritonserver per node with a plan
+    (a Ray actor pinned to the node), and one front door on the head node speaking Triton's gRPC protocol,
+    which spreads requests over the nodes by their planned shares. `jigsaw apply --ray` moves it."""
+    import ray
+
+    from .ray_cluster import ClusterServing, connect
+
+    plan = _load_cluster_plan(plan_path)
+    connect(ray_address)
+    try:
+        with ClusterServing(progress=lambda line: click.echo(line, err=True)) as serving:
+            try:
+                url = serving.start(plan, port)
+            except ValueError as exc:  # a node of the plan is not in the cluster
+                raise InputError(str(exc)) from None
+            click.echo(f"serving {plan.app} on {len(plan.nodes)} node(s); front door (gRPC) at {url}")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                click.echo("stopping", err=True)
+    finally:
+        ray.shutdown()
+    click.echo("stopped")
 
 
 @cli.command()
@@ -537,7 +634,8 @@ def _policy(headroom: float, surge_poll: float | None, shed_limit: float | None 
 
 
 STANDBY_HELP = ("keep the runners of a plan for (1 + headroom)^2 x the planned demand loaded beside the live plan's, "
-                "in no route, within the GPUs' spare slices: a scale-up it covers is a routing swap, nothing loads")
+                "in no route (within the GPUs' spare slices on real MIG, their slices with MIG emulated): a "
+                "scale-up it covers is a routing swap, nothing loads")
 
 
 SURGE_HELP = ("between measurements, check this often (s) whether arrivals already exceed the plan and replan up "
@@ -633,8 +731,11 @@ def _gpu_available() -> bool:
               help="with --app: ground-truth requests to send")
 @click.option("--demand", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="with --app: the demand (req/s) the plan is made for, on 4 whole-CPU slices")
+@click.option("--nodes", type=click.IntRange(min=1), default=None,
+              help="instead: the CPU example on a local Ray cluster of this many nodes (each its own raylet and "
+                   "tritonserver, on 127.0.0.1), the day sent through the front door; the plan stays fixed")
 def demo(out: str, duration: float, peak: float | None, device: str, as_json: bool, typed_app: str | None,
-         requests: int, demand: float) -> None:
+         requests: int, demand: float, nodes: int | None) -> None:
     """The bundled example end to end: profile, plan, render, serve, replay a day with live replanning, report.
 
     On a CPU: examples/cpu/app.yaml (numpy stand-in variants, emulated device time), profiled here
@@ -648,9 +749,16 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
     (the app's metric on what the server returned) and per edge the planned and measured fan-out. With
     --app and --peak: the closed loop instead (the day replayed with the app's evaluation.make requests,
     the controller replanning and refining fan-out), reported as `jigsaw report` does.
+
+    With --nodes N: the CPU example served across N nodes of a local Ray cluster (tools/cluster_demo.py), the
+    day (peak 40 req/s by default) replayed through the front door with one plan throughout; the summary adds
+    "nodes" and per node its slices and requests.
     """
     root = Path(__file__).resolve().parent.parent
     Path(out).mkdir(parents=True, exist_ok=True)
+    if nodes:
+        _cluster_demo(root, Path(out), nodes, peak or 40.0, duration, as_json)
+        return
     if typed_app:
         _typed_demo(Path(typed_app), Path(out), requests, demand, as_json, peak, duration)
         return
@@ -685,6 +793,23 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
                               notes=f"jigsaw demo: {app_path.relative_to(root)}, synthetic diurnal day compressed "
                                     f"to {duration:g} s")
     _print_report(summary, out, as_json)
+
+
+def _cluster_demo(root: Path, out: Path, nodes: int, peak: float, duration: float, as_json: bool) -> None:
+    """``jigsaw demo --nodes N``: the CPU example profiled here, served on a local N-node Ray cluster."""
+    from tools import cluster_demo
+    from tools.profile_cpu import profile_cpu
+
+    app_path = root / "examples" / "cpu" / "app.yaml"
+    profiles_path = out / "profiles.csv"
+    click.echo(f"profiling {app_path} on this CPU -> {profiles_path}", err=True)
+    profile_cpu([load_app(app_path)], str(profiles_path), repeats=10, progress=lambda _: None)
+    summary = cluster_demo.run(load_app(app_path), profiles_path, nodes, out, peak, duration,
+                               progress=lambda line: click.echo(line, err=True))
+    click.echo(cluster_demo.format_summary(summary))
+    click.echo(f"summary: {out / 'summary.json'}")
+    if as_json:
+        click.echo(json.dumps(summary))
 
 
 def _typed_demo(app_path: Path, out: Path, requests: int, demand: float, as_json: bool, peak: float | None,
@@ -875,6 +1000,43 @@ def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str
     finally:
         applier.wait()
         client.close()
+
+
+@cli.command()
+@click.argument("plan_path", metavar="PLAN.json", type=click.Path())
+@click.option("--image", required=True, help="the pods' image: Ray, the jigsaw runtime and tritonserver")
+@click.option("--namespace", default="default", show_default=True, help="the RayCluster's namespace")
+@click.option("--gpu-namespace", default="gpu-operator", show_default=True,
+              help="the GPU operator's namespace, where its MIG manager reads the mig-parted ConfigMap")
+@click.option("--command", "command", default=None,
+              help="the driver the head runs once Ray answers (exec'd; the plan is at /etc/jigsaw/plan.json)")
+@click.option("--node", default="node-0", show_default=True, help="the node name of a single-node PLAN.json")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="folder for raycluster.yaml and mig-config.yaml")
+def k8s(plan_path: str, image: str, namespace: str, gpu_namespace: str, command: str | None, node: str,
+        out: str) -> None:
+    """Render what a Kubernetes operator applies for PLAN.json (a cluster plan, or one node's plan): a KubeRay
+    RayCluster and the GPU operator's mig-parted config, and print the node labels and the order to apply."""
+    from shlex import quote
+
+    from .k8s import MIG_PARTED_CONFIGMAP, label_commands, load_cluster_plan, render as render_k8s
+
+    manifests = render_k8s(load_cluster_plan(plan_path, node), image, namespace, command, gpu_namespace)
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "raycluster.yaml").write_text(manifests.raycluster)
+        (folder / "mig-config.yaml").write_text(manifests.mig_config)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write the manifests ({exc.strerror})") from None
+    policy = json.dumps({"spec": {"mig": {"strategy": "mixed"},
+                                  "migManager": {"config": {"name": MIG_PARTED_CONFIGMAP}}}})
+    click.echo(f"wrote {folder / 'raycluster.yaml'} (RayCluster {manifests.name} in {namespace}, one worker group "
+               f"per node) and {folder / 'mig-config.yaml'}; to apply (nothing was applied):")
+    for line in [f"kubectl apply -f {quote(str(folder / 'mig-config.yaml'))}",
+                 f"kubectl patch clusterpolicies.nvidia.com/cluster-policy --type merge -p {quote(policy)}",
+                 *label_commands(manifests), f"kubectl apply -f {quote(str(folder / 'raycluster.yaml'))}"]:
+        click.echo(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> int:

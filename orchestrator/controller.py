@@ -49,9 +49,10 @@ interval, ``refined`` when it replaced it) and the app is replanned.
 
 Standby (``standby``): beside the live plan, the runners of a plan for its demand x (1 + headroom)^2 (the
 most the next up replan asks for while the forecast stays within one headroom of the plan) stay loaded and
-ready in no route, as far as the GPUs' spare slices allow (``standby_slices``; on emulated MIG a standby
-runner is an idle process holding its memory, on real MIG it needs a free MIG device of its size, which
-binding takes in inventory order, so there it stands by only where the later plan binds alike). An up replan
+ready in no route, as far as ``standby_slices`` allows (by default, on real MIG the GPUs' spare slices: a
+standby segment needs a free MIG device of its size, which binding takes in inventory order, so there it
+stands by only where the later plan binds alike; with MIG emulated by MPS the GPUs' slices, since a standby
+runner is an idle process holding its memory only). An up replan
 to a demand that plan covers takes it: every runner is loaded with the same config, so the apply is a
 routing-file swap, with nothing on the critical path. Its runners are named apart from any model the server
 holds under another config (``render.name_apart``), so loading them changes nothing that serves. After each
@@ -122,7 +123,7 @@ class Policy:
     standby: bool = False        # keep the runners of a plan for more demand loaded, in no route (``standby_plan``)
     standby_step: float | None = None  # ... for the plan's demand x (1 + this); None: (1 + headroom)^2 - 1
     standby_slices: int | None = None  # ... its runners beside the live plan's take at most this many slices;
-    #                                    None: the slices the GPUs have spare (emulated MIG: idle processes' memory)
+    #                                    None: real MIG the GPUs' spare slices, emulated MIG all (``_standby_cap``)
 
 
 MIN_PLANNED_RPS = 1.0  # with no traffic the controller plans for this much: the least plan, not an error
@@ -190,10 +191,18 @@ class Controller:
     def _render(self, plan: Plan) -> Rendered:
         return build_configs(plan, self.inventory, admission_reserve=self.policy.admission_reserve)
 
-    def _slices_spare(self, plan: Plan) -> float:
-        """The slices the GPUs the plans may use have beyond ``plan``'s (no bound: CPU slices, unlimited)."""
+    def _standby_cap(self, plan: Plan) -> float:
+        """The slices standby runners may take beside ``plan``'s: ``standby_slices`` when given; on real MIG the
+        GPUs' spare slices (a standby segment holds a MIG device); with MIG emulated by MPS the GPUs' whole
+        slices (an idle standby process holds its memory only: on one H100 the spare slices left the traffic
+        app's scale-ups past half the GPU cold); unbounded for CPU slices of unlimited GPUs."""
+        if self.policy.standby_slices is not None:
+            return self.policy.standby_slices
         gpus = self.opts.gpus or len(self.inventory.gpus)
-        return max(0, gpus * self.gpu.slices - plan.slices) if gpus else math.inf
+        if not gpus:
+            return math.inf
+        emulated = self.gpu.mig and self.inventory.gpus and not any(d.mig_enabled for d in self.inventory.gpus)
+        return gpus * self.gpu.slices if emulated else max(0, gpus * self.gpu.slices - plan.slices)
 
     def standby_plan(self, plan: Plan, live: Rendered) -> Plan | None:
         """The plan to keep standing by beside ``plan`` (rendered ``live``): for ``plan``'s demand x (1 +
@@ -202,7 +211,7 @@ class Controller:
         server holds (``render.name_apart``). An up replan to a demand it covers then takes it with a routing
         swap: nothing loads on the critical path. None when no such plan exists."""
         step = self.policy.standby_step if self.policy.standby_step is not None else (1 + self.policy.headroom) ** 2 - 1
-        cap = self.policy.standby_slices if self.policy.standby_slices is not None else self._slices_spare(plan)
+        cap = self._standby_cap(plan)
         taken = {**(self.rendered.configs if self.rendered else {}), **live.configs}
         for fraction in (1.0, *self.policy.fallback):
             target = plan.demand_rps * (1 + step) * fraction
@@ -276,10 +285,11 @@ class Controller:
             return
         self.plan, self.intervals_in_plan, self.plan_seen_since = plan, 0, None
         self.rendered = rendered
-        serving_s = getattr(report, "serving_s", None)
-        self.apply_s = serving_s if serving_s else time.time() - started
+        serving_s = getattr(report, "serving_s", None)  # the apply's own; waited_s before it (Applier)
+        self.apply_s = getattr(report, "waited_s", 0.0) + serving_s if serving_s else time.time() - started
         self.events.write("plan", plan=plan.to_json(), demand_rps=demand, capacity_rps=demand, reason=reason,
-                          apply_s=round(self.apply_s, 2), standby=plan is standby)
+                          apply_s=round(self.apply_s, 2), standby=plan is standby,
+                          waited_s=round(getattr(report, "waited_s", 0.0), 2))
         self.progress(f"replanned for {demand:.1f} req/s ({reason}): {plan.slices} slices, accuracy "
                       f"{plan.accuracy:.3f}, serving in {self.apply_s:.1f} s")
         if self.policy.standby:

@@ -90,3 +90,22 @@ def test_taking_the_standby_plan_loads_nothing_and_fails_no_request(server) -> N
     # back to the live plan alone: the standby runners drain and unload
     back = apply(live, server.repo, client, headers, drain_s=0.2)
     assert set(back.unloaded) == set(standby.configs) - set(live.configs)
+
+
+def test_an_apply_waits_for_standby_loads_only_where_its_live_plan_needs_them(server) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    headers = control_headers(KEY, True)
+    live = build_configs(_plan(40), CPU)
+    apply(live, server.repo, client, headers, drain_s=0.2)             # the live plan alone
+    standby = build_configs(name_apart(_plan(120), CPU, live.configs), CPU)
+    applier = Applier(server.repo, client, headers)
+    first = applier(with_standby(live, standby))
+    assert first.warming is not None and first.warming.is_alive()       # a runner's load takes over a second
+    again = applier(with_standby(live, standby))                        # the same: its live plan is loaded
+    assert again.waited_s < 0.5 and first.warming.is_alive(), again.waited_s
+    assert again.loaded == [] and again.warming is None                 # what is still loading is not loaded twice
+    swap = applier(with_standby(standby, live))                         # its live runners are still loading
+    assert not first.warming.is_alive() and swap.loaded == []           # so it waited for them, and loads nothing
+    applier.wait()
+    assert all(client.is_model_ready(n) for n in standby.configs)
+    apply(live, server.repo, client, headers, drain_s=0.2)
