@@ -965,7 +965,7 @@ def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str
 
     import tritonclient.grpc as grpcclient
 
-    from .control import Applier, control_headers
+    from .control import Applier, control_headers, reload_runner
     from .controller import Controller, EventLog
     from .experiment import FORECASTERS
     from .inventory import detect
@@ -989,6 +989,7 @@ def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str
                             apply_plan=applier,
                             progress=echo)
     controller.plan = current
+    controller.reload_runner = lambda name: reload_runner(client, headers, repo, name)
     if standby:
         controller.restandby()
     echo(f"watching {app.name} at {url} (metrics {metrics_url}) every {interval:g} s; plan for "

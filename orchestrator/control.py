@@ -239,6 +239,16 @@ def apply(rendered: Rendered, repo: Path, client: grpcclient.InferenceServerClie
     return report
 
 
+def reload_runner(client: grpcclient.InferenceServerClient, headers: dict[str, str] | None, repo: Path,
+                  name: str) -> None:
+    """Unload ``name`` and load it again with the config its repository holds: a runner whose stub died stays
+    dead (Triton 2.51 neither restarts it nor calls it unready), and a load of the same config is no change to
+    Triton (the dead stub stayed, measured): the unload ends it, the load brings up fresh stubs."""
+    cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    client.unload_model(name, headers=headers)
+    client.load_model(name, config=json_format.MessageToJson(cfg, preserving_proto_field_name=True), headers=headers)
+
+
 class Applier:
     """``apply`` for a controller: returns once the new plan serves (standby runners load, and the old
     runners drain and unload, in the background). The next apply waits only for what its live plan needs: the

@@ -61,6 +61,10 @@ neither needs then drains and unloads). A cold apply still happens when the dema
 on down replans (a new, smaller plan: its runners load first; often already loaded), after a profile or
 fan-out refinement (the standby was planned with the old figures), and when no standby fits.
 
+Healing: a runner whose stub died stays dead (Triton 2.51 neither restarts it nor calls it unready); the
+stages route around it and count it (``jigsaw_runner_down_total``), and at its next look (a step or a surge
+check) the controller loads that runner of its plan again (``reload_runner``, a ``reload`` event).
+
 Every decision is appended to ``events.jsonl`` (tools/report.py reads it).
 """
 from __future__ import annotations
@@ -76,6 +80,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from triton_backend.backlog import DOWN_METRIC
 from triton_backend.variants import PADDING_METRIC
 
 from .appspec import AppSpec
@@ -178,6 +183,8 @@ class Controller:
         # stop at that demand while the forecast stays at or above that rate
         self.shed_floor: tuple[float, float] | None = None
         self.fanout = FanoutMeter()               # the edges' measured fan-out since the first scrape
+        self.reload_runner: Callable[[str], None] | None = None  # loads a runner again (control.reload_runner)
+        self.down_seen: dict[str, float] = {}     # per runner, the stages' down count when last healed
         self.rendered: Rendered | None = None     # what the server holds: the live plan's models and the standby's
         self.standby: Plan | None = None          # the plan whose runners stand by (``standby_plan``)
 
@@ -403,10 +410,33 @@ class Controller:
                           stages=stages, runners=runners, graph=graph)
         return now
 
+    def heal(self, now: Scrape) -> list[str]:
+        """Reload the plan's runners that the stages found down since the last look (their stubs died: the
+        stages route around them meanwhile, ``DOWN_S``); the runners reloaded."""
+        if self.plan is None or self.reload_runner is None:
+            return []
+        healed = []
+        for (model,), n in now.by_label(DOWN_METRIC, "model", app=self.app.name).items():
+            seen, self.down_seen[model] = self.down_seen.get(model), n
+            live = model in {runner_name(self.app.name, e) for e in self.plan.entries}
+            if not live or (seen is not None and n <= seen):
+                continue
+            try:
+                self.reload_runner(model)
+            except Exception as exc:  # noqa: BLE001 (tried again when the stages count it down again)
+                self.events.write("reload_failed", model=model, reason=str(exc))
+                self.progress(f"runner {model} is down; reloading it failed: {exc}")
+                continue
+            self.events.write("reload", model=model, down_count=n)
+            self.progress(f"runner {model} was down (its stub died): reloaded")
+            healed.append(model)
+        return healed
+
     def step(self) -> None:
         """Measure the last interval, forecast the next, and replan if the policy says so."""
         assert self.plan is not None
         now = self.record_metrics()
+        self.heal(now)
         self._arrived(now)
         self.fanout.update(edge_counts(now, self.app.name))
         prev, self.last, self.surge_failed = self.last, now, False
@@ -506,6 +536,7 @@ class Controller:
         now = scrape(self.metrics_url, time.time())
         if now.t - self.arrivals[-1][0] < self.policy.surge_poll_s / 2:
             return False
+        self.heal(now)
         self._arrived(now)
         rate, rise, lead, projected = self.projection()
         if projected <= self.plan.demand_rps:

@@ -84,7 +84,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
     from tools.loadgen import run_load_apart
     from tools.trace import arrivals
 
-    from .control import Applier, control_headers
+    from .control import Applier, control_headers, reload_runner
     from .server import MpsDaemon, TritonServer, free_ports
     from .tritonenv import prepare_backend_dir, server_env
 
@@ -130,6 +130,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
         applier = Applier(repo, client, headers, progress=lambda line: progress(f"  {line}"))
         stack.callback(applier.wait)
         controller.apply_plan = applier
+        controller.reload_runner = lambda name: reload_runner(client, headers, repo, name)
         stop = threading.Event()
         controlling: list[threading.Thread] = []  # the controller's thread, once the load's origin is set
 

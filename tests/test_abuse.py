@@ -26,6 +26,14 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from orchestrator.appspec import load_app
+from orchestrator.control import reload_runner
+from orchestrator.controller import Controller, EventLog
+from orchestrator.forecast import MovingAverage
+from orchestrator.gpus import gpu_type
+from orchestrator.metrics import scrape
+from orchestrator.planner import PlanOptions
+from orchestrator.profiles import load_profiles
+from triton_backend.backlog import DOWN_METRIC
 from orchestrator.front import FRONT_HEADER
 from orchestrator.inventory import Inventory
 from orchestrator.render import RUNNER_KEY_FILE, build_configs, runner_name, write_repository
@@ -366,3 +374,33 @@ def test_dead_runner_stub_is_routed_around(server: TritonServer) -> None:
         assert e.status() == "StatusCode.UNAVAILABLE" and "is not healthy" in str(e), str(e)
     assert outcomes[-20:] == [None] * 20
     assert server.exit_code is None
+
+
+def test_the_controller_reloads_a_runner_the_stages_found_down(server: TritonServer, tmp_path: Path) -> None:
+    """After the test above (det_large's stub killed): the stages counted it down, and the controller's next look
+    reloads it (fresh stubs), after which it answers again."""
+    target = server.runners["det_large"]  # type: ignore[attr-defined]
+    app = load_app(CPU / "app.yaml")
+    counted = scrape(server.metrics_url, time.time()).by_label(DOWN_METRIC, "model", app=APP)
+    assert counted.get((target,), 0) >= 1, counted
+    headers = {GRPC_CONTROL_HEADER: KEY}
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        c = Controller(app, load_profiles(CPU / "profiles.csv"), gpu_type("cpu"), PlanOptions(),
+                       Inventory(gpus=(), source="test: cpu"), server.repo, server.metrics_url, MovingAverage(),
+                       EventLog(tmp_path / "events.jsonl", 0.0), progress=lambda _: None)
+        c.plan = _routed_plan(app)
+        c.reload_runner = lambda name: reload_runner(client, headers, server.repo, name)
+        assert c.heal(scrape(server.metrics_url, time.time())) == [target]
+        assert c.heal(scrape(server.metrics_url, time.time())) == []       # counted once: not reloaded again
+        before = client.get_inference_statistics(target, headers=headers).model_stats[0].inference_stats.success.count
+    time.sleep(5.5)  # the stages keep away from a runner found down for DOWN_S (5 s, triton_backend/model.py)
+    failed = 0
+    for _ in range(20):
+        try:
+            _grpc_infer(server)
+        except InferenceServerException:
+            failed += 1
+        time.sleep(0.05)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        after = client.get_inference_statistics(target, headers=headers).model_stats[0].inference_stats.success.count
+    assert failed == 0 and after > before, (failed, before, after)

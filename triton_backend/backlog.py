@@ -30,6 +30,9 @@ from typing import NamedTuple
 import numpy as np
 
 PREFIX = ".backlog-"  # + the server's pid: the table's file name in the graph model's directory
+# what the stages count each time they find a runner down (``mark_down``), per app, task and runner model: the
+# controller reloads a runner of its plan that it counts (a dead stub stays dead: Triton does not restart it)
+DOWN_METRIC = "jigsaw_runner_down_total"
 ROWS = 256           # graph instances at once (both copies of the graph model during a reload included)
 SLOTS = 32           # runner models one instance has sent to
 FIELDS = 7           # per slot: key, items outstanding, last answer (s), answers, observed ms, estimated ms,

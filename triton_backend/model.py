@@ -46,7 +46,7 @@ from triton_backend import runners
 from triton_backend.adapters import apply as adapt
 from triton_backend.adapters import resolve as resolve_adapter
 from triton_backend.backlog import PREFIX as BACKLOG_PREFIX
-from triton_backend.backlog import SharedBacklog, remove_stale
+from triton_backend.backlog import DOWN_METRIC, SharedBacklog, remove_stale
 from triton_backend.scheduling import (DropDecision, FanOut, Route, WeightedRoundRobin, backlog_ms, choose_route,
                                        drop_decision, pace)
 from triton_backend.tensors import Item, TensorSpec, conform, empty, from_wire, to_wire
@@ -229,6 +229,7 @@ class _Task:
                                "time requests waited for a dispatch slot in a jigsaw task stage (us)").Metric(labels=labels)
         self.m_items: dict[str, Any] = {}  # variant -> counter, kept across routings (a new one would restart at 0)
         self.down_reasons: dict[str, str] = {}  # runner model -> why this instance last found it down
+        self.m_down: dict[str, Any] = {}  # runner model -> times it was found down (the controller reloads it)
 
     def count_items(self, variant: str, n: int) -> None:
         if variant not in self.m_items:
@@ -355,6 +356,11 @@ class _Task:
         if down:
             self.backlog.mark_down(route.model, time.monotonic() + DOWN_S)
             self.down_reasons[route.model] = message
+            if route.model not in self.m_down:
+                self.m_down[route.model] = _counter(
+                    DOWN_METRIC, "times a jigsaw task stage found a runner down (its stub dead)").Metric(
+                    labels={**self.labels, "model": route.model})
+            self.counters.add(self.m_down[route.model], 1)
             pb_utils.Logger.log_warn(f"jigsaw stage {self.task}: runner {route.model} is down ({message}): "
                                      f"its items go to the task's other runners for {DOWN_S:g} s")
         kind = Unavailable if down else Failure
