@@ -47,6 +47,7 @@ def _load(app_path: str, profiles_path: str, gpu_name: str | None):
 
 
 @click.group()
+@click.version_option(package_name="jigsawserve", prog_name="jigsaw")
 def cli() -> None:
     """JigsawServe: plan and serve compound inference on GPU slices."""
     # SIGTERM (`timeout`, a job scheduler) unwinds like Ctrl-C, so that the servers and MPS daemons a

@@ -140,11 +140,17 @@ class Plan:
             return f", the relaxation needs {self.solver['relaxed_slices']:.1f} slices"
         return ""
 
+    def _where(self) -> str:
+        """What the plan takes: whole CPU slices (the ``cpu`` type: one slice a device), or slices on GPUs."""
+        if self.gpu_type == "cpu":
+            return f"{self.slices} whole-CPU slice{'s' * (self.slices != 1)}"
+        return f"{self.slices} slices on {self.gpus} GPU{'s' * (self.gpus != 1)}"
+
     def summary(self) -> str:
         """A readable multi-line summary."""
         lines = [f"plan for {self.app} on {self.gpu_type} at {self.demand_rps:g} req/s, features {self.features}",
-                 f"  accuracy {self.accuracy:.4f} (SLO {self.accuracy_slo:g} of max), {self.slices} slices on "
-                 f"{self.gpus} GPU(s), fragmentation {self.placement.get('fragmentation', 0):.1%}, "
+                 f"  accuracy {self.accuracy:.4f} (SLO {self.accuracy_slo:g} of max), {self._where()}, "
+                 f"fragmentation {self.placement.get('fragmentation', 0):.1%}, "
                  f"solved in {self.solve_seconds:.2f} s ({self.solver.get('method', '?')}, "
                  f"{self.solver.get('status', '?')}{self._gap_note()})"]
         for task, es in self.tasks().items():
