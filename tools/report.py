@@ -581,8 +581,8 @@ def _no_data(ax: Any, text: str) -> None:
 
 
 def _mark_plan_changes(ax: Any, run: Run) -> None:
-    for p in run.plans[1:]:
-        ax.axvline(p.t, color="grey", linestyle=":", linewidth=1)
+    for i, p in enumerate(run.plans[1:]):
+        ax.axvline(p.t, color="grey", linestyle=":", linewidth=1, label="plan change" if i == 0 else None)
 
 
 def _steps(run: Run, values: list[float | None]) -> tuple[list[float], list[float]]:
@@ -603,9 +603,13 @@ def _plot_demand(run: Run, ax: Any) -> None:
                 [math.nan if e.forecast_rps is None else e.forecast_rps for e in run.intervals], "--",
                 label="forecast")
     if run.plans:
-        ax.step(*_steps(run, [p.capacity_rps for p in run.plans]), where="post", label="plan capacity")
-        ax.step(*_steps(run, [p.demand_rps for p in run.plans]), where="post", alpha=0.6,
-                label="demand planned for")
+        capacity, planned = [p.capacity_rps for p in run.plans], [p.demand_rps for p in run.plans]
+        if capacity == planned:  # one line, not two drawn over each other in a colour of neither
+            ax.step(*_steps(run, planned), where="post", color="C2",
+                    label="plan capacity (the demand planned for)")
+        else:
+            ax.step(*_steps(run, capacity), where="post", color="C2", label="plan capacity")
+            ax.step(*_steps(run, planned), where="post", color="C3", linestyle="--", label="demand planned for")
         _mark_plan_changes(ax, run)
     ax.set(xlabel="time (s)", ylabel="requests/s")
     ax.legend(fontsize="small")
@@ -645,9 +649,11 @@ def _plot_slices(run: Run, ax: Any) -> None:
     if not run.plans:
         _no_data(ax, "no plan events")
         return
-    ax.step(*_steps(run, [p.plan.slices for p in run.plans]), where="post")
+    ax.step(*_steps(run, [p.plan.slices for p in run.plans]), where="post", label="slices of the plan in force")
     _mark_plan_changes(ax, run)
-    ax.set(xlabel="time (s)", ylabel="GPU slices in use", ylim=(0, None))
+    ax.set(xlabel="time (s)", ylabel=f"{_slice_word(run)} in use", ylim=(0, None))
+    ax.yaxis.get_major_locator().set_params(integer=True)  # whole slices
+    ax.legend(fontsize="small")
 
 
 def _plot_placement(p: PlanEvent, ax: Any) -> None:
@@ -661,13 +667,24 @@ def _plot_placement(p: PlanEvent, ax: Any) -> None:
             span = gpu.shape(seg["size"]).mem_slices
             colour = f"C{tasks.index(key.task) % 10}" if key.task in tasks else "grey"
             ax.barh(row, span, left=seg["start"], height=0.8, color=colour, alpha=0.5, edgecolor="black")
-            ax.text(seg["start"] + span / 2, row, f"{key.task}\n{key.variant}\n{seg['shape']} mps{key.mps}",
+            fit = max(4, int(11 * span * 8 / gpu.mem_slices))  # characters a box this wide holds at 6 pt
+            ax.text(seg["start"] + span / 2, row, "\n".join(_clip(t, fit) for t in (
+                        key.task, key.variant, f"{seg['shape']} {key.mps}p")),
                     ha="center", va="center", fontsize=6, clip_on=True)
     ax.set(xlim=(0, gpu.mem_slices), ylim=(max(len(gpus), 1) - 0.5, -0.5), yticks=range(len(gpus)),
-           yticklabels=[f"GPU {i} ({sum(s['size'] for s in segs)}/{gpu.slices})" for i, segs in enumerate(gpus)],
+           yticklabels=[f"{'CPU slice' if gpu.name == 'cpu' else 'GPU'} {i} ({sum(s['size'] for s in segs)}/{gpu.slices})"
+                        for i, segs in enumerate(gpus)],
            xlabel="memory slice" if gpu.mig else "device",
-           title=f"plan at {p.t:g} s: {p.plan.slices} slices on {p.plan.gpus} {gpu.name}")
+           title=f"plan at {p.t:g} s: {p.plan.slices} slices on {p.plan.gpus} {gpu.name} (np: n MPS processes)")
     ax.set_xticks(range(gpu.mem_slices + 1))
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _slice_word(run: Run) -> str:
+    return "CPU slices" if run.info.get("gpu_type") == "cpu" else "GPU slices"
 
 
 def figures(run: Run) -> dict[str, Figure]:
@@ -675,7 +692,7 @@ def figures(run: Run) -> dict[str, Figure]:
     out: dict[str, Figure] = {}
     for name, what, draw in (("demand.png", "demand", _plot_demand),
                              ("violations.png", "SLO violations", _plot_violations),
-                             ("slices.png", "GPU slices", _plot_slices)):
+                             ("slices.png", _slice_word(run), _plot_slices)):
         out[name] = _figure(run, what)
         draw(run, out[name].add_subplot())
     shown = [run.plans[0], run.plans[-1]] if len(run.plans) > 1 else run.plans
