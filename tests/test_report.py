@@ -160,7 +160,7 @@ def test_titles_say_mig_emulated(run_dir: Path) -> None:
     assert all("MIG emulated" in f.get_suptitle() for f in figs.values())
     placement = figs["placement.png"].axes
     assert len(placement) == 2  # the first and the last plan
-    assert [t.get_text() for t in placement[1].get_yticklabels()] == [f"GPU {i} (1/1)" for i in range(5)]
+    assert [t.get_text() for t in placement[1].get_yticklabels()] == [f"CPU slice {i} (1/1)" for i in range(5)]
 
 
 def test_mig_placement(tmp_path: Path) -> None:
