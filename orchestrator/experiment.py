@@ -13,6 +13,7 @@ makes from them.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import tempfile
 import threading
@@ -74,6 +75,14 @@ def typed_payloads(exp: Experiment) -> tuple[list[dict[str, Any]] | None, Path |
     return tensors, Path(dataset)
 
 
+def _device(inventory: Inventory) -> str:
+    """What served the run, in a report's words: the GPUs by name, or the CPU (and why no GPU was used)."""
+    if inventory.gpus:
+        return f"{inventory.source} " + ", ".join(d.name for d in inventory.gpus)
+    why = inventory.source.removeprefix("nvml unavailable: ")
+    return f"CPU ({os.cpu_count()} cores; no NVIDIA GPU: {why})" if why != inventory.source else f"CPU ({why})"
+
+
 def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the experiment into ``exp.out``; the report's summary."""
     import tritonclient.grpc as grpcclient
@@ -105,7 +114,7 @@ def run(exp: Experiment, progress: Callable[[str], None] = print) -> dict[str, A
     emulated = any(not d.mig_enabled for d in exp.inventory.gpus) and exp.gpu.mig
     (out / "run.json").write_text(json.dumps({
         "app": exp.app.name, "slo_ms": exp.app.latency_slo_ms, "system": exp.system or exp.opts.features.label,
-        "device": exp.inventory.source + (" " + ", ".join(d.name for d in exp.inventory.gpus) if exp.inventory.gpus else ""),
+        "device": _device(exp.inventory),
         "emulated_mig": bool(emulated), "gpu_type": exp.gpu.name, "interval_s": exp.interval_s,
         "duration_s": trace.duration_s, "peak_rps": trace.peak_rps, "forecaster": exp.forecaster, "requests_scheduled": int(len(times)),
         "dataset": str(dataset) if dataset else None, "notes": exp.notes}, indent=2) + "\n")
