@@ -22,10 +22,13 @@ setup(
         "nvidia-pytriton>=0.5",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "onnx>=1.15"],
+        # kubernetes-validate ships the Kubernetes JSON schemas in its wheel (22 MB): tests/test_k8s.py runs offline
+        "test": ["pytest>=7", "hypothesis>=6", "onnx>=1.15", "jsonschema>=4.23", "kubernetes-validate>=1.33"],
         # typed variants from ONNX files; the OCR example's PP-OCRv4 / PP-OCRv6 weights ship inside the rapidocr
         # wheels (located there at plan/render time, never copied); with numpy<2 pip picks opencv 4.11
         "ocr": ["onnxruntime>=1.16", "rapidocr-onnxruntime==1.4.4", "rapidocr==3.10.0"],
+        # serving across nodes (orchestrator/ray_cluster.py); 2.60.0 is the version tested
+        "cluster": ["ray[default]>=2.60"],
     },
     entry_points={"console_scripts": ["jigsaw=orchestrator.cli:run"]},
 )

@@ -341,7 +341,10 @@ def _apply_cluster(plan_path: str, ray_address: str) -> None:
     from .ray_cluster import ClusterServing, connect
 
     plan = _load_cluster_plan(plan_path)
-    connect(ray_address)
+    try:
+        connect(ray_address)
+    except UnreachableError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         serving = ClusterServing(progress=lambda line: click.echo(f"  {line}", err=True)).attach()
         report = serving.apply(plan)
@@ -368,7 +371,10 @@ def serve_cluster(plan_path: str, ray_address: str, port: int) -> None:
     from .ray_cluster import ClusterServing, connect
 
     plan = _load_cluster_plan(plan_path)
-    connect(ray_address)
+    try:
+        connect(ray_address)
+    except UnreachableError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         with ClusterServing(progress=lambda line: click.echo(line, err=True)) as serving:
             try:
@@ -733,8 +739,8 @@ def _gpu_available() -> bool:
 @click.option("--demand", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="with --app: the demand (req/s) the plan is made for, on 4 whole-CPU slices")
 @click.option("--nodes", type=click.IntRange(min=1), default=None,
-              help="instead: the CPU example on a local Ray cluster of this many nodes (each its own raylet and "
-                   "tritonserver, on 127.0.0.1), the day sent through the front door; the plan stays fixed")
+              help="instead: the CPU example on a local Ray cluster of this many nodes (each its own raylet, "
+                   "tritonserver and controller, on 127.0.0.1), the day sent through the front door")
 def demo(out: str, duration: float, peak: float | None, device: str, as_json: bool, typed_app: str | None,
          requests: int, demand: float, nodes: int | None) -> None:
     """The bundled example end to end: profile, plan, render, serve, replay a day with live replanning, report.
@@ -752,8 +758,8 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
     the controller replanning and refining fan-out), reported as `jigsaw report` does.
 
     With --nodes N: the CPU example served across N nodes of a local Ray cluster (tools/cluster_demo.py), the
-    day (peak 40 req/s by default) replayed through the front door with one plan throughout; the summary adds
-    "nodes" and per node its slices and requests.
+    day (peak 40 req/s by default) replayed through the front door, each node replanned by its own controller
+    for its share (the shares stay fixed); the summary adds "nodes" and per node its slices, requests and replans.
     """
     root = Path(__file__).resolve().parent.parent
     Path(out).mkdir(parents=True, exist_ok=True)

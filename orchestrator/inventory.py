@@ -190,7 +190,9 @@ def _object(value: Any, where: str) -> dict:
     return value
 
 
-def _parse(doc: Any, source: str) -> Inventory:
+def parse(doc: Any, source: str) -> Inventory:
+    """An inventory from its parsed JSON (schema in the module docstring): a file's, or one node's of a
+    cluster inventory (``cluster.load_cluster``); InputError names the field."""
     gpu_docs = _field(_object(doc, "inventory"), "gpus", list, "inventory")
     gpus: list[GpuDevice] = []
     uuids: set[str] = set()
@@ -231,7 +233,7 @@ def from_file(path: str | Path) -> Inventory:
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
     try:
-        return _parse(doc, f"file {path}")
+        return parse(doc, f"file {path}")
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
 
