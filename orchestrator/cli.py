@@ -113,6 +113,10 @@ def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str,
     result = (plan_cluster(app, profiles, gpu, demand, nodes, opts) if nodes
               else make_plan(app, profiles, gpu, demand, opts))
     click.echo(result.summary())
+    if not nodes and gpus is None:
+        unit = "CPU slices" if gpu.name == "cpu" else f"{gpu.name} GPUs"
+        click.echo(f"no --gpus: {unit} unlimited (this plan takes {result.gpus}); give --gpus N to plan within N",
+                   err=True)
     if out:
         result.save(out)
         click.echo(f"wrote {out}")

@@ -379,6 +379,7 @@ def test_apply_to_an_address_nothing_listens_at_is_a_clear_error(capsys, tmp_pat
 def test_version_and_a_cpu_plan_in_cpu_words(capsys) -> None:
     code, out, _ = run_cli(capsys, "--version")
     assert code == 0 and out.startswith("jigsaw, version ")
-    code, out, _ = run_cli(capsys, "plan", str(ROOT / "examples" / "cpu" / "app.yaml"), "--profiles",
-                           str(ROOT / "examples" / "cpu" / "profiles.csv"), "--demand", "40")
+    code, out, err = run_cli(capsys, "plan", str(ROOT / "examples" / "cpu" / "app.yaml"), "--profiles",
+                             str(ROOT / "examples" / "cpu" / "profiles.csv"), "--demand", "40")
     assert code == 0 and "whole-CPU slices" in out and "GPU" not in out.split("\n")[1], out
+    assert "no --gpus: CPU slices unlimited (this plan takes 3)" in err
