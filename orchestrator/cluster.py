@@ -265,10 +265,11 @@ def _whole_accuracy(app: AppSpec, plans: list[Plan]) -> float:
 
 @dataclass
 class _Scored:
-    """A split whose every node has a plan: ``key`` (total slices, minus the whole's accuracy) to minimise, its
+    """A split whose every node has a plan: ``key`` (total slices, minus the whole's accuracy, then the nodes' names:
+    alike nodes give the same plan on each run) to minimise, its
     nodes with their demands and plans, and its row in the record of the splits tried."""
 
-    key: tuple[int, float]
+    key: tuple[int, float, tuple[str, ...]]
     nodes: list[tuple[NodeSpec, float, Plan]]
     row: dict[str, Any]
 
@@ -331,7 +332,8 @@ class _Search:
             row.update(error=f"the whole's accuracy {accuracy:.4f} is below the SLO", binding="accuracy")
             return None
         row.update(slices=sum(p.slices for p in plans), accuracy=accuracy)
-        return _Scored((row["slices"], -accuracy), [(n, d, p) for (n, d), p in zip(split, plans)], row)
+        return _Scored((row["slices"], -accuracy, tuple(sorted(n.name for n, _ in split))),
+                       [(n, d, p) for (n, d), p in zip(split, plans)], row)
 
 
 def plan_cluster(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float, nodes: list[NodeSpec],
