@@ -1,21 +1,12 @@
 #!/bin/bash
 # bench/h200_pair.sh TAG0 "ARGS0" TAG1 "ARGS1": two bench/h200_eval.py runs side by side (GPU 0 and GPU 1) on an
 # nvidia-h200-x2 machine (the device tool), each with its own MPS daemon, inventory and load generator;
-# each run's record packed into $OUT/<TAG>.tar.xz. The project is installed offline from $BUNDLE, a
-# `jigsaw bundle` tarball (README.md, "Air-gapped hosts"), unless /tmp/site already holds it.
+# each run's record packed into $OUT/<TAG>.tar.xz. Dependencies installed offline by bench/gpu_setup.sh
+# (from $BUNDLE, a `jigsaw bundle` tarball), the code run from this checkout.
 set -u
 T=${EVAL_TIMEOUT:-540}  # each run's limit (s)
-BUNDLE=${BUNDLE:-.dev/jigsaw-cp312.tar.xz}
-export PYTHONUNBUFFERED=1
 t0=$(date +%s)
-if [ ! -x /tmp/site/bin/jigsaw ]; then
-  rm -rf /tmp/jb /tmp/site; mkdir -p /tmp/jb && tar xf "$BUNDLE" -C /tmp/jb \
-    && /tmp/jb/install.sh --target /tmp/site > /tmp/jb-install.log 2>&1 || { tail -40 /tmp/jb-install.log; exit 1; }
-  tail -3 /tmp/jb-install.log
-fi
-export PYTHONPATH=/tmp/site JIGSAW_TRITON_HOME=/tmp/site/jigsaw-triton JIGSAW_STUB_PYTHONPATH=/tmp/site/jigsaw-stub
-echo "install $(( $(date +%s) - t0 )) s; code $(cat .dev/COMMIT 2>/dev/null)"
-nvidia-smi --query-gpu=index,name,memory.used,utilization.gpu,mig.mode.current --format=csv,noheader
+source bench/gpu_setup.sh || exit 1
 rm -rf /tmp/eval /tmp/runs /tmp/pack; mkdir -p /tmp/eval /tmp/runs /tmp/pack
 one() {
   local gpu=$1 tag=$2; shift 2
@@ -37,7 +28,7 @@ for tag in "$1" "$3"; do
     for f in events.jsonl host.csv run.json summary.json; do [ -f $rd/$f ] && cp $rd/$f $d/$n/; done
     [ -f $rd/requests.csv ] && xz -T4 -6 -c $rd/requests.csv > $d/$n/requests.csv.xz
     [ -f $rd/server.log ] && xz -T4 -6 -c $rd/server.log > $d/$n/server.log.xz
-    /tmp/site/bin/jigsaw report $rd --bins 2 > $d/$n/outcomes-2s.txt 2>&1
+    jigsaw report $rd --bins 2 > $d/$n/outcomes-2s.txt 2>&1
   done
   tar cJf $OUT/$tag.tar.xz -C /tmp/pack $tag
   echo "== $tag"; grep -v "^\[.*load: " /tmp/eval/$tag/eval.log | tail -25

@@ -29,7 +29,7 @@ from .checker import TOL, metrics
 from .errors import InfeasibleError, InputError
 from .gpus import GpuType
 from .inventory import Inventory, parse as parse_inventory
-from .plan import Plan
+from .plan import Plan, write_json
 from .planner import Deadline, PlanOptions, make_plan
 from .profiles import Profiles
 
@@ -109,12 +109,7 @@ class ClusterPlan:
 
     def save(self, path: str | Path) -> None:
         """Write the cluster plan JSON, making the folder it goes in."""
-        out = Path(path)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        except OSError as exc:
-            raise InputError(f"{out}: cannot write the cluster plan ({exc.strerror})") from None
+        write_json(path, self.to_json(), "the cluster plan")
 
     def summary(self) -> str:
         """Per node what it serves (demand, share of the whole, load against its capacity), its slices, GPUs and

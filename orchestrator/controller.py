@@ -416,10 +416,10 @@ class Controller:
         if self.plan is None or self.reload_runner is None:
             return []
         healed = []
+        live = {runner_name(self.app.name, e) for e in self.plan.entries}
         for (model,), n in now.by_label(DOWN_METRIC, "model", app=self.app.name).items():
             seen, self.down_seen[model] = self.down_seen.get(model), n
-            live = model in {runner_name(self.app.name, e) for e in self.plan.entries}
-            if not live or (seen is not None and n <= seen):
+            if model not in live or (seen is not None and n <= seen):
                 continue
             try:
                 self.reload_runner(model)

@@ -10,6 +10,16 @@ from .candidates import worst_case_ms
 from .errors import InputError
 
 
+def write_json(path: str | Path, doc: dict[str, Any], what: str) -> None:
+    """``doc`` as indented JSON at ``path``, making its folder; InputError naming ``what`` when it cannot."""
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write {what} ({exc.strerror})") from None
+
+
 @dataclass(frozen=True)
 class Entry:
     """``count`` segments of ``mig`` slices, each running ``mps`` processes of ``variant`` at ``batch``."""
@@ -116,12 +126,7 @@ class Plan:
 
     def save(self, path: str | Path) -> None:
         """Write the plan JSON, making the folder it goes in."""
-        out = Path(path)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        except OSError as exc:
-            raise InputError(f"{out}: cannot write the plan ({exc.strerror})") from None
+        write_json(path, self.to_json(), "the plan")
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2
-from test_apply import CPU, KEY, Load, _plan
+from test_apply import CPU, KEY, Load, _plan, server  # noqa: F401 (server: the fixture, a server of this module)
 
 from orchestrator.control import Applier, apply, control_headers
-from orchestrator.render import build_configs, name_apart, runner_name, with_standby, write_repository
-from orchestrator.server import TritonServer, free_ports
-from orchestrator.tritonenv import prepare_backend_dir, server_env
+from orchestrator.render import build_configs, name_apart, runner_name, with_standby
 
 
 def _routed(rendered) -> set[str]:
@@ -46,18 +43,6 @@ def test_a_standby_plan_is_named_apart_from_loaded_models_of_other_configs() -> 
     assert set(merged.configs) == set(live.configs) | set(standby.configs)
     # taking it later: named against what the server then holds, it keeps the names and configs it loaded with
     assert name_apart(bigger, CPU, {**taken, **merged.configs}).entries == named.entries
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("standby")
-    repo = tmp / "repo"
-    write_repository(build_configs(_plan(40), CPU), repo)
-    h, g, m = free_ports(3)
-    with TritonServer(repo, prepare_backend_dir(tmp / "backends"), http_port=h, grpc_port=g, metrics_port=m,
-                      control_key=KEY, log_path=tmp / "server.log", env=server_env()) as srv:
-        srv.wait_ready(120)
-        yield srv
 
 
 def test_taking_the_standby_plan_loads_nothing_and_fails_no_request(server) -> None:
