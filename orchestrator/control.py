@@ -255,7 +255,7 @@ class Applier:
     standby loads still under way of a runner it routes to, and the drains still to unload a runner of its
     plan (an unload never races a load); standby runners still loading stay with their load (never loaded
     twice at once). So a scale-up to the standby plan right after the last switch is not held up by the next
-    standby's loads (on the H100 a wait for them had delayed one by 15 s), nor a replan by an earlier drain."""
+    standby's loads (on the H100 a wait for them had delayed one by 13 s, bench/results/h100-2026-12-08/standby-all), nor a replan by an earlier drain."""
 
     def __init__(self, repo: Path, client: grpcclient.InferenceServerClient, headers: dict[str, str] | None = None,
                  progress: Callable[[str], None] = lambda _: None) -> None:
