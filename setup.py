@@ -10,7 +10,6 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "numpy<2",
-        "cvxpy>=1.5",
         "highspy>=1.7",
         "pyyaml>=6",
         "jinja2>=3",

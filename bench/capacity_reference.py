@@ -13,6 +13,7 @@ Writes the JSON and a markdown table next to it (.md).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--reference-limit", type=float, default=120.0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    load_start = os.getloadavg()
     profiles = load_profiles(args.profiles)
     gpu = gpu_type(default_gpu(profiles))
     rows = []
@@ -53,14 +55,20 @@ def main() -> None:
             rows.append(row)
             print(f"{app.name} {feats.label}: default {fast.max_demand_rps:.1f} ({fast.seconds:.1f} s), reference "
                   f"{ref.max_demand_rps:.1f} ({ref.seconds:.1f} s)", file=sys.stderr, flush=True)
-    record = {**provenance(), "gpus": args.gpus, "gpu_type": gpu.name, "rows": rows}
+    record = {**provenance(), "load": {"start": load_start, "end": os.getloadavg()}, "gpus": args.gpus, "gpu_type": gpu.name, "rows": rows}
     lines = ["| app | features | default (req/s) | s | reference (req/s) | s | default / best of both |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "-"
         lines.append(f"| {r['app']} | {r['features']} | {r['default']['max_demand_rps']:.0f} | {r['default']['seconds']:.1f} | "
                      f"{r['reference']['max_demand_rps']:.0f} | {r['reference']['seconds']:.1f} | {ratio} |")
+    lines.append(f"\nLoad average (1, 5, 15 min) on this machine: {_load(load_start)} at the start, "
+                 f"{_load(record['load']['end'])} at the end.")
     write(args.out, record, lines)
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return ", ".join(f"{x:.1f}" for x in avg)
 
 
 if __name__ == "__main__":

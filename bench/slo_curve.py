@@ -5,7 +5,8 @@ factor, and the A+S+T / A+T ratio, which should rise as the SLO tightens (spatia
 fast small segments meet a tight budget that whole GPUs waste).
 
     python3 bench/slo_curve.py --app examples/tagging.yaml --app examples/a100/chain.yaml \\
-        --profiles examples/a100/profiles.csv --gpus 120 --out bench/results/slo-curve.json
+        --app examples/a100/qa.yaml --profiles examples/a100/profiles.csv --gpus 120 \\
+        --out bench/results/slo-curve.json
 
 Each capacity search is the library's ``max_demand`` within ``--time-limit`` seconds. Writes the JSON,
 a markdown table (same stem, .md) and a plot (.png).
@@ -14,12 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
-import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 from orchestrator.appspec import load_app
@@ -42,6 +39,7 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=10.0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    load_start = os.getloadavg()
     profiles = load_profiles(args.profiles)
     gpu = gpu_type(default_gpu(profiles))
     feats = [Features.parse(f) for f in args.features.split(",")]
@@ -60,7 +58,7 @@ def main() -> None:
             a, b = row[feats[0].label]["max_demand_rps"], row[feats[-1].label]["max_demand_rps"]
             row["ratio"] = a / b if b > 0 else None
             rows.append(row)
-    record = {**provenance(), "gpus": args.gpus, "gpu_type": gpu.name, "rows": rows}
+    record = {**provenance(), "load": {"start": load_start, "end": os.getloadavg()}, "gpus": args.gpus, "gpu_type": gpu.name, "rows": rows}
     a_label, b_label = feats[0].label, feats[-1].label
     lines = [f"| app | SLO (ms) | x SLO | {a_label} (req/s) | {b_label} (req/s) | {a_label} / {b_label} | search s (max) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -69,6 +67,8 @@ def main() -> None:
         secs = max(r[f.label]["seconds"] for f in feats)
         lines.append(f"| {r['app']} | {r['latency_slo_ms']:g} | {r['slo_factor']:g} | {r[a_label]['max_demand_rps']:.0f} | "
                      f"{r[b_label]['max_demand_rps']:.0f} | {ratio} | {secs:.1f} |")
+    lines.append(f"\nLoad average (1, 5, 15 min) on this machine: {_load(load_start)} at the start, "
+                 f"{_load(record['load']['end'])} at the end.")
     write(args.out, record, lines)
     _plot(rows, a_label, b_label, args.out.with_suffix(".png"), args.gpus, gpu.name)
 
@@ -88,6 +88,10 @@ def _plot(rows: list[dict], a: str, b: str, out: Path, gpus: int, gpu: str) -> N
     ax.legend(title="app (apps with no A+T plan at an SLO have no point there)", fontsize=9, title_fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return ", ".join(f"{x:.1f}" for x in avg)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from .appspec import AppSpec
-from .candidates import allowed_variants, demand_bounds
+from .candidates import allowed_variants, build_candidates, demand_bounds
 from .errors import InfeasibleError
 from .gpus import GpuType
-from .planner import Deadline, PlanOptions, make_plan
+from .planner import ROUND_FIRST, Deadline, PlanOptions, make_plan
 from .plan import Plan
 from .profiles import Profiles
+
+SMALL_GPUS = 8  # up to this many GPUs, a probe that rounding fails tries the MILP (few instances: it settles)
+GROWTH = 8.0  # the most one step multiplies the demand by before any probe has failed
 
 
 @dataclass(frozen=True)
@@ -42,15 +45,17 @@ def max_demand(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions
     """Search the demand (0 when nothing fits) within ``opts.time_limit`` seconds for the whole search.
 
     Each probe asks for the fewest slices that meet both SLOs: a diagnosed probe at 1/64 of the analytical
-    bound (a latency or accuracy SLO that no demand meets gives 0 at once), then doubling, then bisection.
-    With ``method`` auto a probe tries the LP relaxation with rounding (a fraction of a second) and, where
-    it fails, the MILP within a share of the time left; ``relax`` and ``milp`` use theirs alone. A probe the time
-    limit cuts counts as not fitting, and the answer says so."""
+    bound (a latency or accuracy SLO that no demand meets gives 0 at once), then steps to where the last
+    plan's slices, scaled with the demand, would fill the cluster (``aim``). With ``method`` auto a probe
+    tries the LP relaxation with rounding and, where it fails on a model small enough for the MILP to settle
+    (``planner.ROUND_FIRST`` candidates, or ``SMALL_GPUS`` GPUs), the MILP within a share of the time left; ``relax`` and ``milp``
+    use theirs alone. A probe the time limit cuts counts as not fitting, and the answer says so."""
     start = time.perf_counter()
     deadline = Deadline(opts.time_limit)
     times: list[float] = []
     best: Plan | None = None
     note = ""
+    small = (opts.gpus or 0) <= SMALL_GPUS or candidate_count(app, profiles, gpu, opts) <= ROUND_FIRST
 
     def probe(demand: float, method: str, diagnose: bool = False) -> bool:
         nonlocal best, note
@@ -73,31 +78,51 @@ def max_demand(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions
 
     upper = _upper_bound(app, profiles, gpu, opts)
     floor = upper * 1e-6  # below this, nothing fits
+    total = (opts.gpus or 0) * gpu.slices
 
     def fast(demand: float, diagnose: bool = False) -> bool:
-        """``auto``: rounding first; where it fails (its budgets, fixed from a weak relaxation, can miss plans
-        the MILP finds), the MILP before calling the demand too high. ``relax`` or ``milp``: that alone."""
+        """``auto``: rounding first; where it fails (rounding fixes its latency budgets by a heuristic and can
+        miss plans the MILP finds), the MILP before calling the demand too high, on models where it settles
+        in the time. ``relax`` or ``milp``: that alone."""
         if opts.method != "auto":
             return probe(demand, opts.method, diagnose)
-        return probe(demand, "relax", diagnose) or probe(demand, "auto")
+        return probe(demand, "relax", diagnose) or (small and probe(demand, "auto"))
 
-    lo, hi = 0.0, upper
+    def aim(lo: float, hi: float | None) -> float:
+        """Where the plan at ``lo``, its slices scaled with the demand, would fill the cluster: at least a
+        tolerance above ``lo``, at most ``GROWTH`` times it, and inside the bracket (else a quarter of the
+        bracket below ``hi``: a failed aim is most often just above the capacity)."""
+        scaled = lo * total / best.slices if best is not None and best.slices > 0 else 2 * lo
+        guess = min(max(scaled, lo * (1 + rel_tol)), GROWTH * lo)
+        if hi is None:
+            return guess
+        return guess if guess < hi * (1 - rel_tol / 2) else hi - (hi - lo) / 4
+
+    lo, hi = 0.0, None
     try:
         first = upper / 64
         if fast(first, diagnose=True):
             lo = first
-            while deadline.left() > 0 and lo * 2 < hi:
-                if not fast(lo * 2):
-                    hi = lo * 2
-                    break
-                lo *= 2
         else:
             hi = first
-        while hi - lo > rel_tol * hi and hi > floor and deadline.left() > 0:
-            mid = (lo + hi) / 2 if lo > 0 else hi / 4
-            lo, hi = (mid, hi) if fast(mid) else (lo, mid)
+        while deadline.left() > 0 and (hi is None or (hi - lo > rel_tol * hi and hi > floor)):
+            mid = aim(lo, hi) if lo > 0 else hi / 4
+            if hi is None and mid >= upper:
+                hi = upper
+                continue
+            if fast(mid):
+                lo = mid
+            else:
+                hi = mid
     except InfeasibleError:
-        lo = hi = 0.0
+        lo, hi = 0.0, 0.0
+    hi = upper if hi is None else hi
     if hi - lo > rel_tol * hi and hi > floor and not note:
         note = f"the time limit of {opts.time_limit:g} s ended the search"
     return Capacity(lo, best if lo > 0 else None, len(times), times, time.perf_counter() - start, hi, note)
+
+
+def candidate_count(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions) -> int:
+    """How many candidates a plan of ``app`` weighs (every task's, within the SLO)."""
+    cands = build_candidates(app, profiles, gpu, opts.features, None, (None,), opts.latency_model)
+    return sum(len(cs) for cs in cands.values())

@@ -8,6 +8,7 @@ whenever that lets one more segment in.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -97,7 +98,8 @@ def fits_on_one_gpu(sizes: Sequence[int], gpu: GpuType) -> bool:
 
 def place(segments: Sequence[tuple[str, int]], gpu: GpuType,
           max_gpus: int | None = None) -> Placement:
-    """Pack ``(label, size)`` segments onto as few GPUs as first-fit decreasing finds.
+    """Pack ``(label, size)`` segments onto as few GPUs as first-fit decreasing finds; where that takes more
+    than ``max_gpus``, by the GPUs' maximal patterns (``pack_by_patterns``, exact).
 
     Raises InputError for a size ``gpu`` has no shape for, and InfeasibleError (binding
     "placement") when more than ``max_gpus`` GPUs are needed. The result is deterministic.
@@ -123,12 +125,20 @@ def place(segments: Sequence[tuple[str, int]], gpu: GpuType,
         bins[first_open].append(i)
         bin_sizes[first_open] += (size,)
     if max_gpus is not None and len(bins) > max_gpus:
+        bins = pack_by_patterns([size for _, size in segments], gpu, max_gpus) or bins
+    if max_gpus is not None and len(bins) > max_gpus:
         raise InfeasibleError(
             f"segments need {len(bins)} {gpu.name} GPUs but max_gpus is {max_gpus}",
             binding="placement")
+    return _placement(segments, bins, gpu, cache)
+
+
+def _placement(segments: Sequence[tuple[str, int]], bins: list[list[int]], gpu: GpuType,
+               cache: _Layouts) -> Placement:
     placed = []
-    for g, (members, sizes) in enumerate(zip(bins, bin_sizes)):
-        starts = _layout(sizes, gpu, cache)
+    for g, members in enumerate(bins):
+        members = sorted(members, key=lambda i: (-segments[i][1], i))
+        starts = _layout(tuple(segments[i][1] for i in members), gpu, cache)
         assert starts is not None
         for i, start in sorted(zip(members, starts), key=lambda m: m[1]):
             label, size = segments[i]
@@ -140,3 +150,58 @@ def place(segments: Sequence[tuple[str, int]], gpu: GpuType,
     return Placement(gpu_type=gpu.name, segments=tuple(placed), gpus_used=len(bins),
                      slices_used=slices_used, free_slices=free,
                      fragmentation=free / capacity if capacity else 0.0)
+
+
+def patterns(gpu: GpuType) -> tuple[tuple[int, ...], ...]:
+    """Every maximal multiset of segment sizes (largest first) that one GPU holds: any GPU's segments are
+    a subset of one of them, so covering each size's count with whole patterns is exactly a placement."""
+    if gpu.name not in _PATTERNS:
+        _PATTERNS[gpu.name] = _maximal_patterns(gpu)
+    return _PATTERNS[gpu.name]
+
+
+_PATTERNS: dict[str, tuple[tuple[int, ...], ...]] = {}
+
+
+def _maximal_patterns(gpu: GpuType) -> tuple[tuple[int, ...], ...]:
+    sizes = sorted(gpu.shapes, reverse=True)
+    found: list[tuple[int, ...]] = []
+
+    def grow(i: int, cur: tuple[int, ...]) -> None:
+        if i == len(sizes):
+            if cur and _layout(cur, gpu, {}) is not None:
+                found.append(cur)
+            return
+        more = cur
+        while sum(more) <= gpu.slices:
+            grow(i + 1, more)
+            more = more + (sizes[i],)
+    grow(0, ())
+    counts = [Counter(p) for p in found]
+    return tuple(p for p, c in zip(found, counts)
+                 if not any(d != c and all(d[s] >= c[s] for s in c) for d in counts))
+
+
+def pack_by_patterns(sizes: Sequence[int], gpu: GpuType, gpus: int) -> list[list[int]] | None:
+    """Segments (by index) on at most ``gpus`` GPUs, each GPU a maximal pattern's subset: how many GPUs take
+    each pattern is a small integer program (exact); None when no such packing exists. First-fit
+    decreasing is not exact: it can take more GPUs than a plan whose MIG layout fits needs."""
+    from .formulation import Lin, Model  # the formulation imports this module
+    pats = patterns(gpu)
+    need = Counter(sizes)
+    m = Model()
+    P = m.cols(len(pats), 0.0, float(gpus), integer=True)
+    m.add(Lin.dot(P, [1.0] * len(P)), hi=gpus)
+    for size, n in need.items():
+        m.add(Lin.dot(P, [p.count(size) for p in pats]), lo=n)
+    status, values, _ = m.solve(-Lin.dot(P, [1.0] * len(P)), 10.0, {}, None)
+    if values is None:
+        return None
+    queue = {size: [i for i, s in enumerate(sizes) if s == size] for size in need}
+    bins = []
+    for k, p in enumerate(pats):
+        for _ in range(int(round(values[P[k]]))):
+            members = [queue[s].pop() for s in p if queue.get(s)]
+            if members:
+                bins.append(members)
+    return bins if not any(queue.values()) else None

@@ -140,7 +140,7 @@ class Plan:
     def _gap_note(self) -> str:
         """How far the plan may be from the optimum: the solver's bound over its objective."""
         if self.solver.get("gap") is not None:
-            return f", objective within {self.solver['gap']:.2%} of the solver's bound"
+            return f", at most {self.solver['gap']:.2%} of its slices' worth from the optimum (the solver's bound)"
         if self.solver.get("relaxed_slices") is not None:
             return f", the relaxation needs {self.solver['relaxed_slices']:.1f} slices"
         return ""

@@ -6,15 +6,17 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from .appspec import AppSpec
 from .candidates import (LATENCY_MODELS, LATENCY_RULES, QUEUE_LOADS, Candidate, build_candidates,
                          check_latency_reachable, fastest_latency, static_budgets, static_slice_caps)
 from .checker import metrics, task_demand, violations
 from .errors import InfeasibleError, InputError
 from .features import Features
-from .formulation import Limits, Solution, SolveTimeout, Weights, solve
+from .formulation import Limits, Lin, Model, Solution, SolveTimeout, Weights, solve
 from .gpus import GpuType
-from .placement import Placement, place
+from .placement import Placement, patterns, place
 from .plan import Entry, Plan, segment_label
 from .profiles import Profiles, check_coverage
 
@@ -23,6 +25,10 @@ REFERENCE_SLICES = 28
 REFERENCE_BETA = 0.035
 ROUND_FIRST = 120  # candidates above which `auto` rounds the relaxation before the MILP (see _solve)
 RESTRICTED_SECONDS = 1.0  # the most the rounding's MILP over a few candidates may take
+TANGENT_ROUNDS = 4  # the most times a relaxation moves its tangents to its own solution
+MARGIN, MARGIN_MAX_S = 0.12, 0.3  # of a call's time limit, kept for its last steps (Deadline)
+MIN_SOLVE_SECONDS = 0.02  # below this much time left, a MILP is not started
+PRICE_ROUNDS = 2  # the most times the latency budgets are re-priced at a new routing
 
 
 @dataclass(frozen=True)
@@ -58,11 +64,13 @@ class PlanOptions:
 
 
 class Deadline:
-    """The wall-clock end of one planning call, shared by all of its solves."""
+    """The wall-clock end of one planning call, shared by all of its solves. ``left`` keeps back a margin
+    (``MARGIN`` of the limit, at most ``MARGIN_MAX_S``) for what follows the last solve (placement, the
+    exact check) and for HiGHS running a little past its own limit, so that the call ends within it."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.end = time.monotonic() + seconds
+        self.end = time.monotonic() + seconds - min(MARGIN * seconds, MARGIN_MAX_S)
 
     def left(self) -> float:
         return self.end - time.monotonic()
@@ -106,6 +114,7 @@ def _setup(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions) ->
         slices=slices,
         mem_slices=opts.gpus * gpu.mem_slices if opts.gpus else None,
         mig_gpus=opts.gpus if opts.gpus and gpu.mig else None,
+        patterns=patterns(gpu) if opts.gpus and gpu.mig else None,
         task_slices=caps,
         task_accuracy=None if feats.task_graph else task_acc)
     return _Setup(cands, limits, budgets)
@@ -201,50 +210,151 @@ def _within_limits(sol: Solution, limits: Limits) -> bool:
 
 def _relax_and_round(app: AppSpec, setup: _Setup, demand: float, feats: Features, w: Weights,
                      limits: Limits, deadline: Deadline) -> Solution | None:
-    """LP relaxation; fix each task's latency budget from it, two ways (the LP's own modelled worst cases,
-    which meet the SLO, and the slowest candidate it used per task scaled onto the SLO; else the static
-    budgets); per way, re-solve the LP within those budgets, then the MILP over a few candidates within
-    them (what the LP used, and per variant the most slice-efficient and the smallest: no latency
-    binaries are needed), or, failing that in its time, round the LP up and repair. The better plan wins."""
+    """LP relaxation; fix each task's latency budget (``_budget_ways``), the LP within each way's budgets
+    ranked by its objective; then, best first, the MILP over a few candidates within them (what the LP
+    used, and per variant the most slice-efficient and the smallest: no latency binaries are needed), or,
+    failing that in its time, the LP rounded up and repaired. The first way that gives a plan wins."""
     start = time.perf_counter()
-    deadline.check()
-    lp = solve(app, setup.cands, demand, feats, w, limits, relaxed=True)
+    lp = _relaxation(app, setup.cands, demand, feats, w, limits, deadline)
     if lp is None:
         return None
-    ways = [setup.cands]
-    if feats.task_graph:
-        used = {t: max((c.wc_latency_ms for c, n in lp.counts.items() if c.task == t and n > 1e-6),
-                       default=min(c.wc_latency_ms for c in cs)) for t, cs in setup.cands.items()}
-        worst = max(sum(used[t] for t in p.tasks) for p in app.paths)
-        scale = min(1.0, app.latency_slo_ms / worst) if worst > 0 else 1.0
-        modelled = {t: (lp.budgets or {}).get(t, used[t]) for t in used}
-        ways = [{t: [c for c in cs if c.wc_latency_ms <= budgets[t] + 1e-9] for t, cs in setup.cands.items()}
-                for budgets in (modelled, {t: b * scale for t, b in used.items()}, setup.fallback_budgets)]
-        ways = [cands for cands in ways if all(cands.values())]
+    ways = sorted(_budget_ways(app, setup, lp, demand, feats, w, limits, deadline), key=lambda way: -way[1].objective)
     best: Solution | None = None
-    for k, within in enumerate(ways):
-        deadline.check()
-        lp2 = solve(app, within, demand, feats, w, limits, relaxed=True) if feats.task_graph else lp
-        if lp2 is None:
-            continue
-        share = 0.5 if k == 0 and len(ways) > 1 else 1.0  # the first way gets half the time, the next the rest
-        sol = _restricted_milp(app, within, lp2, demand, feats, w, limits, deadline, share) \
-            or _round_up(app, lp2, demand)
-        if _within_limits(sol, limits) and (best is None or _score(app, sol, demand, w) > _score(app, best, demand, w)):
+    for within, fixed in ways:
+        sol = _restricted_milp(app, within, fixed, demand, feats, w, limits, deadline) \
+            or _round_up(app, fixed, demand)
+        if _within_limits(sol, limits):
             best = sol
-        if best is not None and k >= 1:
-            break  # the static budgets only when neither way of the LP's gave a plan
+            break
     if best is None:
         return None
     best.seconds = time.perf_counter() - start
     best.gap = None  # a restricted MILP's gap says nothing of the whole problem's optimum
-    best.relaxed_slices = sum(c.slices * n for c, n in lp.counts.items())
+    best.relaxed_slices = lp.relaxed_slices
     return best
 
 
+def _relaxation(app: AppSpec, cands: dict[str, list[Candidate]], demand: float, feats: Features, w: Weights,
+                limits: Limits, deadline: Deadline, at: dict[str, float] | None = None) -> Solution | None:
+    """The LP relaxation with its convex accuracy terms below tangents, first at ``at`` (else where the true
+    relaxation, chords in their place, lands: its slices are the plan's ``relaxed_slices``), moved to its
+    own solution while that gains (each step keeps the last solution feasible): a tangent far from where
+    the routing lands understates its accuracy, and the LP then buys accuracy it does not need."""
+    outer = None
+    if at is None:
+        outer = solve(app, cands, demand, feats, w, limits, relaxed=True, outer=True, time_limit=deadline.left())
+        if outer is None:
+            return None
+        at = outer.points
+    sol = solve(app, cands, demand, feats, w, limits, relaxed=True, time_limit=deadline.left(), at=at)
+    if sol is None and outer is not None:
+        sol = solve(app, cands, demand, feats, w, limits, relaxed=True, time_limit=deadline.left())
+    for _ in range(TANGENT_ROUNDS):
+        if sol is None or not sol.points:
+            break
+        moved = solve(app, cands, demand, feats, w, limits, relaxed=True, time_limit=deadline.left(), at=sol.points)
+        if moved is None or moved.objective <= sol.objective + 1e-6 * max(1.0, abs(sol.objective)):
+            break
+        sol = moved
+    if sol is not None and outer is not None:
+        sol.relaxed_slices = sum(c.slices * n for c, n in outer.counts.items())
+    return sol
+
+
+def _within(cands: dict[str, list[Candidate]], budgets: dict[str, float]) -> dict[str, list[Candidate]]:
+    return {t: [c for c in cs if c.wc_latency_ms <= budgets[t] + 1e-9] for t, cs in cands.items()}
+
+
+def _budget_ways(app: AppSpec, setup: _Setup, lp: Solution, demand: float, feats: Features, w: Weights,
+                 limits: Limits, deadline: Deadline) -> list[tuple[dict[str, list[Candidate]], Solution]]:
+    """(candidates within fixed latency budgets, the LP over them): the budgets priced in slices and in
+    shares of a GPU (where memory slices bind: a 3g takes half a GPU's), each re-priced at the routing of
+    the LP within them while that changes them; the static budgets where none of these has an LP."""
+    if not feats.task_graph:
+        return [(setup.cands, lp)]
+    tried: list[dict[str, float]] = []
+    ways = []
+    for price in (_slices, _gpu_share):
+        fixed = lp
+        for _ in range(PRICE_ROUNDS):
+            budgets = _priced_budgets(app, setup.cands, fixed.routing, demand, price, deadline)
+            if budgets is None or budgets in tried:
+                break
+            tried.append(budgets)
+            within = _within(setup.cands, budgets)
+            fixed = _relaxation(app, within, demand, feats, w, limits, deadline, lp.points)
+            if fixed is None:
+                break
+            ways.append((within, fixed))
+    within = _within(setup.cands, setup.fallback_budgets)
+    if not ways and all(within.values()):
+        fixed = _relaxation(app, within, demand, feats, w, limits, deadline, lp.points)
+        ways += [(within, fixed)] if fixed is not None else []
+    return ways
+
+
+def _slices(c: Candidate) -> float:
+    return float(c.slices)
+
+
+def _gpu_share(c: Candidate) -> float:
+    """The share of a GPU a segment takes, in compute slices: its compute or its memory slices, whichever
+    is the larger part of the GPU's (a 3g takes 3 of 7 compute but 4 of 8 memory slices: 3.5)."""
+    return max(float(c.slices), c.mem_slices * 7 / 8)
+
+
+def _priced_budgets(app: AppSpec, cands: dict[str, list[Candidate]], routing: dict[str, dict[str, float]],
+                    demand: float, price, deadline: Deadline) -> dict[str, float] | None:
+    """Each task's latency budget: the levels that minimise what the routed items cost (``price`` per
+    instance), each variant at its cheapest candidate per item within its task's budget (separable, the
+    routing held fixed), with every path within the SLO; a small MILP, a binary per task and level. The LP
+    relaxation's own budgets come from latency binaries relaxed, which let it split a task over levels
+    it cannot have."""
+    m = Model()
+    cost, pick, latency = Lin(), {}, {}
+    for t, cs in cands.items():
+        levels, prices = _level_prices(cs, routing[t], demand, price)
+        if not levels:
+            return None
+        z = m.cols(len(levels), 0.0, 1.0, integer=True)
+        m.add(Lin.dot(z, [1.0] * len(z)), 1.0, 1.0)
+        cost = cost + Lin.dot(z, prices)
+        pick[t], latency[t] = (z, levels), Lin.dot(z, levels)
+    for p in app.paths:
+        m.add(sum((latency[t] for t in p.tasks), Lin()), hi=app.latency_slo_ms)
+    deadline.check()
+    _, values, _ = m.solve(-cost, deadline.left(), {"mip_rel_gap": 1e-6}, None)
+    if values is None:
+        return None
+    return {t: levels[int(np.argmax([values[j] for j in z]))] for t, (z, levels) in pick.items()}
+
+
+def _level_prices(cs: list[Candidate], shares: dict[str, float], demand: float,
+                  price) -> tuple[list[float], list[float]]:
+    """Per distinct worst-case latency of the task's candidates, what its routed items cost within it
+    (variants at their cheapest candidate per item that fast); levels some routed variant cannot meet
+    are left out."""
+    levels = sorted({c.wc_latency_ms for c in cs})
+    used = [v for v, x in shares.items() if x > 1e-9]
+    best = {v: math.inf for v in used}
+    out_levels, prices = [], []
+    by_latency = sorted(cs, key=lambda c: c.wc_latency_ms)
+    i = 0
+    for level in levels:
+        while i < len(by_latency) and by_latency[i].wc_latency_ms <= level + 1e-9:
+            c = by_latency[i]
+            if c.variant in best:
+                best[c.variant] = min(best[c.variant], price(c) / c.throughput)
+            i += 1
+        total = sum(demand * shares[v] * best[v] for v in used)
+        if math.isfinite(total):
+            out_levels.append(level)
+            prices.append(total)
+    return out_levels, prices
+
+
 def _restricted_milp(app: AppSpec, within: dict[str, list[Candidate]], lp: Solution, demand: float,
-                     feats: Features, w: Weights, limits: Limits, deadline: Deadline,
-                     share: float = 1.0) -> Solution | None:
+                     feats: Features, w: Weights, limits: Limits, deadline: Deadline) -> Solution | None:
     """The MILP over the LP's support and, per variant, its most slice-efficient and its smallest candidate
     (all within the budgets the LP fixed): whole instances chosen by the solver, not by rounding up."""
     keep: set[Candidate] = {c for c, n in lp.counts.items() if n > 1e-6}
@@ -254,22 +364,21 @@ def _restricted_milp(app: AppSpec, within: dict[str, list[Candidate]], lp: Solut
             keep.add(max(own, key=lambda c: c.throughput / c.slices))
             keep.add(min(own, key=lambda c: (c.slices, -c.throughput)))
     cands = {t: [c for c in cs if c in keep] for t, cs in within.items()}
-    limit = min(deadline.left(), RESTRICTED_SECONDS) * share
+    limit = min(deadline.left(), RESTRICTED_SECONDS)
     if limit <= 0:
         return None
     try:
-        sol = solve(app, cands, demand, feats, w, limits, time_limit=limit)
+        return solve(app, cands, demand, feats, w, limits, time_limit=limit)
     except SolveTimeout:
         return None
-    return sol
 
 
 def _solve(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, w: Weights,
            limits: Limits, deadline: Deadline) -> tuple[Solution | None, str]:
     """``auto``: on a large model (over ``ROUND_FIRST`` candidates, where the MILP may not close within the
-    limit) rounding first, so that a plan is in hand, then the MILP with the time left; on a small one the
-    MILP first (80% of the time), rounding only if it did not prove optimality. The better plan, scored
-    exactly, is returned."""
+    limit) rounding first, so that a plan is in hand, then the MILP started from it with the time left (it
+    keeps the rounded plan or improves on it, and bounds the optimum); on a small one the MILP first (80% of
+    the time), rounding only if it did not prove optimality. The better plan, scored exactly, is returned."""
     feats = opts.features
     if opts.method == "relax":
         return _relax_and_round(app, setup, demand, feats, w, limits, deadline), "relax+round"
@@ -283,7 +392,8 @@ def _solve(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, w: Wei
             pass
     budget = deadline.left() * (1.0 if opts.method == "milp" or large else 0.8)
     try:
-        sol = solve(app, setup.cands, demand, feats, w, limits, time_limit=budget) if budget > 0 else None
+        sol = solve(app, setup.cands, demand, feats, w, limits, time_limit=budget,
+                    start=rounded.counts if rounded else None) if budget > MIN_SOLVE_SECONDS else None
     except SolveTimeout as exc:
         if opts.method == "milp":
             raise _timeout(exc) from None
@@ -297,7 +407,9 @@ def _solve(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, w: Wei
             pass
     if sol is None and rounded is None:
         deadline.check()
-    if sol is None or (rounded is not None and _score(app, rounded, demand, w) > _score(app, sol, demand, w)):
+    if sol is None or (rounded is not None and _score(app, rounded, demand, w) >= _score(app, sol, demand, w)):
+        if rounded is not None and sol is not None:
+            rounded.gap, rounded.bound = sol.gap, sol.bound  # the MILP started from it and bounds the optimum
         return rounded, "relax+round"
     return sol, "milp (time limit)"
 
@@ -395,7 +507,10 @@ def make_plan(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float,
         spent += sol.seconds
         routing = _absolute_routing(app, sol, demand)
         entries = _entries(sol, routing)
-        placement = place([(segment_label(e, i), e.mig) for e in entries for i in range(e.count)], gpu)
+        try:
+            placement = place([(segment_label(e, i), e.mig) for e in entries for i in range(e.count)], gpu, opts.gpus)
+        except InfeasibleError:
+            placement = place([(segment_label(e, i), e.mig) for e in entries for i in range(e.count)], gpu)
         if opts.gpus is None or placement.gpus_used <= opts.gpus:
             return _finish(served, gpu, demand, opts, entries, routing, placement, spent, method, sol, w)
         over = (placement.gpus_used - opts.gpus) * gpu.slices

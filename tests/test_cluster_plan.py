@@ -159,7 +159,8 @@ def test_a100_cluster_within_its_time_limit(a100_profiles) -> None:
 
 def test_demand_beyond_every_node_at_capacity_names_the_total(cpu) -> None:
     app, profiles = cpu
-    with pytest.raises(InfeasibleError, match=r"the 2 nodes serve at most 1067\.\d req/s together") as exc:
+    # each node's capacity is searched to 0.5% (about 1067 together), so the total may land a little either side
+    with pytest.raises(InfeasibleError, match=r"the 2 nodes serve at most 10(6[6-9]|7[0-2])\.\d req/s together") as exc:
         plan_cluster(app, profiles, CPU, 1200, uniform(2, 4), FEWEST)
     assert exc.value.binding == "slices"
 
