@@ -103,6 +103,7 @@ class FrontDoor:
         self._server: grpc.aio.Server | None = None
         self._health: asyncio.Task | None = None
         self._initial = nodes
+        self.arrivals = 0  # ModelInfer calls received, whether or not a node took them (the demand at the door)
 
     @property
     def url(self) -> str:
@@ -190,6 +191,7 @@ class FrontDoor:
         headers = tuple((k, v) for k, v in context.invocation_metadata() or ()
                         if not k.startswith(TRANSPORT_HEADERS) and k != "user-agent")
         infer = method == "ModelInfer"
+        self.arrivals += infer
         tried: set[str] = set()
         while True:
             name = self.balancer.pick(self._up(), tried)

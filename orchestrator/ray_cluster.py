@@ -6,16 +6,18 @@
 - ``NodeServer`` is an actor pinned to its node by that resource; it owns the node's tritonserver as a
   single-node run does (``render.build_configs`` of the node's plan with the node's own inventory, the
   jigsaw backend, an MPS daemon when the repository asks for it, a control key), and moves it to a new
-  plan with ``control.apply`` (no failed request, as on one node), or lets a ``Controller`` of its own do so.
+  plan with ``control.apply`` (no failed request, as on one node; the old runners drain in the background).
 - ``FrontDoorActor`` runs ``front_door.FrontDoor`` (Triton's gRPC protocol, requests spread over the nodes
   by their planned shares) on the head node.
-- ``ClusterServing`` starts, applies (node by node) and stops them from a driver; its actors are named
-  (namespace ``NAMESPACE``) and detached, so that another driver (``jigsaw apply --ray``) finds them.
+- ``ClusterServing`` starts, applies (node by node, rolled back across the cluster when a node's apply fails),
+  forgets lost nodes and stops them from a driver; its actors are named (namespace ``NAMESPACE``) and detached,
+  so that another driver (``jigsaw apply --ray``) finds them. ``cluster_control.ClusterController`` drives it.
 - ``LocalCluster`` starts a real multi-node Ray cluster on 127.0.0.1 (one raylet per node) for the demo and
-  the tests, and ends each node's servers with the node.
+  the tests, adds nodes to it, and ends each node's servers with the node.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -26,6 +28,7 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable
@@ -52,6 +55,7 @@ PROCESSES_FILE = "processes.json"
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 START_TIMEOUT_S = 300.0
 CONNECT_TIMEOUT_S = 5.0
+PING_TIMEOUT_S = 2.0  # a NodeServer that answers nothing this long to a ping is not counted lost (only busy)
 HEAD_RESOURCE = "node:__internal_head__"
 
 
@@ -104,8 +108,7 @@ class NodeServer:
         self._stack = ExitStack()
         self._server: Any = None
         self._client: Any = None
-        self._controller: Any = None  # the Controller moving this node's plan (``control``)
-        self._controlling: tuple[threading.Thread, threading.Event, Any] | None = None  # its thread, stop, Applier
+        self._draining: list[threading.Thread] = []  # earlier applies unloading the runners they retired
 
     def _render(self, plan: Plan) -> Any:
         from .render import GRAPH_INSTANCES, build_configs
@@ -155,69 +158,37 @@ class NodeServer:
                 "log": str(s.log_path)} if s else {"node": self.node}
 
     def plan_json(self) -> dict[str, Any] | None:
-        """The plan the node serves now (its controller's latest, while one runs)."""
-        plan = self._controller.plan if self._controller is not None else self.plan
-        return plan.to_json() if plan else None
-
-    def control(self, profiles: Any, opts: Any, policy: Any, interval_s: float, origin: float) -> None:
-        """Keep the node's plan matched to the arrivals its share of the front door's requests brings: a
-        ``Controller`` of its own (measure, forecast, replan for the node's ``opts.gpus``, apply without failed
-        requests) every ``interval_s`` until ``stop``; its decisions in the node's events.jsonl, times from
-        ``origin`` (``time.time()``)."""
-        from .appspec import parse_app
-        from .control import Applier, control_headers
-        from .controller import Controller, EventLog
-        from .forecast import HoltQuantile
-        from .gpus import gpu_type
-
-        if self._server is None or self.plan is None:
-            raise RuntimeError(f"node {self.node}: not serving")
-        applier = Applier(self.repo, self._client, control_headers(self.key, grpc=True))
-        controller = Controller(parse_app(self.plan.app_spec, origin=f"node {self.node}'s plan"), profiles,
-                                gpu_type(self.plan.gpu_type), opts, detect(None), self.repo, self._server.metrics_url,
-                                HoltQuantile(), EventLog(self.dir / "events.jsonl", origin), policy,
-                                apply_plan=applier, progress=lambda line: print(f"node {self.node}: {line}"))
-        controller.plan = self.plan
-        stop = threading.Event()
-        thread = threading.Thread(target=controller.run, args=(interval_s, stop), name="jigsaw-controller", daemon=True)
-        self._controller, self._controlling = controller, (thread, stop, applier)
-        thread.start()
-
-    def events(self) -> list[dict[str, Any]]:
-        """The node controller's decisions so far (events.jsonl: plans, infeasible demands, errors)."""
-        path = self.dir / "events.jsonl"
-        kinds = ("plan", "infeasible", "apply_failed", "error")
-        lines = path.read_text().splitlines() if path.is_file() else []
-        return [{k: v for k, v in e.items() if k != "plan"} | ({"slices": e["plan"]["slices"]} if "plan" in e else {})
-                for e in map(json.loads, lines) if e["kind"] in kinds]
-
-    def _stop_control(self) -> None:
-        if self._controlling is not None:
-            thread, stop, applier = self._controlling
-            stop.set()
-            thread.join()
-            applier.wait()
-            self.plan, self._controller, self._controlling = self._controller.plan, None, None
+        """The plan the node serves now."""
+        return self.plan.to_json() if self.plan else None
 
     def apply(self, plan_json: dict[str, Any], drain_s: float | None = None) -> dict[str, Any]:
-        """Move the node's server to ``plan_json`` (``control.apply``: rolled back on failure; runners it no
-        longer uses unloaded ``drain_s`` after its new routing, by default ``control``'s); what it did."""
+        """Move the node's server to ``plan_json`` (``control.apply``: rolled back on failure); returns once the
+        new plan serves, what it did. The runners it no longer uses unload in the background ``drain_s`` after
+        its new routing (by default ``control``'s), so that a cluster apply moves on to the next node; the next
+        apply waits for those unloads first (an unload never races a load of the same runner)."""
         from .control import apply, control_headers
 
         if self._server is None:
             raise RuntimeError(f"node {self.node}: not serving")
-        if self._controlling is not None:
-            raise RuntimeError(f"node {self.node}: its controller moves its plan; stop it first")
+        self._join_drains()
         plan = Plan.from_json(plan_json)
         report = apply(self._render(plan), self.repo, self._client, control_headers(self.key, grpc=True),
-                       drain_s=drain_s)
+                       drain_s=drain_s, background=True)
+        if report.draining is not None:
+            self._draining.append(report.draining)
         self.plan = plan
         return {"node": self.node, "loaded": report.loaded, "unchanged": report.unchanged,
-                "unloaded": report.unloaded, "rerouted": report.rerouted, "serving_s": report.serving_s}
+                "retiring": report.retiring, "rerouted": report.rerouted, "serving_s": report.serving_s}
+
+    def _join_drains(self) -> None:
+        for thread in self._draining:
+            thread.join()
+        self._draining.clear()
 
     def stop(self) -> None:
-        """Stop the controller, then the server (and MPS daemon) by their process groups. Idempotent."""
-        self._stop_control()
+        """Stop the server (and MPS daemon) by their process groups, once earlier applies' unloads are done.
+        Idempotent."""
+        self._join_drains()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -247,6 +218,9 @@ class FrontDoorActor:
     async def stats(self) -> dict[str, dict[str, Any]]:
         return self.door.stats() if self.door else {}
 
+    async def arrivals(self) -> int:
+        return self.door.arrivals if self.door else 0
+
     async def url(self) -> str | None:
         return self.door.url if self.door else None
 
@@ -256,9 +230,35 @@ class FrontDoorActor:
             self.door = None
 
 
+class ClusterApplyError(RuntimeError):
+    """A cluster apply failed and was rolled back (the message says what failed and what went back)."""
+
+
+@dataclass
+class _Moved:
+    """How far a cluster apply got: nodes started, nodes moved to the new plan, the one moving, whether the front
+    door took the new shares, nodes stopped."""
+
+    started: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+    moving: str | None = None
+    routed: bool = False
+    stopped: list[str] = field(default_factory=list)
+
+    def said(self) -> str:
+        return (f"(started {self.started or 'none'}, moved {self.moved or 'none'}, failed at "
+                f"{self.moving or 'a start or the front door'}, shares {'moved' if self.routed else 'unchanged'})")
+
+
 def _head_strategy() -> NodeAffinitySchedulingStrategy:
     head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and HEAD_RESOURCE in n["Resources"])
     return NodeAffinitySchedulingStrategy(node_id=head, soft=False)
+
+
+def live_nodes() -> dict[str, str]:
+    """Per live jigsaw node of the cluster, its Ray node id (a node that rejoins gets a new one)."""
+    return {k[len(NODE_RESOURCE):]: n["NodeID"] for n in ray.nodes() if n["Alive"]
+            for k in n["Resources"] if k.startswith(NODE_RESOURCE)}
 
 
 def _live_gpus() -> dict[str, int]:
@@ -269,8 +269,8 @@ def _live_gpus() -> dict[str, int]:
 
 class ClusterServing:
     """A ``ClusterPlan`` served on the connected Ray cluster: a ``NodeServer`` per node with a plan, and the
-    front door on the head node, all named actors in ``NAMESPACE``. ``start`` or ``attach``, then ``apply``
-    and ``stop``. ``drain_s``: how long requests started on what an apply retires get to finish (default:
+    front door on the head node, all named actors in ``NAMESPACE``. ``start`` or ``attach``, then ``apply``,
+    ``forget`` (nodes ``lost``) and ``stop``. ``drain_s``: how long requests started on what an apply retires get to finish (default:
     twice the SLO, at least ``control.MIN_DRAIN_S``, as on one node)."""
 
     def __init__(self, graph_instances: int | None = None, ready_timeout_s: float = 120.0,
@@ -342,9 +342,13 @@ class ClusterServing:
     def apply(self, plan: ClusterPlan) -> dict[str, Any]:
         """Move to ``plan`` node by node, each node's apply without failed requests: nodes that gain a plan
         start; nodes whose demand grows move first, then the front door takes the new shares, then nodes
-        whose demand shrinks move; nodes that lose their plan get no new request, drain, then stop."""
-        from .control import MIN_DRAIN_S
+        whose demand shrinks move; nodes that lose their plan get no new request, drain, then stop.
 
+        When a step fails (a node's start or apply: that node rolls itself back), the cluster goes back the
+        same way to the previous plan: the nodes already moved return to their previous plans (those that
+        grow back first, then the front door's previous shares, then the rest), and the nodes started for
+        ``plan`` drain and stop. ``ClusterApplyError`` then says what failed and what went back; nodes that are
+        gone (their actor dead) are left to ``forget``."""
         old = self.plan
         if old is None:
             raise RuntimeError("nothing served: start or attach first")
@@ -352,50 +356,121 @@ class ClusterServing:
             raise ValueError(f"the cluster serves {old.app!r}, the plan is for {plan.app!r}")
         if not plan.nodes:
             raise ValueError("the plan gives no node a plan: stop the cluster's serving instead")
+        done = _Moved()
+        try:
+            reports = self._move(old, plan, done)
+        except Exception as exc:  # noqa: BLE001 (any failure: a node's load, its loss, a front door call)
+            cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None else exc
+            where = f"node {done.moving}" if done.moving else "starting nodes or the front door"
+            failed = f"{where}: {type(cause).__name__}: {cause}"
+            self.progress(f"cluster apply failed ({failed}); rolling back {done.said()}")
+            undone = self._undo(old, plan, done)
+            raise ClusterApplyError(f"cluster apply failed: {failed}; rolled back: {undone}") from exc
+        self.plan = plan
+        return {"started": done.started, "applied": reports, "stopped": done.stopped}
+
+    def _drain_s(self, plan: ClusterPlan) -> float:
+        from .control import MIN_DRAIN_S
+        if self.drain_s is not None:
+            return self.drain_s
+        return max([MIN_DRAIN_S] + [2 * p.latency_slo_ms / 1000 for p in plan.nodes.values()])
+
+    def _move(self, old: ClusterPlan, plan: ClusterPlan, done: _Moved) -> dict[str, Any]:
+        """``apply``'s steps from ``old`` to ``plan``, each noted in ``done`` as soon as it is taken."""
         added = [n for n in plan.nodes if n not in old.nodes]
         kept = [n for n in plan.nodes if n in old.nodes]
         gone = [n for n in old.nodes if n not in plan.nodes]
         grow = [n for n in kept if plan.nodes[n].demand_rps >= old.nodes[n].demand_rps]
         shrink = [n for n in kept if n not in grow]
         reports: dict[str, Any] = {}
-        drain_s = self.drain_s
-        if drain_s is None:
-            drain_s = max(MIN_DRAIN_S, 2 * next(iter(plan.nodes.values())).latency_slo_ms / 1000)
+        drain_s = self._drain_s(plan)
         if added:
+            done.started = added
             self._start_nodes(plan, added)
-        for name in grow:
+        for name in grow + [None] + shrink:  # None: the front door's turn
+            if name is None:
+                ray.get(self.front.set_nodes.remote(self._routes(plan), drain_s))
+                done.routed = True
+                self.progress("front door: shares " + ", ".join(f"{n} {plan.share(n):.2f}" for n in plan.nodes))
+                continue
+            done.moving = name
             reports[name] = ray.get(self.nodes[name].apply.remote(plan.nodes[name].to_json(), drain_s))
+            done.moved.append(name)
             self.progress(f"node {name}: {self._said(reports[name])}")
-        ray.get(self.front.set_nodes.remote(self._routes(plan), drain_s))
-        self.progress("front door: shares " + ", ".join(f"{n} {plan.share(n):.2f}" for n in plan.nodes))
-        for name in shrink:
-            reports[name] = ray.get(self.nodes[name].apply.remote(plan.nodes[name].to_json(), drain_s))
-            self.progress(f"node {name}: {self._said(reports[name])}")
+        done.moving = None
         if gone:
             time.sleep(drain_s)
             self._stop_nodes(gone)
+            done.stopped = gone
             self.progress(f"node(s) {', '.join(gone)}: no plan, drained and stopped")
-        self.plan = plan
-        return {"started": added, "applied": reports, "stopped": gone}
+        return reports
 
-    def control(self, profiles: Any, opts: Any, policy: Any, interval_s: float, origin: float) -> None:
-        """Start a controller on every node (``NodeServer.control``), each planning for its own node's GPUs (or
-        CPU slices) and the arrivals the front door's fixed shares bring it; ``stop`` ends them. Cluster
-        applies wait until then. The front door's shares are not replanned."""
-        import dataclasses
+    def _undo(self, old: ClusterPlan, plan: ClusterPlan, done: _Moved) -> str:
+        """Back from where ``done`` says ``_move`` got to, to ``old``; what went back (and what could not)."""
+        drain_s = self._drain_s(old)
+        back = [n for n in done.moved if n in self.nodes]
+        first = [n for n in back if old.nodes[n].demand_rps >= plan.nodes[n].demand_rps]
+        said: list[str] = []
+        for name in first + [None] + [n for n in back if n not in first]:
+            try:
+                if name is None:
+                    if done.routed:
+                        ray.get(self.front.set_nodes.remote(self._routes(old), drain_s))
+                        said.append("the front door's shares")
+                    continue
+                ray.get(self.nodes[name].apply.remote(old.nodes[name].to_json(), drain_s))
+                said.append(f"node {name}")
+            except Exception as exc:  # noqa: BLE001 (go on with the others; the caller hears of it)
+                said.append(f"not node {name or 'front door'} ({type(exc).__name__}: {exc})")
+        if done.started:
+            if done.routed:
+                time.sleep(drain_s)
+            self._stop_nodes([n for n in done.started if n in self.nodes])
+            said.append(f"node(s) {', '.join(done.started)} stopped")
+        if done.moving is not None:
+            said.append(f"node {done.moving} rolled back on its own")
+        return ", ".join(said) or "nothing had moved"
 
-        slices = {s.name: s.gpus for s in cluster_nodes()}
-        ray.get([h.control.remote(profiles, dataclasses.replace(opts, gpus=slices[n]), policy, interval_s, origin)
-                 for n, h in self.nodes.items()])
+    def arrivals(self) -> int:
+        """Inference requests the front door has received so far (``FrontDoor.arrivals``)."""
+        return ray.get(self.front.arrivals.remote()) if self.front is not None else 0
 
-    def events(self) -> dict[str, list[dict[str, Any]]]:
-        """Per node, its controller's decisions so far (``NodeServer.events``)."""
-        return dict(zip(self.nodes, ray.get([h.events.remote() for h in self.nodes.values()])))
+    def lost(self) -> list[str]:
+        """The serving nodes that are gone: their Ray node dead, or their ``NodeServer`` actor (it does not
+        answer within ``PING_TIMEOUT_S`` because it died; one that is only busy is not lost)."""
+        live = _live_gpus()
+        out = [n for n in self.nodes if n not in live]
+        pings = {n: h.urls.remote() for n, h in self.nodes.items() if n not in out}
+        for name, ref in pings.items():
+            try:
+                ray.get(ref, timeout=PING_TIMEOUT_S)
+            except ray.exceptions.RayActorError:
+                out.append(name)
+            except ray.exceptions.GetTimeoutError:
+                continue
+        return sorted(out)
+
+    def forget(self, names: list[str]) -> None:
+        """Drop lost nodes: the front door stops sending to them now, their actors are ended (where anything
+        is left of them) and the plan served is the others' (``apply`` then moves from there)."""
+        for name in names:
+            handle = self.nodes.pop(name, None)
+            self.urls.pop(name, None)
+            if handle is not None:
+                try:
+                    ray.kill(handle)
+                except ray.exceptions.RayError:
+                    pass
+        if self.plan is not None:
+            kept = {n: p for n, p in self.plan.nodes.items() if n not in names}
+            self.plan = dataclasses.replace(self.plan, nodes=kept, demand_rps=sum(p.demand_rps for p in kept.values()))
+            ray.get(self.front.set_nodes.remote(self._routes(self.plan)))
+        self.progress(f"node(s) {', '.join(names)} lost: the front door sends them nothing more")
 
     @staticmethod
     def _said(report: dict[str, Any]) -> str:
         return (f"{len(report['loaded'])} loaded, {len(report['unchanged'])} unchanged, "
-                f"{len(report['unloaded'])} unloaded")
+                f"{len(report['retiring'])} to unload after the drain")
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """The front door's counts per node (``FrontDoor.stats``)."""
@@ -523,7 +598,7 @@ class LocalCluster:
     def __init__(self, nodes: int, cpus: int = 4, gpus: int = 0, workdir: Path | None = None) -> None:
         if nodes < 1:
             raise ValueError(f"nodes: expected at least 1, got {nodes}")
-        self.names = [f"node-{i}" for i in range(nodes)]
+        self.names = [f"node-{i}" for i in range(nodes)]  # every node started, removed ones too
         self.cpus, self.gpus = cpus, gpus
         self._given = workdir
         self.workdir: Path | None = None
@@ -544,10 +619,7 @@ class LocalCluster:
             self._cluster = Cluster(initialize_head=True, head_node_args={
                 "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
             for name in self.names:
-                self.node_dir(name).mkdir(parents=True, exist_ok=True)
-                self._nodes[name] = self._cluster.add_node(
-                    num_cpus=self.cpus, num_gpus=self.gpus, node_ip_address="127.0.0.1",
-                    resources={node_resource(name): 1}, env_vars={NODE_DIR_ENV: str(self.node_dir(name))})
+                self._add(name)
             _init(self._cluster.address)
             self._cluster.wait_for_nodes()
         except BaseException:
@@ -559,6 +631,23 @@ class LocalCluster:
     def address(self) -> str:
         """The cluster's GCS address (``ray.init(address=...)``, ``jigsaw apply --ray``)."""
         return self._cluster.address
+
+    def _add(self, name: str) -> None:
+        self.node_dir(name).mkdir(parents=True, exist_ok=True)
+        self._nodes[name] = self._cluster.add_node(
+            num_cpus=self.cpus, num_gpus=self.gpus, node_ip_address="127.0.0.1",
+            resources={node_resource(name): 1}, env_vars={NODE_DIR_ENV: str(self.node_dir(name))})
+
+    def add_node(self, name: str) -> None:
+        """Start node ``name`` (as the others: its own raylet, CPUs, GPUs and ``jigsaw_node:<name>``), as a
+        machine joining the cluster; returns once Ray counts it live. From the main thread only: Ray's node start
+        installs a SIGTERM handler (ValueError elsewhere)."""
+        if name in self._nodes:
+            raise ValueError(f"node {name} is already in the cluster")
+        if name not in self.names:
+            self.names.append(name)
+        self._add(name)
+        self._cluster.wait_for_nodes()
 
     def remove_node(self, name: str) -> None:
         """End node ``name`` as a machine loss would: its raylet and workers, then its servers."""

@@ -1,9 +1,13 @@
 """Serving across nodes on a real local 2-node Ray cluster (one raylet and one tritonserver per node, all on
 127.0.0.1): plain tritonclient calls through the front door, spread by the planned shares; a cluster apply
-without failed requests; a node lost under load."""
+without failed requests, and one rolled back across the cluster when a node's apply fails; the cluster
+controller replanning around a node lost under load, then onto a node added."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
+import json
 import threading
 import time
 
@@ -20,12 +24,14 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from conftest import ROOT  # noqa: E402
 from orchestrator.appspec import parse_app  # noqa: E402
 from orchestrator.cluster import ClusterPlan, plan_cluster  # noqa: E402
+from orchestrator.cluster_control import ClusterController  # noqa: E402
+from orchestrator.controller import EventLog  # noqa: E402
 from orchestrator.features import Features  # noqa: E402
 from orchestrator.front_door import NO_NODE, Balancer, FrontDoor  # noqa: E402
 from orchestrator.gpus import gpu_type  # noqa: E402
 from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
 from orchestrator.profiles import load_profiles  # noqa: E402
-from orchestrator.ray_cluster import ClusterServing, LocalCluster, cluster_nodes  # noqa: E402
+from orchestrator.ray_cluster import ClusterApplyError, ClusterServing, LocalCluster, cluster_nodes  # noqa: E402
 from orchestrator.server import free_ports  # noqa: E402
 
 # a generous SLO: the 2-core machine runs two servers, the raylets and the front door (cf. test_apply.py)
@@ -37,12 +43,18 @@ def _app():
     return parse_app({**doc, "latency_slo_ms": SLO_MS}, origin=f"examples/cpu/app.yaml, SLO {SLO_MS} ms")
 
 
-def _cluster_plan(demands: dict[str, float]) -> ClusterPlan:
+def _cluster_plan(demands: dict[str, float], broken: tuple[str, ...] = ()) -> ClusterPlan:
     """Each node's own plan for its demand: two nodes with unequal shares, whatever ``plan_cluster``'s
-    time-limited capacity search finds (89.9 to 449 req/s for one node, across calls on this machine)."""
+    time-limited capacity search finds (89.9 to 449 req/s for one node, across calls on this machine). The
+    nodes ``broken`` get a plan whose runners fail to load (a runtime kind no backend has)."""
     app, profiles = _app(), load_profiles(ROOT / "examples" / "cpu" / "profiles.csv")
     nodes = {n: make_plan(app, profiles, gpu_type("cpu"), d, PlanOptions(gpus=4, features=Features.parse("ast")))
              for n, d in demands.items()}
+    for name in broken:
+        nodes[name] = dataclasses.replace(nodes[name], app_spec=copy.deepcopy(nodes[name].app_spec))
+        for task in nodes[name].app_spec["tasks"].values():
+            for v in task["variants"].values():
+                v["runtime"] = {"kind": "no_such_kind"}
     return ClusterPlan(app.name, sum(demands.values()), nodes)
 
 
@@ -171,17 +183,72 @@ def test_cluster_apply_moves_node_by_node_without_failed_requests(served):
     assert {n: s["weight"] for n, s in stats.items()} == pytest.approx({"node-0": 2 / 3, "node-1": 1 / 3})
 
 
-def test_a_node_lost_under_load_leaves_the_other_serving(served):
-    local, serving = served
+def test_a_failed_node_apply_rolls_the_cluster_back(served):
+    _, serving = served
+    before = {n: ray.get(h.plan_json.remote())["demand_rps"] for n, h in serving.nodes.items()}
+    weights = {n: s["weight"] for n, s in serving.stats().items()}
+    # node-0 grows (moves first), the front door takes the new shares, then node-1's (shrinking) load fails
+    bad = _cluster_plan({"node-0": 40.0, "node-1": 5.0}, broken=("node-1",))
     with Load(serving.url) as load:
-        time.sleep(1.0)
-        lost = time.monotonic()
-        local.remove_node("node-1")
-        time.sleep(3.0)
-    failed = [t for t, e in load.outcomes if e]
-    after = [e for t, e in load.outcomes if t > lost + 1.0]  # sent once the front door saw it
-    print(f"node lost: {len(failed)} of {len(load.outcomes)} requests failed: {failed}")
-    assert len(failed) <= 4, failed
-    assert len(after) > 10 and all(e == "" for e in after)
+        time.sleep(0.5)
+        with pytest.raises(ClusterApplyError, match="(?s)failed: node node-1: RuntimeError: .*no_such_kind.*rolled back: the front door's shares, node node-0, "
+                           "node node-1 rolled back on its own"):
+            serving.apply(bad)
+        assert {n: s["weight"] for n, s in serving.stats().items()} == pytest.approx(weights)
+        time.sleep(0.5)
+    assert {n: ray.get(h.plan_json.remote())["demand_rps"] for n, h in serving.nodes.items()} == before
+    assert serving.plan.nodes["node-0"].demand_rps == before["node-0"]
+    assert len(load.outcomes) > 10 and [e for _, e in load.outcomes if e] == []
+
+
+def test_the_controller_replans_around_a_node_lost_under_load_then_onto_one_added(served, tmp_path):
+    """node-1's raylet is removed under load: only requests in flight to it may fail; the controller replans on
+    node-0 within one interval, logging the capacity lost; node-2 joins and the next plan spreads onto it."""
+    local, serving = served
+    app, profiles = _app(), load_profiles(ROOT / "examples" / "cpu" / "profiles.csv")
+    path = tmp_path / "cluster-events.jsonl"
+    interval = 5.0
+    controller = ClusterController(app, profiles, gpu_type("cpu"), serving, EventLog(path, time.time()),
+                                   PlanOptions(features=Features.parse("ast")), spread=2, progress=print)
+    stop = threading.Event()
+    thread = threading.Thread(target=controller.run, args=(interval, stop))
+
+    def events(kind: str) -> list[dict]:
+        return [e for e in map(json.loads, path.read_text().splitlines()) if e["kind"] == kind]
+
+    def wait_for(kind: str, seconds: float, after: float = 0.0, check=lambda e: True) -> dict:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = [e for e in events(kind) if e["t"] >= after and check(e)]
+            if found:
+                return found[0]
+            time.sleep(0.2)
+        raise AssertionError(f"no {kind} event after {after} s within {seconds} s: {path.read_text()}")
+
+    try:
+        with Load(serving.url) as load:
+            thread.start()
+            time.sleep(1.0)
+            lost = time.monotonic()
+            local.remove_node("node-1")
+            gone = wait_for("node_lost", interval)
+            replanned = wait_for("plan", interval, after=gone["t"])
+            kept = time.monotonic()
+            assert set(replanned["nodes"]) == {"node-0"}
+            local.add_node("node-2")
+            joined = wait_for("node_added", 30, check=lambda e: e["node"] == "node-2")
+            spread = wait_for("plan", 60, after=joined["t"])
+            time.sleep(1.0)
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join()
+    failed = [t - lost for t, e in load.outcomes if e]
+    print(f"node lost: {len(failed)} of {len(load.outcomes)} requests failed, sent at {failed} s from the loss")
+    assert len(failed) <= 4 and all(-0.5 < t < 1.0 for t in failed), failed
+    assert len([t for t, e in load.outcomes if t > kept]) > 10
+    assert gone["node"] == "node-1" and gone["planned_rps"] == pytest.approx(10.0, rel=0.01)
+    assert gone["remaining_planned_rps"] == pytest.approx(20.0, rel=0.01)
+    assert set(spread["nodes"]) == {"node-0", "node-2"} and serving.plan.share("node-2") > 0
     stats = serving.stats()
-    assert not stats["node-1"]["up"] and stats["node-0"]["up"]
+    assert "node-1" not in stats and stats["node-2"]["up"] and stats["node-2"]["requests"] > 0
