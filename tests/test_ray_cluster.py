@@ -33,6 +33,7 @@ from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
 from orchestrator.profiles import load_profiles  # noqa: E402
 from orchestrator.ray_cluster import ClusterApplyError, ClusterServing, LocalCluster, cluster_nodes  # noqa: E402
 from orchestrator.server import free_ports  # noqa: E402
+from tools import cluster_report  # noqa: E402
 
 # a generous SLO: the 2-core machine runs two servers, the raylets and the front door (cf. test_apply.py)
 SLO_MS = 2000
@@ -252,3 +253,14 @@ def test_the_controller_replans_around_a_node_lost_under_load_then_onto_one_adde
     assert set(spread["nodes"]) == {"node-0", "node-2"} and serving.plan.share("node-2") > 0
     stats = serving.stats()
     assert "node-1" not in stats and stats["node-2"]["up"] and stats["node-2"]["requests"] > 0
+    # the per-node report of this run: every node that served, its requests as the front door counted them
+    events = cluster_report.load_events(path)
+    assert {n: cluster_report.node_count(events, n, "requests") > 0 for n in ("node-0", "node-1")} == \
+        {"node-0": True, "node-1": True}
+    figures = cluster_report.figures(tmp_path, {"app": app.name, "nodes": 3})
+    assert set(figures) == {"nodes.png", "placement-nodes.png"}
+    titles = [t.get_text() for f in figures.values() for t in f.texts]
+    assert all("cpudemo on 3 node(s) (CPU slices, no GPU)" in t for t in titles), titles
+    legends = {t.get_text() for ax in figures["nodes.png"].axes if ax.get_legend()
+               for t in ax.get_legend().get_texts()}
+    assert {"node-0: requests/s sent to it", "node-1: requests/s sent to it"} <= legends, legends
