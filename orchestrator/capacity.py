@@ -41,8 +41,9 @@ def _upper_bound(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptio
 
 
 def max_demand(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions, rel_tol: float = 0.005,
-               progress: Callable[[str], None] | None = None) -> Capacity:
-    """Search the demand (0 when nothing fits) within ``opts.time_limit`` seconds for the whole search.
+               progress: Callable[[str], None] | None = None, deadline: Deadline | None = None) -> Capacity:
+    """Search the demand (0 when nothing fits) within ``opts.time_limit`` seconds for the whole search, from
+    now or from ``deadline``'s start (a caller that began earlier, e.g. reading its files).
 
     Each probe asks for the fewest slices that meet both SLOs: a diagnosed probe at 1/64 of the analytical
     bound (a latency or accuracy SLO that no demand meets gives 0 at once), then steps to where the last
@@ -51,7 +52,7 @@ def max_demand(app: AppSpec, profiles: Profiles, gpu: GpuType, opts: PlanOptions
     (``planner.ROUND_FIRST`` candidates, or ``SMALL_GPUS`` GPUs), the MILP within a share of the time left; ``relax`` and ``milp``
     use theirs alone. A probe the time limit cuts counts as not fitting, and the answer says so."""
     start = time.perf_counter()
-    deadline = Deadline(opts.time_limit)
+    deadline = deadline or Deadline(opts.time_limit)
     times: list[float] = []
     best: Plan | None = None
     note = ""

@@ -19,7 +19,7 @@ from .errors import InfeasibleError, InputError, UnreachableError
 from .features import Features
 from .gpus import gpu_type
 from .candidates import LATENCY_MODELS
-from .planner import METHODS, PlanOptions, make_plan
+from .planner import METHODS, Deadline, PlanOptions, make_plan
 from .profiles import default_gpu, load_profiles
 
 EXIT_INPUT, EXIT_INFEASIBLE = 1, 2
@@ -86,6 +86,7 @@ def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str,
     --nodes, the demand split over nodes, each serving the whole app with its own plan."""
     from .typed import check_variants
 
+    entry = time.monotonic()  # --time-limit counts from here: reading and checking the files are part of the call
     app, profiles, gpu = _load(app_path, profiles_path, gpu_type)
     if accuracy_csv:
         from .accuracy import with_measured
@@ -110,8 +111,9 @@ def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str,
     opts = PlanOptions(features=Features.parse(features), gpus=gpus, alpha=alpha, beta=beta,
                        method=method, time_limit=time_limit, latency_reserve=latency_reserve, queueing=queueing,
                        latency_model=latency_model)
+    # plan_cluster keeps its own clock (from its start): the cluster file's reading is not counted
     result = (plan_cluster(app, profiles, gpu, demand, nodes, opts) if nodes
-              else make_plan(app, profiles, gpu, demand, opts))
+              else make_plan(app, profiles, gpu, demand, opts, Deadline(time_limit, start=entry)))
     click.echo(result.summary())
     if not nodes and gpus is None:
         unit = "CPU slices" if gpu.name == "cpu" else f"{gpu.name} GPUs"
@@ -123,13 +125,15 @@ def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str,
 
 
 @cli.command()
-@(lambda f: _options(f, 10.0, "seconds the whole search may take, for each latency model (a hard bound)"))
+@(lambda f: _options(f, 10.0, "seconds the whole search may take, for each latency model (a hard bound; the "
+                               "first's counts from the command's start, reading the files included)"))
 @click.option("--gpus", type=int, required=True, help="GPUs available")
 @click.option("--json", "as_json", is_flag=True, help='print {"max_demand_rps": ...} as the last line')
 def capacity(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float,
              method: str, latency_model: str, gpus: int, as_json: bool) -> None:
     """The maximum demand (req/s) that GPUS can serve within both SLOs, under --latency-model and, for
     comparison, the other latency model."""
+    entry = time.monotonic()  # the first search's --time-limit counts from here, reading the files included
     app, profiles, gpu = _load(app_path, profiles_path, gpu_type)
     if gpus < 1:
         raise InputError(f"--gpus: expected at least 1, got {gpus}")
@@ -139,7 +143,8 @@ def capacity(app_path: str, profiles_path: str, gpu_type: str | None, features: 
                            latency_model=model)
         click.echo(f"searching the demand for {app.name} on {gpus} {gpu.name} GPU(s), features "
                    f"{opts.features.label}, latency model {model}", err=True)
-        results[model] = max_demand(app, profiles, gpu, opts, progress=lambda line: click.echo(line, err=True))
+        results[model] = max_demand(app, profiles, gpu, opts, progress=lambda line: click.echo(line, err=True),
+                                    deadline=Deadline(time_limit, start=entry if not results else None))
     for model, cap in results.items():
         slices = cap.plan.slices if cap.plan else 0
         click.echo(f"max serviceable demand ({model} latency model{'' if model == latency_model else ', for comparison'}):"
@@ -743,8 +748,9 @@ def _gpu_available() -> bool:
 @click.option("--demand", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="with --app: the demand (req/s) the plan is made for, on 4 whole-CPU slices")
 @click.option("--nodes", type=click.IntRange(min=1), default=None,
-              help="instead: the CPU example on a local Ray cluster of this many nodes (each its own raylet, "
-                   "tritonserver and controller, on 127.0.0.1), the day sent through the front door")
+              help="instead: the CPU example on a local Ray cluster of this many nodes (each its own raylet and "
+                   "tritonserver, on 127.0.0.1), the day sent through the front door, the cluster controller replanning "
+                   "the split across the nodes")
 def demo(out: str, duration: float, peak: float | None, device: str, as_json: bool, typed_app: str | None,
          requests: int, demand: float, nodes: int | None) -> None:
     """The bundled example end to end: profile, plan, render, serve, replay a day with live replanning, report.
@@ -762,9 +768,9 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
     the controller replanning and refining fan-out), reported as `jigsaw report` does.
 
     With --nodes N: the CPU example served across N nodes of a local Ray cluster (tools/cluster_demo.py), the
-    day (peak 40 req/s by default) replayed through the front door, each node replanned by its own controller
-    for its share (the shares stay fixed); the summary adds "nodes" and per node its slices, requests and replans.
-    """
+    day (peak 40 req/s by default) replayed through the front door while the cluster controller replans the split
+    across the nodes and applies it node by node; the summary adds "nodes" and per node its slices and requests,
+    the plans and the nodes lost or added, and per-node plots (nodes.png, placement-nodes.png)."""
     root = Path(__file__).resolve().parent.parent
     Path(out).mkdir(parents=True, exist_ok=True)
     if nodes:
@@ -797,7 +803,8 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
         app_path = root / "examples" / "cpu" / "app.yaml"
         profiles_path = Path(out) / "profiles.csv"
         click.echo(f"profiling {app_path} on this CPU -> {profiles_path}", err=True)
-        profile_cpu([load_app(app_path)], str(profiles_path), repeats=10, progress=lambda _: None)
+        profile_cpu([load_app(app_path)], str(profiles_path), repeats=10,
+                    progress=lambda line: click.echo(f"  {line}", err=True))
         gpus, label, headroom, peak = 4, "A+S+T (demo, CPU)", DEMO_HEADROOM, peak or 40.0
     summary = _run_experiment(str(app_path), str(profiles_path), None, "ast", "auto", 2.0, gpus, None, peak,
                               duration, max(2.0, duration / 20), out, None, "holt", label, headroom, standby=gpus == 1,
@@ -814,7 +821,8 @@ def _cluster_demo(root: Path, out: Path, nodes: int, peak: float, duration: floa
     app_path = root / "examples" / "cpu" / "app.yaml"
     profiles_path = out / "profiles.csv"
     click.echo(f"profiling {app_path} on this CPU -> {profiles_path}", err=True)
-    profile_cpu([load_app(app_path)], str(profiles_path), repeats=10, progress=lambda _: None)
+    profile_cpu([load_app(app_path)], str(profiles_path), repeats=10,
+                progress=lambda line: click.echo(f"  {line}", err=True))
     summary = cluster_demo.run(load_app(app_path), profiles_path, nodes, out, peak, duration,
                                progress=lambda line: click.echo(line, err=True))
     click.echo(cluster_demo.format_summary(summary))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ TANGENT_ROUNDS = 4  # the most times a relaxation moves its tangents to its own 
 MARGIN, MARGIN_MAX_S = 0.12, 0.3  # of a call's time limit, kept for its last steps (Deadline)
 MIN_SOLVE_SECONDS = 0.02  # below this much time left, a MILP is not started
 PRICE_ROUNDS = 2  # the most times the latency budgets are re-priced at a new routing
+NEXT_WAYS = 8  # where no priced budgets have an LP, the most next-cheapest ones tried
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,14 @@ class PlanOptions:
 class Deadline:
     """The wall-clock end of one planning call, shared by all of its solves. ``left`` keeps back a margin
     (``MARGIN`` of the limit, at most ``MARGIN_MAX_S``) for what follows the last solve (placement, the
-    exact check) and for HiGHS running a little past its own limit, so that the call ends within it."""
+    exact check) and for HiGHS running a little past its own limit, so that the call ends within it.
+    ``start`` (``time.monotonic()``, default now): when the call began; the CLI starts the clock at a
+    command's entry, so that reading and checking its files count against the limit."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, start: float | None = None) -> None:
         self.seconds = seconds
-        self.end = time.monotonic() + seconds - min(MARGIN * seconds, MARGIN_MAX_S)
+        self.start = time.monotonic() if start is None else start
+        self.end = self.start + seconds - min(MARGIN * seconds, MARGIN_MAX_S)
 
     def left(self) -> float:
         return self.end - time.monotonic()
@@ -229,7 +234,9 @@ def _relax_and_round(app: AppSpec, setup: _Setup, demand: float, feats: Features
     if best is None:
         return None
     best.seconds = time.perf_counter() - start
-    best.gap = None  # a restricted MILP's gap says nothing of the whole problem's optimum
+    # a restricted MILP's status and gap say nothing of the whole problem's optimum: the plan is feasible, and
+    # how far it may be from the optimum is the MILP's bound where one ran (``_solve``), else unknown
+    best.status, best.gap = "feasible", None
     best.relaxed_slices = lp.relaxed_slices
     return best
 
@@ -269,7 +276,8 @@ def _budget_ways(app: AppSpec, setup: _Setup, lp: Solution, demand: float, feats
                  limits: Limits, deadline: Deadline) -> list[tuple[dict[str, list[Candidate]], Solution]]:
     """(candidates within fixed latency budgets, the LP over them): the budgets priced in slices and in
     shares of a GPU (where memory slices bind: a 3g takes half a GPU's), each re-priced at the routing of
-    the LP within them while that changes them; the static budgets where none of these has an LP."""
+    the LP within them while that changes them; where none has an LP, the next cheapest (``NEXT_WAYS``);
+    the static budgets where none of these has an LP."""
     if not feats.task_graph:
         return [(setup.cands, lp)]
     tried: list[dict[str, float]] = []
@@ -286,11 +294,38 @@ def _budget_ways(app: AppSpec, setup: _Setup, lp: Solution, demand: float, feats
             if fixed is None:
                 break
             ways.append((within, fixed))
+    for _ in range(NEXT_WAYS if not ways else 0):
+        # near the capacity the cheapest budgets at the LP's routing may have no LP at all (tagging at 1.5x
+        # its SLO: scene 14 ms had none where the MILP's plans give it 22): the next cheapest not within
+        # any of those, until one has
+        budgets = _priced_budgets(app, setup.cands, lp.routing, demand, _gpu_share, deadline, tried)
+        if budgets is None:
+            break
+        budgets = _lifted(app, setup.cands, budgets)
+        tried.append(budgets)
+        within = _within(setup.cands, budgets)
+        fixed = _relaxation(app, within, demand, feats, w, limits, deadline, lp.points)
+        if fixed is not None:
+            ways.append((within, fixed))
+            break
     within = _within(setup.cands, setup.fallback_budgets)
     if not ways and all(within.values()):
         fixed = _relaxation(app, within, demand, feats, w, limits, deadline, lp.points)
         ways += [(within, fixed)] if fixed is not None else []
     return ways
+
+
+def _lifted(app: AppSpec, cands: dict[str, list[Candidate]], budgets: dict[str, float]) -> dict[str, float]:
+    """Each task's budget raised (in the app's order) to its largest level that keeps every path through it
+    within the SLO: a larger budget only adds candidates, and the pricing leaves ties between levels its
+    routing does not use."""
+    out = dict(budgets)
+    for t in app.tasks:
+        paths = [p for p in app.paths if t.name in p.tasks]
+        room = min(app.latency_slo_ms - sum(out[u] for u in p.tasks if u != t.name) for p in paths)
+        out[t.name] = max([c.wc_latency_ms for c in cands[t.name] if c.wc_latency_ms <= room + 1e-9],
+                          default=out[t.name])
+    return out
 
 
 def _slices(c: Candidate) -> float:
@@ -304,12 +339,14 @@ def _gpu_share(c: Candidate) -> float:
 
 
 def _priced_budgets(app: AppSpec, cands: dict[str, list[Candidate]], routing: dict[str, dict[str, float]],
-                    demand: float, price, deadline: Deadline) -> dict[str, float] | None:
+                    demand: float, price, deadline: Deadline,
+                    exclude: Sequence[dict[str, float]] = ()) -> dict[str, float] | None:
     """Each task's latency budget: the levels that minimise what the routed items cost (``price`` per
     instance), each variant at its cheapest candidate per item within its task's budget (separable, the
     routing held fixed), with every path within the SLO; a small MILP, a binary per task and level. The LP
     relaxation's own budgets come from latency binaries relaxed, which let it split a task over levels
-    it cannot have."""
+    it cannot have. ``exclude``: budgets that have no plan; neither have any within them, so some task's
+    budget is above its level in each."""
     m = Model()
     cost, pick, latency = Lin(), {}, {}
     for t, cs in cands.items():
@@ -322,6 +359,9 @@ def _priced_budgets(app: AppSpec, cands: dict[str, list[Candidate]], routing: di
         pick[t], latency[t] = (z, levels), Lin.dot(z, levels)
     for p in app.paths:
         m.add(sum((latency[t] for t in p.tasks), Lin()), hi=app.latency_slo_ms)
+    for old in exclude:  # some task above its level in ``old`` (budgets within those have no plan either)
+        above = [j for t, (z, levels) in pick.items() for j, level in zip(z, levels) if level > old[t] + 1e-9]
+        m.add(Lin.dot(above, [1.0] * len(above)), lo=1.0)
     deadline.check()
     _, values, _ = m.solve(-cost, deadline.left(), {"mip_rel_gap": 1e-6}, None)
     if values is None:
@@ -471,10 +511,11 @@ def _binding(app: AppSpec, setup: _Setup, demand: float, opts: PlanOptions, gpu:
 
 
 def make_plan(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float,
-              opts: PlanOptions = PlanOptions()) -> Plan:
-    """The best plan for ``demand`` req/s within ``opts.time_limit`` seconds of wall time;
+              opts: PlanOptions = PlanOptions(), deadline: Deadline | None = None) -> Plan:
+    """The best plan for ``demand`` req/s within ``opts.time_limit`` seconds of wall time, from now or from
+    ``deadline``'s start (a caller that began the call earlier, e.g. reading its files);
     InfeasibleError names the binding constraint (``time_limit`` when the limit passed first)."""
-    deadline = Deadline(opts.time_limit)
+    deadline = deadline or Deadline(opts.time_limit)
     if not (demand > 0 and math.isfinite(demand)):
         raise InputError(f"--demand: expected a positive number of requests per second, got {demand}")
     if opts.method not in METHODS:

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,37 @@ def test_plan_without_features_takes_whole_gpus_per_task(capsys, tiny: str) -> N
     assert "slices" in err and "2 tasks need at least 2 but 1 GPU(s) give 1" in err
 
 
+def test_plan_time_limit_counts_from_the_commands_start(capsys, tiny: str, monkeypatch) -> None:
+    """--time-limit bounds the whole command: the deadline handed to make_plan started before the app and
+    profile files were read (their reading counts against it)."""
+    import orchestrator.cli as cli_mod
+    read_at, deadlines = [], []
+    real_load, real_plan = cli_mod.load_profiles, cli_mod.make_plan
+
+    def load_profiles(*args, **kwargs):
+        read_at.append(time.monotonic())
+        return real_load(*args, **kwargs)
+
+    def make_plan(*args, **kwargs):
+        deadlines.append(args[5] if len(args) > 5 else kwargs["deadline"])
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(cli_mod, "load_profiles", load_profiles)
+    monkeypatch.setattr(cli_mod, "make_plan", make_plan)
+    rc, _, err = run_cli(capsys, "plan", tiny, "--profiles", PROFILES, "--demand", "500", "--gpus", "4",
+                         "--time-limit", "7")
+    assert rc == 0, err
+    assert len(read_at) == 1 and len(deadlines) == 1
+    assert deadlines[0].seconds == 7 and deadlines[0].start <= read_at[0]
+
+
+def test_plan_limit_spent_before_planning_is_a_time_limit(capsys, tiny: str) -> None:
+    """A limit that passes while the files are read ends the call with the time-limit error, not a plan."""
+    rc, out, err = run_cli(capsys, "plan", tiny, "--profiles", PROFILES, "--demand", "500", "--gpus", "4",
+                           "--time-limit", "1e-6")
+    assert rc == 2 and "time limit" in err and "plan for" not in out
+
+
 # ---------------------------------------------------------------- capacity
 
 def test_capacity_json(capsys, tiny: str) -> None:
@@ -291,6 +323,30 @@ def test_capacity_when_nothing_fits_reports_zero(capsys, tiny: str, monkeypatch)
     assert rc in (0, 2), err
     if rc == 0:
         assert last_json(out)["max_demand_rps"] == 0
+
+
+def test_capacity_first_search_counts_from_the_commands_start(capsys, tiny: str, monkeypatch) -> None:
+    """The first latency model's search shares the deadline that began before the files were read; the
+    comparison search has its own."""
+    import orchestrator.cli as cli_mod
+    read_at, deadlines = [], []
+    real_load, real_search = cli_mod.load_profiles, cli_mod.max_demand
+
+    def load_profiles(*args, **kwargs):
+        read_at.append(time.monotonic())
+        return real_load(*args, **kwargs)
+
+    def max_demand(*args, **kwargs):
+        deadlines.append(kwargs["deadline"])
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(cli_mod, "load_profiles", load_profiles)
+    monkeypatch.setattr(cli_mod, "max_demand", max_demand)
+    rc, _, err = run_cli(capsys, "capacity", tiny, "--profiles", PROFILES, "--gpus", "1", "--time-limit", "5")
+    assert rc == 0, err
+    assert len(read_at) == 1 and len(deadlines) == 2
+    assert all(d.seconds == 5 for d in deadlines)
+    assert deadlines[0].start <= read_at[0] < deadlines[1].start
 
 
 # ---------------------------------------------------------------- console script

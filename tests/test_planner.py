@@ -347,7 +347,8 @@ def test_time_limit_without_incumbent_is_not_called_infeasible() -> None:
         make_plan(app, profiles, A100, 40000, PlanOptions(gpus=120, method="milp", time_limit=1e-6))
     assert exc.value.binding == "time_limit"
     plan = make_plan(app, profiles, A100, 40000, PlanOptions(gpus=120, method="relax", time_limit=30))
-    assert plan.solver["method"] == "relax+round"
+    # a rounded plan is feasible, not optimal: its restricted MILP's status says nothing of the whole problem
+    assert plan.solver["method"] == "relax+round" and plan.solver["status"] == "feasible"
     assert violations(app, plan, slice_cap=840) == []
 
 
