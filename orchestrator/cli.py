@@ -111,9 +111,9 @@ def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str,
     opts = PlanOptions(features=Features.parse(features), gpus=gpus, alpha=alpha, beta=beta,
                        method=method, time_limit=time_limit, latency_reserve=latency_reserve, queueing=queueing,
                        latency_model=latency_model)
-    # plan_cluster keeps its own clock (from its start): the cluster file's reading is not counted
-    result = (plan_cluster(app, profiles, gpu, demand, nodes, opts) if nodes
-              else make_plan(app, profiles, gpu, demand, opts, Deadline(time_limit, start=entry)))
+    deadline = Deadline(time_limit, start=entry)  # reading and checking the files count against the limit
+    result = (plan_cluster(app, profiles, gpu, demand, nodes, opts, deadline) if nodes
+              else make_plan(app, profiles, gpu, demand, opts, deadline))
     click.echo(result.summary())
     if not nodes and gpus is None:
         unit = "CPU slices" if gpu.name == "cpu" else f"{gpu.name} GPUs"

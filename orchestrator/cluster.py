@@ -332,7 +332,7 @@ class _Search:
 
 
 def plan_cluster(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float, nodes: list[NodeSpec],
-                 opts: PlanOptions = PlanOptions()) -> ClusterPlan:
+                 opts: PlanOptions = PlanOptions(), deadline: Deadline | None = None) -> ClusterPlan:
     """Split ``demand`` over ``nodes`` (all of GPU type ``gpu``) so that the total slices are fewest, each node
     serving the whole app with its own ``make_plan`` (``opts`` with ``gpus`` the node's): no request's path
     leaves its node.
@@ -343,14 +343,14 @@ def plan_cluster(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float, 
     nodes that can serve the demand, filled or even, and even over one node more; then the best is improved by
     moving demand onto its nodes' slack (``_shifts``) while that saves slices. The fewest total slices win, then
     the higher accuracy; nodes left out get no plan. ``opts.time_limit`` bounds the whole call: the node plans
-    share what the capacity searches leave. Every node's plan meets both SLOs for its requests (its own exact
-    check); the whole cluster's accuracy (``_whole_accuracy``) is checked as well, since a task's accuracy over
-    all nodes weighs each node's items, not its requests: a split whose whole falls below the SLO (nodes routing
+    share what the capacity searches leave (``deadline``: a clock started earlier, as the CLI starts it at a
+    command's entry). Every node's plan meets both SLOs for its requests (its own exact check); the whole
+    cluster's accuracy (``_whole_accuracy``) is checked as well, since a task's accuracy over all nodes weighs each node's items, not its requests: a split whose whole falls below the SLO (nodes routing
     differently under per-variant fan-out) is not taken. InfeasibleError when the nodes at capacity together
     serve less than the demand (naming that total), or when no split gives every node a plan in time.
     """
     began = time.perf_counter()
-    deadline = Deadline(opts.time_limit)
+    deadline = deadline or Deadline(opts.time_limit)
     if not (demand > 0 and math.isfinite(demand)):
         raise InputError(f"--demand: expected a positive number of requests per second, got {demand}")
     if not (opts.time_limit > 0 and math.isfinite(opts.time_limit)):
