@@ -7,8 +7,8 @@
   single-node run does (``render.build_configs`` of the node's plan with the node's own inventory, the
   jigsaw backend, an MPS daemon when the repository asks for it, a control key), and moves it to a new
   plan with ``control.apply`` (no failed request, as on one node; the old runners drain in the background).
-- ``FrontDoorActor`` runs ``front_door.FrontDoor`` (Triton's gRPC protocol, requests spread over the nodes
-  by their planned shares) on the head node.
+- ``FrontDoorActor`` runs ``front_door.FrontDoor`` (Triton's gRPC and HTTP protocols, requests spread over the
+  nodes by their planned shares; HTTP to each node's HTTP front) on the head node.
 - ``ClusterServing`` starts, applies (node by node, rolled back across the cluster when a node's apply fails),
   forgets lost nodes and stops them from a driver; its actors are named (namespace ``NAMESPACE``) and detached,
   so that another driver (``jigsaw apply --ray``) finds them. ``cluster_control.ClusterController`` drives it.
@@ -38,6 +38,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .cluster import ClusterPlan, NodeSpec
 from .errors import UnreachableError
+from .front_door import FrontDoor, Route
 from .inventory import Inventory, detect
 from .plan import Plan
 
@@ -201,18 +202,18 @@ class NodeServer:
 
 
 class FrontDoorActor:
-    """``front_door.FrontDoor`` in an async Ray actor (its event loop serves the gRPC server)."""
+    """``front_door.FrontDoor`` in an async Ray actor (its event loop serves the gRPC and HTTP servers)."""
 
     def __init__(self) -> None:
         self.door: Any = None
 
-    async def start(self, nodes: dict[str, tuple[str, float]], port: int = 0) -> str:
-        """Serve on this node's address; the front door's ``host:port``."""
-        from .front_door import FrontDoor
-        self.door = FrontDoor(nodes, host=ray.util.get_node_ip_address(), port=port)
-        return await self.door.start()
+    async def start(self, nodes: dict[str, Route], port: int = 0, http_port: int = 0) -> dict[str, str]:
+        """Serve on this node's address; the front door's ``urls``."""
+        self.door = FrontDoor(nodes, host=ray.util.get_node_ip_address(), port=port, http_port=http_port)
+        await self.door.start()
+        return await self.urls()
 
-    async def set_nodes(self, nodes: dict[str, tuple[str, float]], drain_s: float = 0.0) -> None:
+    async def set_nodes(self, nodes: dict[str, Route], drain_s: float = 0.0) -> None:
         await self.door.set_nodes(nodes, drain_s)
 
     async def stats(self) -> dict[str, dict[str, Any]]:
@@ -221,8 +222,9 @@ class FrontDoorActor:
     async def arrivals(self) -> int:
         return self.door.arrivals if self.door else 0
 
-    async def url(self) -> str | None:
-        return self.door.url if self.door else None
+    async def urls(self) -> dict[str, str]:
+        """``grpc`` and ``http``: the front door's ``host:port`` for each protocol (none while not serving)."""
+        return {"grpc": self.door.url, "http": self.door.http_url} if self.door else {}
 
     async def stop(self) -> None:
         if self.door is not None:
@@ -281,7 +283,8 @@ class ClusterServing:
         self.nodes: dict[str, Any] = {}  # node name -> NodeServer handle
         self.urls: dict[str, dict[str, Any]] = {}
         self.front: Any = None
-        self.url: str | None = None
+        self.url: str | None = None  # the front door's gRPC host:port
+        self.http_url: str | None = None  # ... and its HTTP host:port
 
     def _start_nodes(self, plan: ClusterPlan, names: list[str]) -> None:
         gpus = _live_gpus()
@@ -302,22 +305,23 @@ class ClusterServing:
             self.progress(f"node {name}: tritonserver pid {urls['pid']} serving {plan.nodes[name].slices} slices "
                           f"at {urls['grpc']}")
 
-    def _routes(self, plan: ClusterPlan) -> dict[str, tuple[str, float]]:
-        return {n: (self.urls[n]["grpc"], plan.share(n)) for n in plan.nodes}
+    def _routes(self, plan: ClusterPlan) -> dict[str, Route]:
+        return {n: Route(self.urls[n]["grpc"], self.urls[n]["http"], plan.share(n)) for n in plan.nodes}
 
-    def start(self, plan: ClusterPlan, port: int = 0) -> str:
-        """Serve ``plan``: every node's server ready, then the front door; its ``host:port``."""
+    def start(self, plan: ClusterPlan, port: int = 0, http_port: int = 0) -> str:
+        """Serve ``plan``: every node's server ready, then the front door (gRPC on ``port``, HTTP on
+        ``http_port``; 0: any free one); its gRPC ``host:port`` (``http_url``: its HTTP one)."""
         try:
             self._start_nodes(plan, list(plan.nodes))
             self.front = ray.remote(FrontDoorActor).options(
                 name=FRONT_DOOR_ACTOR, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
                 scheduling_strategy=_head_strategy()).remote()
-            self.url = ray.get(self.front.start.remote(self._routes(plan), port), timeout=START_TIMEOUT_S)
+            urls = ray.get(self.front.start.remote(self._routes(plan), port, http_port), timeout=START_TIMEOUT_S)
         except BaseException:
             self.stop()
             raise
-        self.plan = plan
-        self.progress(f"front door at {self.url}: shares "
+        self.plan, self.url, self.http_url = plan, urls["grpc"], urls["http"]
+        self.progress(f"front door at {self.url} (gRPC) and {self.http_url} (HTTP): shares "
                       + ", ".join(f"{n} {plan.share(n):.2f}" for n in plan.nodes))
         return self.url
 
@@ -330,7 +334,8 @@ class ClusterServing:
         plans = dict(zip(names, ray.get([self.nodes[n].plan_json.remote() for n in names])))
         self.urls = dict(zip(names, ray.get([self.nodes[n].urls.remote() for n in names])))
         stats = ray.get(self.front.stats.remote())
-        self.url = ray.get(self.front.url.remote())
+        urls = ray.get(self.front.urls.remote())
+        self.url, self.http_url = urls.get("grpc"), urls.get("http")
         served = {n: Plan.from_json(p) for n, p in plans.items() if p}
         if not served:
             raise RuntimeError("no jigsaw node serves on this Ray cluster")

@@ -1,5 +1,5 @@
 """Serving across nodes on a real local 2-node Ray cluster (one raylet and one tritonserver per node, all on
-127.0.0.1): plain tritonclient calls through the front door, spread by the planned shares; a cluster apply
+127.0.0.1): plain tritonclient calls (gRPC and HTTP) through the front door, spread by the planned shares; a cluster apply
 without failed requests, and one rolled back across the cluster when a node's apply fails; the cluster
 controller replanning around a node lost under load, then onto a node added."""
 from __future__ import annotations
@@ -19,6 +19,7 @@ ray = pytest.importorskip("ray")
 
 import grpc  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
+import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
@@ -27,12 +28,12 @@ from orchestrator.cluster import ClusterPlan, plan_cluster  # noqa: E402
 from orchestrator.cluster_control import ClusterController  # noqa: E402
 from orchestrator.controller import EventLog  # noqa: E402
 from orchestrator.features import Features  # noqa: E402
-from orchestrator.front_door import NO_NODE, Balancer, FrontDoor  # noqa: E402
+from orchestrator.front_door import NO_NODE, Balancer, FrontDoor, Route  # noqa: E402
 from orchestrator.gpus import gpu_type  # noqa: E402
 from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
 from orchestrator.profiles import load_profiles  # noqa: E402
 from orchestrator.ray_cluster import ClusterApplyError, ClusterServing, LocalCluster, cluster_nodes  # noqa: E402
-from orchestrator.server import free_ports  # noqa: E402
+from orchestrator.server import CONTROL_HEADER, free_ports  # noqa: E402
 from tools import cluster_report  # noqa: E402
 
 # a generous SLO: the 2-core machine runs two servers, the raylets and the front door (cf. test_apply.py)
@@ -115,9 +116,29 @@ def test_balancer_spreads_by_weight_and_skips_nodes_down():
     assert b.pick({"c"}) is None and b.pick(set()) is None
 
 
+def _http_request() -> list[httpclient.InferInput]:
+    inp = httpclient.InferInput("INPUT", [1, 1, 16], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 1, 16), dtype=np.float32))
+    return [inp]
+
+
 def test_front_door_without_a_node_up_answers_unavailable():
-    async def go() -> tuple[grpc.StatusCode, str, bool]:
-        door = FrontDoor({"gone": (f"127.0.0.1:{free_ports(1)[0]}", 1.0)})  # nothing listens there
+    """gRPC: UNAVAILABLE; HTTP: 503, both "no node can answer"; HTTP live but not ready; model control refused."""
+    def http_calls(url: str) -> tuple[bool, bool, InferenceServerException, InferenceServerException]:
+        client = httpclient.InferenceServerClient(url)
+        try:
+            live, ready = client.is_server_live(), client.is_server_ready()
+            with pytest.raises(InferenceServerException) as infer:
+                client.infer("cpudemo", _http_request())
+            with pytest.raises(InferenceServerException) as load:  # refused at the door, whatever key it carries
+                client.load_model("cpudemo", headers={CONTROL_HEADER: "any"})
+            return live, ready, infer.value, load.value
+        finally:
+            client.close()
+
+    async def go() -> tuple[grpc.StatusCode, str, bool, tuple]:
+        gone = f"127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+        door = FrontDoor({"gone": Route(gone, gone, 1.0)})
         url = await door.start()
         try:
             client = grpcclient.InferenceServerClient(url)
@@ -127,12 +148,15 @@ def test_front_door_without_a_node_up_answers_unavailable():
                     await asyncio.to_thread(client.infer, "cpudemo", _request())
             finally:
                 client.close()
-            return err.value.status(), err.value.message(), ready
+            return err.value.status(), err.value.message(), ready, await asyncio.to_thread(http_calls, door.http_url)
         finally:
             await door.stop()
 
-    status, message, ready = asyncio.run(go())
+    status, message, ready, (http_live, http_ready, infer, load) = asyncio.run(go())
     assert status == "StatusCode.UNAVAILABLE" and NO_NODE in message and not ready
+    assert http_live and not http_ready
+    assert infer.status() == "503" and NO_NODE in infer.message()
+    assert load.status() == "403" and "restricted" in load.message()
 
 
 def test_nodes_are_read_from_the_ray_cluster(served):
@@ -161,6 +185,35 @@ def test_plain_tritonclient_through_the_front_door_spreads_by_share(served):
     assert served_by["node-0"] + served_by["node-1"] == 31
     assert served_by["node-0"] in (20, 21) and served_by["node-1"] in (10, 11)  # shares 2/3 and 1/3
     assert all(after[n]["failed"] - before[n]["failed"] <= 1 for n in after)
+
+
+def test_plain_tritonclient_http_through_the_front_door_spreads_by_share(served):
+    """The front door's HTTP side: health, metadata, inference to each node's HTTP front, HTTP and gRPC calls
+    together by the shares (one balancer), the request's parameters reaching the node unparsed."""
+    _, serving = served
+    before = serving.stats()
+    client = httpclient.InferenceServerClient(serving.http_url)
+    grpc_client = grpcclient.InferenceServerClient(serving.url)
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("cpudemo")
+        assert client.get_server_metadata()["name"] == "triton"
+        assert {o["name"] for o in client.get_model_metadata("cpudemo")["outputs"]} == {"cls_OUTPUT", "cap_OUTPUT"}
+        for i in range(30):
+            if i % 2:
+                grpc_client.infer("cpudemo", _request())
+            else:
+                out = client.infer("cpudemo", _http_request(), parameters={"deadline_ms": SLO_MS})
+                assert out.as_numpy("cls_OUTPUT").shape[-1] == 16
+        with pytest.raises(InferenceServerException, match="deadline_ns"):  # an hour old: refused at the node
+            client.infer("cpudemo", _http_request(), parameters={"deadline_ns": time.time_ns() - 2 * 3600 * 10**9})
+    finally:
+        client.close()
+        grpc_client.close()
+    after = serving.stats()
+    served_by = {n: after[n]["requests"] - before[n]["requests"] for n in after}
+    assert served_by["node-0"] + served_by["node-1"] == 31
+    assert served_by["node-0"] in (20, 21) and served_by["node-1"] in (10, 11)  # shares 2/3 and 1/3
+    assert sum(after[n]["failed"] - before[n]["failed"] for n in after) == 1
 
 
 def test_cluster_apply_moves_node_by_node_without_failed_requests(served):
