@@ -333,8 +333,10 @@ def main() -> None:
     ap.add_argument("--surge-poll", type=float, default=Policy().surge_poll_s,
                     help="the controller's surge checks between steps, every this many seconds (0: none)")
     ap.add_argument("--surge-rise-z", type=float, default=Policy().surge_rise_z,
-                    help="the surge checks take a rise within this many standard deviations of Poisson noise "
-                         "for none")
+                    help="the surge checks take a rise within this many standard deviations of the arrivals' "
+                         "noise (Poisson's times the square root of their measured dispersion) for none")
+    ap.add_argument("--noise-z", type=float, default=Policy().noise_z,
+                    help="the controller's margins for noise beyond Poisson's, in standard deviations (0: none)")
     ap.add_argument("--headroom", type=float, default=0.5, help="plan for forecast x (1 + headroom), as h200_eval.py")
     ap.add_argument("--shed-limit", type=float, default=Policy().shed_limit,
                     help="the controller steps a plan up when this share of the requests was shed (0: never)")
@@ -342,16 +344,19 @@ def main() -> None:
                     help="let a down replan go below what rising arrivals project (the rule before fb699cd)")
     ap.add_argument("--efficiency", type=float, default=1.0,
                     help="the share of its planned demand a plan really serves (capacity = plan x this)")
+    ap.add_argument("--time-limit", type=float, default=PlanOptions().time_limit,
+                    help="seconds a plan's solve may take (a loaded machine may need more than the default)")
     ap.add_argument("--poisson-seed", type=int, default=None,
                     help="the controller counts Poisson arrivals with this seed (as the load generator sends them)")
     args = ap.parse_args()
     profiles = load_profiles(ROOT / args.profiles)
     gpu = gpu_type(default_gpu(profiles))
     features = Features.parse(args.features)
-    setup = Setup(load_app(ROOT / args.app), profiles, gpu, PlanOptions(features=features, gpus=1),
+    setup = Setup(load_app(ROOT / args.app), profiles, gpu,
+                  PlanOptions(features=features, gpus=1, time_limit=args.time_limit),
                   from_file(ROOT / args.inventory),
                   Policy(headroom=args.headroom, surge_poll_s=args.surge_poll, surge_rise_z=args.surge_rise_z,
-                         shed_limit=args.shed_limit, down_on_rise=args.down_on_rise),
+                         noise_z=args.noise_z, shed_limit=args.shed_limit, down_on_rise=args.down_on_rise),
                   arrivals_seed=args.poisson_seed, efficiency=args.efficiency)
     day = scale_to_peak(synthetic_diurnal(), args.peak)
     coarse = {float(d): float(i) for d, i in (x.split(":") for x in args.coarse.split(",") if x)}

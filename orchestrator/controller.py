@@ -5,15 +5,18 @@ stages routed to, each runner's batch times), feeds the measured rate to a forec
 with ``decide``:
 
 - up at once when the forecast exceeds the demand the current plan was made for (under-provisioning
-  costs SLO violations);
-- down only when the forecast stays below ``down_ratio`` of it, the plan has served at least
-  ``down_cooldown`` intervals, and the new plan's demand is at most ``down_ratio_target`` of the
-  current one (hysteresis: no flapping on noise, no near-identical replans), and covers, while arrivals
-  rise, the rate the surge check projects (below): a forecast that still trails a fall misses a rise
-  that has begun, and the smaller plan would be outrun within an apply;
+  costs SLO violations) by more than ``noise_z`` standard deviations of an interval's rate beyond
+  Poisson's, or exceeds it at ``up_intervals`` steps running;
+- down only when the forecast plus ``noise_z`` standard deviations of an interval's rate stays below
+  ``down_ratio`` of it, the plan has served at least ``down_cooldown`` intervals, and the new plan's
+  demand (for that forecast plus its noise) is at most ``down_ratio_target`` of the current one
+  (hysteresis: no flapping on noise, no near-identical replans), and covers, while arrivals rise, the
+  rate the surge check projects (below): a forecast that still trails a fall misses a rise that has
+  begun, and the smaller plan would be outrun within an apply;
 - between steps, every ``surge_poll_s``, up at once when the arrival rate projected to when a plan
   made now would be in place (the rate over the last ``surge_window_s``, plus its rise since the window
   before times half a window, the last apply's duration and one poll) exceeds the demand the plan was made for
+  by more than ``noise_z`` standard deviations of the window's rate beyond Poisson's
   (``surge``): on a steep ramp the next step would come too late, and a plan for today's rate would be
   outrun by the time it is applied. Its plan takes ``surge_headroom`` over the projection when given
   (the projection already looks ahead; by default the headroom);
@@ -32,6 +35,13 @@ with ``decide``:
   place, one interval plus an apply later (the last apply's duration), so
   ``max(forecast(1), forecast(1 + ceil(apply_s / interval)))``: on a ramp, applies that take several
   intervals would otherwise always trail the demand.
+
+Noise: the arrivals' index of dispersion (``forecast.Dispersion``: a count's variance over its mean, 1 for
+Poisson arrivals) is measured from the arrival counts of every scrape at least ``DISPERSION_MIN_S`` apart.
+Poisson noise is what these rules and the headroom were made on (a steady Poisson load keeps one plan); a
+rate that fluctuates beyond it (the noisy-steady trace: 20% per second) made the surge check and the
+steps go up on high draws and down on low ones, so the surge check's rise test scales Poisson's standard
+deviation by the square root of the dispersion, and the margins above are in the measured noise.
 
 Profile refinement: a runner whose measured mean batch time exceeds its profiled p95 at the same
 batch (the batch that ran: rows requested plus the rows a runner padded its batches with up to a
@@ -86,7 +96,7 @@ from triton_backend.variants import PADDING_METRIC
 from .appspec import AppSpec
 from .errors import InfeasibleError, UnreachableError
 from .fanout import FanoutMeter, edge_counts, with_factors
-from .forecast import Forecaster
+from .forecast import Dispersion, Forecaster
 from .gpus import GpuType
 from .inventory import Inventory
 from .metrics import Scrape, increase, requests_total, scrape
@@ -116,7 +126,11 @@ class Policy:
     fallback: tuple[float, ...] = (0.85, 0.7, 0.55)   # of the demand, tried when it cannot be planned
     surge_poll_s: float = 2.0    # between steps, check this often whether arrivals will outrun the plan (0: never)
     surge_window_s: float = 6.0  # the surge checks' rate is over this long, its rise against the window before
-    surge_rise_z: float = 1.0    # a rise within this many standard deviations of Poisson noise counts as none
+    surge_rise_z: float = 1.0    # a rise within this many standard deviations of the arrivals' noise counts as none
+    noise_z: float = 2.0         # a surge or a step goes up at once only this many standard deviations of the
+    #                              arrivals' noise beyond Poisson's over the plan's demand, a down replan judges the
+    #                              forecast plus this many of the whole noise (``rate_noise``, ``decide``; 0: off)
+    up_intervals: int = 2        # ... or when the forecast stays over the plan's demand this many steps running
     shed_limit: float = 0.02     # between steps, step the plan up when the stages shed more than this share (0: never)
     shed_min: int = 20           # ... and at least this many requests, over the last surge window
     down_on_rise: bool = False   # allow a down replan below what rising arrivals project (``projection``)
@@ -131,15 +145,29 @@ class Policy:
     #                                    None: real MIG the GPUs' spare slices, emulated MIG all (``_standby_cap``)
 
 
+DISPERSION_MIN_S = 1.0  # the arrivals' dispersion is measured over counts of at least this many seconds
 MIN_PLANNED_RPS = 1.0  # with no traffic the controller plans for this much: the least plan, not an error
 
 
-def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, policy: Policy) -> float | None:
-    """The demand to replan for, or None to keep the current plan."""
-    if forecast_rps > planned_rps:
+def decide(planned_rps: float, forecast_rps: float, intervals_in_plan: int, policy: Policy,
+           noise_rps: float = 0.0, extra_rps: float = 0.0, intervals_over: int = 1) -> float | None:
+    """The demand to replan for, or None to keep the current plan. ``noise_rps``: the standard deviation of
+    an interval's measured rate at a steady demand; ``extra_rps``: its part beyond Poisson's (0 for Poisson
+    arrivals); ``intervals_over``: the steps running, this one included, whose forecast exceeded the
+    planned demand.
+
+    Up when the forecast exceeds the planned demand by ``noise_z`` x ``extra_rps``, or exceeds it at all
+    ``up_intervals`` steps running: one noisy interval is no ramp, and a forecast fed mostly by the last
+    interval carries its noise; Poisson's is already borne by the headroom, and going up must not wait.
+    Down judges the forecast plus ``noise_z`` x ``noise_rps`` and plans for that: a down replan taken at a
+    low draw of the noise would plan for that draw, and the next high one would take the plan up again
+    (going down is never urgent)."""
+    if forecast_rps > planned_rps + policy.noise_z * extra_rps or (
+            forecast_rps > planned_rps and intervals_over >= policy.up_intervals):
         return forecast_rps * (1 + policy.headroom)
-    if forecast_rps < planned_rps * policy.down_ratio and intervals_in_plan >= policy.down_cooldown:
-        target = max(forecast_rps * (1 + policy.headroom), MIN_PLANNED_RPS)
+    high = forecast_rps + policy.noise_z * noise_rps
+    if high < planned_rps * policy.down_ratio and intervals_in_plan >= policy.down_cooldown:
+        target = max(high * (1 + policy.headroom), MIN_PLANNED_RPS)
         # with (1 + headroom) x down_ratio >= 1 the target can be close to, or above, the current plan
         return target if target <= planned_rps * policy.down_ratio_target else None
     return None
@@ -176,6 +204,9 @@ class Controller:
         self.interval_s: float | None = None  # set by run()
         self.apply_s = 0.0                    # how long the last apply took
         self.observed = 0                     # rates the forecaster has seen
+        self.dispersion = Dispersion()        # how much noisier than Poisson the arrivals are (``_arrived``)
+        self.counted: tuple[float, float] | None = None  # (time, arrivals) last fed to ``dispersion``
+        self.intervals_over = 0               # steps running whose forecast exceeded the plan's demand
         self.surge_failed = False             # a surge found no larger plan: not again until the next step
         self.arrivals: deque[tuple[float, float, float]] = deque()  # (time, requests, shed so far) per scrape
         self.plan_seen_since: float | None = None  # the first scrape under the plan in force
@@ -290,7 +321,7 @@ class Controller:
             self.events.write("apply_failed", demand_rps=demand, reason=str(exc))
             self.progress(f"apply failed, old plan keeps serving: {exc}")
             return
-        self.plan, self.intervals_in_plan, self.plan_seen_since = plan, 0, None
+        self.plan, self.intervals_in_plan, self.intervals_over, self.plan_seen_since = plan, 0, 0, None
         self.rendered = rendered
         serving_s = getattr(report, "serving_s", None)  # the apply's own; waited_s before it (Applier)
         self.apply_s = getattr(report, "waited_s", 0.0) + serving_s if serving_s else time.time() - started
@@ -442,17 +473,22 @@ class Controller:
         prev, self.last, self.surge_failed = self.last, now, False
         if prev is None:
             return
-        rate = increase(requests_total(prev, self.app.name), requests_total(now, self.app.name)) / (now.t - prev.t)
+        arrived = increase(requests_total(prev, self.app.name), requests_total(now, self.app.name))
+        rate = arrived / (now.t - prev.t)
         self.forecaster.observe(rate)
         self.observed += 1
         steps = self.horizon()
         forecast = max(self.forecaster.forecast(1), self.forecaster.forecast(steps))
         self.intervals_in_plan += 1
+        self.intervals_over = self.intervals_over + 1 if forecast > self.plan.demand_rps else 0
+        noise, extra = self.rate_noise(rate, now.t - prev.t)
         self.events.write("interval", demand_rps=round(rate, 3), forecast_rps=round(forecast, 3),
-                          horizon=steps, planned_rps=self.plan.demand_rps)
+                          horizon=steps, planned_rps=self.plan.demand_rps, noise_rps=round(noise, 3),
+                          dispersion=round(self.dispersion.index(), 3))
         refined = self._refine(prev, now)
         fanned = self._refine_fanout()
-        target = decide(self.plan.demand_rps, forecast, self.intervals_in_plan, self.policy)
+        target = decide(self.plan.demand_rps, forecast, self.intervals_in_plan, self.policy, noise, extra,
+                        self.intervals_over)
         if self.shed_floor is not None and forecast < self.shed_floor[0]:
             self.shed_floor = None
         if target is not None and target < self.plan.demand_rps and self.shed_floor is not None:
@@ -488,30 +524,49 @@ class Controller:
 
     def _arrived(self, now: Scrape) -> None:
         """Keep the app's arrival and shed counts of a scrape for the surge checks (two windows back and
-        one before)."""
+        one before), and feed the arrivals since the last count of at least ``DISPERSION_MIN_S`` to
+        ``dispersion``: counted every poll, a ramp bends little between counts, and the noise is measured
+        within a minute."""
         total = requests_total(now, self.app.name)
         if self.arrivals and total < self.arrivals[-1][1]:   # the counter restarted: history is void
             self.arrivals.clear()
+            self.counted = None
+        if self.counted is None:
+            self.counted = (now.t, total)
+        elif now.t - self.counted[0] >= DISPERSION_MIN_S:
+            self.dispersion.observe(total - self.counted[1], now.t - self.counted[0])
+            self.counted = (now.t, total)
         self.arrivals.append((now.t, total, self._shed(now)))
         if self.plan_seen_since is None:
             self.plan_seen_since = now.t
         while len(self.arrivals) > 2 and self.arrivals[1][0] <= now.t - 2 * self.policy.surge_window_s:
             self.arrivals.popleft()
 
+    def rate_noise(self, rate: float, seconds: float) -> tuple[float, float]:
+        """(noise, extra): the standard deviation of a rate measured over ``seconds`` at a steady ``rate``
+        (Poisson's times the square root of the arrivals' measured ``Dispersion``), and its part beyond
+        Poisson's (0 for Poisson arrivals, whose noise the checks' rules were made to bear)."""
+        if seconds <= 0:
+            return 0.0, 0.0
+        poisson = max(rate, 0.0) / seconds
+        d = self.dispersion.index()
+        return math.sqrt(d * poisson), math.sqrt((d - 1) * poisson)
+
     def arrival_trend(self) -> tuple[float, float]:
         """(rate, rise): the arrival rate over the last ``surge_window_s`` (less when fewer seconds were
         seen), and how fast it rose, in req/s per s, against the window before: 0 until two windows were
         seen, for a fall, and when the later window's count exceeds the earlier's by no more than
-        ``surge_rise_z`` standard deviations of Poisson noise (sqrt of their sum), so that noise at a
-        steady rate, projected over an apply, does not look like a ramp. Counts between scrapes are
-        interpolated linearly."""
+        ``surge_rise_z`` standard deviations of the arrivals' noise (Poisson's, the square root of their
+        sum, times that of the measured dispersion), so that noise at a steady rate, projected over an
+        apply, does not look like a ramp. Counts between scrapes are interpolated linearly."""
         ts, counts, _ = zip(*self.arrivals)
         end, w = ts[-1], min(self.policy.surge_window_s, ts[-1] - ts[0])
         if w <= 0:
             return 0.0, 0.0
         c1, c2 = np.interp([end - w, end - 2 * w], ts, counts)
         now, before = counts[-1] - c1, c1 - c2
-        if end - ts[0] < 2 * w or now - before <= self.policy.surge_rise_z * math.sqrt(now + before):
+        noise = math.sqrt(self.dispersion.index() * (now + before))
+        if end - ts[0] < 2 * w or now - before <= self.policy.surge_rise_z * noise:
             return float(now / w), 0.0
         return float(now / w), float((now - before) / w / w)
 
@@ -526,8 +581,10 @@ class Controller:
     def surge(self) -> bool:
         """Between steps: project the arrival rate to when a plan made now would be in place (the rate over
         the last window, plus its rise times half a window, the last apply's duration and one poll); when
-        that exceeds the demand the plan was made for, replan up at once rather than at the next step, for
-        the larger of the projection and the forecast, plus headroom (``surge_headroom`` when given). The
+        that exceeds the demand the plan was made for by more than ``noise_z`` standard deviations of the
+        window's rate beyond Poisson's (``rate_noise``: a check every poll meets every high draw of a noisy
+        steady load), replan up at once rather than at the next step, for the larger of the projection and
+        the forecast, plus headroom (``surge_headroom`` when given). The
         forecaster is not fed (it sees one rate per interval). Whether it replanned; after a surge that found
         no larger plan (the GPUs are full), none until the next step."""
         assert self.plan is not None
@@ -539,12 +596,14 @@ class Controller:
         self.heal(now)
         self._arrived(now)
         rate, rise, lead, projected = self.projection()
-        if projected <= self.plan.demand_rps:
+        margin = self.policy.noise_z * self.rate_noise(rate, self.policy.surge_window_s)[1]
+        if projected <= self.plan.demand_rps + margin:
             return self.shedding()
         forecast = max(projected, self.forecaster.forecast(self.horizon())) if self.observed else projected
         planned = self.plan.demand_rps
         self.events.write("surge", demand_rps=round(rate, 3), rise_rps_per_s=round(rise, 3), lead_s=round(lead, 2),
-                          projected_rps=round(projected, 3), forecast_rps=round(forecast, 3), planned_rps=planned)
+                          projected_rps=round(projected, 3), forecast_rps=round(forecast, 3), planned_rps=planned,
+                          margin_rps=round(margin, 3))
         rising = f", rising {rise:.1f}/s: {projected:.1f} in {lead:.0f} s" if rise > 0 else ""
         headroom = self.policy.headroom if self.policy.surge_headroom is None else self.policy.surge_headroom
         return self._replan_up(forecast * (1 + headroom),

@@ -2,7 +2,8 @@
 
 Common interface: ``observe(rate)`` after each interval, ``forecast(steps)`` for the interval ``steps``
 ahead (1: the next one). Pure
-(numpy only); ``bench/forecast.py`` compares them on the shipped trace.
+(numpy only); ``bench/forecast.py`` compares them on the shipped trace. ``Dispersion`` measures how much
+noisier than Poisson the arrivals are, so that the controller can tell noise from a change in demand.
 """
 from __future__ import annotations
 
@@ -97,6 +98,59 @@ class HoltQuantile:
         if self._level is None:
             raise RuntimeError("HoltQuantile: forecast() before any observe()")
         return self._point(steps) * (1 + self.slack())
+
+
+class Dispersion:
+    """The arrivals' index of dispersion (a count's variance over its mean: 1 for Poisson arrivals, more
+    when the rate itself fluctuates), measured from the counts of consecutive intervals.
+
+    Per three consecutive intervals, the second divided difference of their mean rates (which a rate
+    changing linearly in time leaves at 0: a ramp is not noise), divided by its standard deviation for
+    Poisson arrivals at their mean rate; D is the variance of the last ``window`` of them, estimated from
+    the smallest ``KEEP`` of them (squared, over what that share of a normal variable's squares averages),
+    so that the few kinks where a ramp starts or ends do not count as noise either. At least 1
+    (arrivals are never less noisy than Poisson for the
+    controller's purposes) and 1 until ``least`` of them were seen; three intervals with fewer than
+    ``MIN_COUNT`` arrivals on average give none (too few for a normal approximation of their counts).
+    """
+
+    MIN_COUNT = 10.0
+    KEEP = 0.8
+    # E[u^2 | |u| < c] for a standard normal u, c its two-sided KEEP quantile (1.2816): 1 - 2c phi(c) / KEEP
+    KEPT_SQUARE = 1 - 2 * 1.2816 * math.exp(-1.2816 ** 2 / 2) / math.sqrt(2 * math.pi) / KEEP
+
+    def __init__(self, window: int = 48, least: int = 8) -> None:
+        if not (least >= 1 and window >= least):
+            raise ValueError(f"Dispersion: expected window >= least >= 1, got {window}, {least}")
+        self.least = least
+        self._last: deque[tuple[float, float, float]] = deque(maxlen=3)   # (mid time, count, seconds)
+        self._scores: deque[float] = deque(maxlen=window)
+        self._t = 0.0
+
+    def observe(self, count: float, seconds: float) -> None:
+        """``count`` arrivals over the ``seconds`` right after the previous observation's."""
+        count, seconds = _checked(count), float(seconds)
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"Dispersion: expected an interval of > 0 s, got {seconds!r}")
+        self._last.append((self._t + seconds / 2, count, seconds))
+        self._t += seconds
+        if len(self._last) < 3:
+            return
+        (t1, n1, d1), (t2, n2, d2), (t3, n3, d3) = self._last
+        mean = (n1 + n2 + n3) / (d1 + d2 + d3)
+        if n1 + n2 + n3 < 3 * self.MIN_COUNT:
+            return
+        c1, c3 = 1 / (t2 - t1), 1 / (t3 - t2)
+        diff = c3 * (n3 / d3 - n2 / d2) - c1 * (n2 / d2 - n1 / d1)
+        self._scores.append(diff / math.sqrt(mean * (c1 ** 2 / d1 + (c1 + c3) ** 2 / d2 + c3 ** 2 / d3)))
+
+    def index(self) -> float:
+        """D (>= 1): a count over ``s`` seconds at rate ``r`` varies with a standard deviation of
+        ``sqrt(D r s)``."""
+        if len(self._scores) < self.least:
+            return 1.0
+        squares = np.sort(np.square(self._scores))[:max(1, round(self.KEEP * len(self._scores)))]
+        return max(1.0, float(squares.mean()) / self.KEPT_SQUARE)
 
 
 def one_step_forecasts(forecaster: Forecaster, rates: Iterable[float]) -> np.ndarray:

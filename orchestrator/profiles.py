@@ -5,11 +5,18 @@ Canonical CSV columns: ``variant,gpu,mig,mps,batch,latency_ms,throughput_rps`` a
 sharing it, ``latency_ms`` the p95 of one batch in one process and ``throughput_rps`` that of the
 whole segment. Rows with a zero latency or throughput record a configuration that did not run
 (out of memory) and are skipped.
+
+The profilers (tools/profile_cpu.py, tools/profile_gpu.py) measure a variant's batches in one segment
+through ``screened``: on a busy machine one row can come out several times too slow (on the 2-core
+development machine 127.9 ms at batch 1 against 34.4 ms at batch 2), and the planner would take it
+at its word. Rows whose latency falls as the batch grows, whose throughput falls, or whose repeats
+spread widely are measured again, and a warning names those that stay so.
 """
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +50,75 @@ class Profiles:
 
     def for_variant(self, variant: str, gpu: str) -> list[ProfilePoint]:
         return [p for p in self.points if p.variant == variant and p.gpu == gpu]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One row's measurement: the p95 and the median of its repeats' times (ms), and what a profiler keeps
+    beside them (the GPU profiler: mean batch time and the segment's throughput)."""
+
+    p95_ms: float
+    median_ms: float
+    mean_ms: float | None = None
+    throughput_rps: float | None = None
+
+    @property
+    def spread(self) -> float:
+        """How far the p95 lies above the median, as a share of the median."""
+        return self.p95_ms / self.median_ms - 1 if self.median_ms > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What makes a variant's row in one segment suspicious, and how often it is measured again."""
+
+    latency_drop: float = 0.2     # its p95 is below the next smaller batch's by more than this share
+    throughput_drop: float = 0.5  # its throughput (batch / p95) is below the next smaller batch's by more
+    #                               than this share (a collapse: a larger batch may well pay more per item)
+    spread_limit: float = 1.0     # its p95 is more than 1 + this times its median: the repeats were disturbed
+    retries: int = 2              # suspicious rows are measured at most this many more times
+
+
+def suspects(samples: dict[int, Sample], screen: Screen = Screen()) -> list[tuple[tuple[int, ...], str]]:
+    """What looks wrong in one variant's rows in one segment (``Screen``): per finding, the batches of the
+    rows concerned and why. A latency or throughput that falls concerns both rows of the pair, since
+    either may be off."""
+    found = [((b, ), f"batch {b}'s p95 {s.p95_ms:.1f} ms is {s.p95_ms / s.median_ms:.1f}x its median "
+                     f"{s.median_ms:.1f} ms") for b, s in sorted(samples.items()) if s.spread > screen.spread_limit]
+    batches = sorted(samples)
+    for a, b in zip(batches, batches[1:]):
+        la, lb = samples[a].p95_ms, samples[b].p95_ms
+        if lb < la * (1 - screen.latency_drop):
+            found.append(((a, b), f"latency falls from {la:.1f} ms at batch {a} to {lb:.1f} ms at batch {b}"))
+        elif b / lb < a / la * (1 - screen.throughput_drop):
+            found.append(((a, b), f"throughput falls from {1000 * a / la:.0f}/s at batch {a} to {1000 * b / lb:.0f}/s "
+                                  f"at batch {b} ({la:.1f} -> {lb:.1f} ms)"))
+    return found
+
+
+def screened(batches: Sequence[int], measure: Callable[[int], Sample], label: str,
+             warn: Callable[[str], None], screen: Screen = Screen()) -> dict[int, Sample]:
+    """``measure`` at every batch, then the rows of the ``suspects`` measured again, at most
+    ``screen.retries`` times, until none is left; per batch the sample with the lowest p95 of its
+    measurements (another process on the machine only ever slows a measurement down). ``warn`` gets
+    a line per finding left (``label``: the variant and segment), with every measurement of its rows."""
+    tried = {b: [measure(b)] for b in batches}
+
+    def best() -> dict[int, Sample]:
+        return {b: min(samples, key=lambda s: s.p95_ms) for b, samples in tried.items()}
+
+    for _ in range(screen.retries):
+        again = sorted({b for rows, _ in suspects(best(), screen) for b in rows})
+        if not again:
+            break
+        for b in again:
+            tried[b].append(measure(b))
+    final = best()
+    for rows, why in suspects(final, screen):
+        seen = "; ".join(f"batch {b} measured {len(tried[b])}x, p95 {', '.join(f'{s.p95_ms:.1f}' for s in tried[b])} ms"
+                         for b in rows)
+        warn(f"{label}: {why} ({seen}); its profile rows may be off")
+    return final
 
 
 def _parse_row(row: dict[str, str], where: str) -> ProfilePoint | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -87,6 +88,51 @@ def test_decide_follows_a_step_and_a_sustained_drop() -> None:
     forecasts = np.array([20.0] * 5 + [200.0] * 10 + [40.0] * 10)
     targets = _replans(forecasts, POLICY)
     assert targets == pytest.approx([260.0, 52.0])   # up at the step, down 3 intervals into the drop
+
+
+def test_decide_goes_up_past_the_noise_at_once_within_it_only_when_it_persists() -> None:
+    """An interval's rate varies 5 req/s beyond Poisson's: the forecast goes up at once only 2 x 5 over
+    the plan; nearer, at the second step running over it."""
+    p = Policy(headroom=0.3, noise_z=2.0, up_intervals=2)
+    assert decide(100.0, 109.0, 0, p, noise_rps=6.0, extra_rps=5.0) is None
+    assert decide(100.0, 109.0, 0, p, noise_rps=6.0, extra_rps=5.0, intervals_over=2) == pytest.approx(141.7)
+    assert decide(100.0, 111.0, 0, p, noise_rps=6.0, extra_rps=5.0) == pytest.approx(144.3)
+    assert decide(100.0, 109.0, 0, p) == pytest.approx(141.7)   # Poisson arrivals: at once, as before
+
+
+def test_decide_goes_down_past_the_noise_and_plans_for_the_forecast_plus_it() -> None:
+    p = Policy(headroom=0.3, down_ratio=0.7, down_cooldown=3, noise_z=2.0)
+    assert decide(100.0, 60.0, 3, p, noise_rps=6.0) is None                     # 72: not under 70
+    assert decide(100.0, 55.0, 3, p, noise_rps=6.0) == pytest.approx(67 * 1.3)  # planned for 55 + 12
+
+
+def test_decide_keeps_a_plan_on_noise_beyond_poisson_that_the_plain_band_flaps_on() -> None:
+    """A steady 45 req/s whose interval rates vary 20% (9 req/s) around it, forecast by HoltQuantile as the
+    controller does, 120 intervals: the band alone (no margin for the measured noise) replans every few
+    intervals, up on high draws and down on low ones; with the margins (9 req/s beyond Poisson's 3 at 5 s
+    intervals) it moves the plan up once and at most once back."""
+    rng = np.random.default_rng(1)
+    rates = np.maximum(0.0, 45.0 * (1 + 0.2 * rng.normal(size=120)))
+    forecaster = HoltQuantile()
+    forecasts = []
+    for r in rates:
+        forecaster.observe(float(r))
+        forecasts.append(forecaster.forecast())
+    extra = 45.0 * 0.2
+    noise = float(np.hypot(extra, np.sqrt(45.0 / 5)))
+
+    def replans(policy: Policy, noise_rps: float, extra_rps: float) -> int:
+        planned, intervals, over, n = 45.0 * 1.3, 0, 0, 0
+        for f in forecasts:
+            intervals += 1
+            over = over + 1 if f > planned else 0
+            target = decide(planned, f, intervals, policy, noise_rps, extra_rps, over)
+            if target is not None:
+                planned, intervals, over, n = target, 0, 0, n + 1
+        return n
+
+    assert replans(POLICY, 0.0, 0.0) >= 10
+    assert replans(replace(POLICY, noise_z=2.0, up_intervals=2), noise, extra) <= 2
 
 
 # -- scaled / expected_ms ---------------------------------------------------------------------------
@@ -573,8 +619,9 @@ def test_no_shedding_checks_when_they_are_off(tmp_path: Path, monkeypatch) -> No
 
 
 def _stepped_up(tmp_path: Path, monkeypatch) -> Fixture:
-    """A plan for 30 req/s stepped up to 45 by its stages shedding 10% of 20 req/s."""
-    f = _shedding(tmp_path, monkeypatch, {("det", "drops"): 2.0}, down_cooldown=1)
+    """A plan for 30 req/s stepped up to 45 by its stages shedding 10% of 20 req/s (down replans for the
+    forecast as it is: no margin for noise)."""
+    f = _shedding(tmp_path, monkeypatch, {("det", "drops"): 2.0}, down_cooldown=1, noise_z=0.0)
     assert f.c.surge() is True and f.c.plan.demand_rps == pytest.approx(45.0)
     return f
 
@@ -612,8 +659,8 @@ def test_a_down_replan_covers_what_rising_arrivals_project(tmp_path: Path, monke
     """Arrivals at 5, 5, then 20 req/s under a plan for 45: the forecast (20) calls for a plan of 30, but
     the arrivals rise: over the last 6 s 120 requests against 90 in the 6 s before (2.1 sigma), 0.83
     req/s per s, projected 5 s on (half a window, no apply yet, one poll) to 24.17 req/s: the plan comes
-    down only to 24.17 x 1.5, unless ``down_on_rise``."""
-    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, down_cooldown=2, down_on_rise=down_on_rise))
+    down only to 24.17 x 1.5, unless ``down_on_rise`` (no margin for noise here)."""
+    f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.5, down_cooldown=2, down_on_rise=down_on_rise, noise_z=0.0))
     f.c.initial(45.0)
     for rps in (5, 5, 20):
         f.push(rps)

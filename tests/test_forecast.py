@@ -1,4 +1,4 @@
-"""Forecasters on known traces: constant, ramp, step (orchestrator/forecast.py)."""
+"""Forecasters on known traces: constant, ramp, step; the arrivals' dispersion (orchestrator/forecast.py)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.forecast import HoltQuantile, MovingAverage, one_step_forecasts
+from orchestrator.forecast import Dispersion, HoltQuantile, MovingAverage, one_step_forecasts
 
 
 def test_baseline_exact_values_on_a_step() -> None:
@@ -103,3 +103,44 @@ def test_forecasts_steps_ahead_follow_the_trend_or_stay_flat() -> None:
     for rate in (20, 10):
         holt.observe(rate)
     assert holt.forecast(4) == 0.0                   # a falling trend stops at zero
+
+
+def _dispersion(rates: np.ndarray, seconds: float, seed: int) -> float:
+    """``Dispersion.index`` after Poisson counts of ``rates`` (req/s per second), summed per ``seconds``."""
+    per_s = np.random.default_rng(seed).poisson(np.maximum(rates, 0.0))
+    d = Dispersion()
+    for i in range(0, len(per_s) - int(seconds) + 1, int(seconds)):
+        d.observe(float(per_s[i:i + int(seconds)].sum()), seconds)
+    return d.index()
+
+
+def test_dispersion_is_about_1_for_poisson_and_1_plus_cv2_rate_for_a_noisy_rate() -> None:
+    """Poisson counts vary with their mean; a rate with 20% noise per second at 45 req/s adds (0.2 x 45)^2
+    per second: D = 1 + 0.04 x 45 = 2.8."""
+    rng = np.random.default_rng(0)
+    poisson = [_dispersion(np.full(240, 45.0), 2.0, seed) for seed in range(20)]
+    noisy = [_dispersion(45.0 * (1 + 0.2 * rng.normal(size=240)), 2.0, seed) for seed in range(20)]
+    assert 1.0 <= np.median(poisson) < 1.2 and max(poisson) < 2.2
+    assert 2.2 < np.median(noisy) < 3.4 and min(noisy) > 1.5
+
+
+def test_dispersion_takes_a_ramp_for_no_noise() -> None:
+    """A Poisson ramp from 50 to 400 req/s in a minute, flat before and after: its slope is no noise, nor
+    are the two kinks."""
+    rates = np.concatenate([np.full(60, 50.0), np.linspace(50.0, 400.0, 60), np.full(60, 400.0)])
+    assert np.median([_dispersion(rates, 2.0, seed) for seed in range(10)]) < 1.3
+
+
+def test_dispersion_is_1_until_enough_counts_and_ignores_too_few_arrivals() -> None:
+    d = Dispersion(window=10, least=3)
+    for n in (100, 10, 100, 10):     # wildly noisy, but 3 triples only 2 scores: not yet
+        d.observe(n, 2.0)
+    assert d.index() == 1.0
+    d.observe(100, 2.0)
+    assert d.index() > 10
+    sparse = Dispersion(least=1)
+    for n in (1, 9, 0, 8, 2):        # under Dispersion.MIN_COUNT arrivals per count: no score
+        sparse.observe(n, 1.0)
+    assert sparse.index() == 1.0
+    with pytest.raises(ValueError):
+        d.observe(5, 0.0)

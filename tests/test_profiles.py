@@ -1,4 +1,5 @@
-"""Tests for orchestrator.profiles (CSV loading, coverage, default GPU) and orchestrator.gpus lookups."""
+"""Tests for orchestrator.profiles (CSV loading, coverage, default GPU, screening a profiler's rows) and
+orchestrator.gpus lookups."""
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,8 @@ import pytest
 from orchestrator.appspec import parse_app
 from orchestrator.errors import InputError
 from orchestrator.gpus import CATALOGUE, gpu_type
-from orchestrator.profiles import (COLUMNS, ProfilePoint, Profiles, check_coverage, default_gpu,
-                                   load_profiles)
+from orchestrator.profiles import (COLUMNS, ProfilePoint, Profiles, Sample, Screen, check_coverage, default_gpu,
+                                   load_profiles, screened, suspects)
 
 ROOT = Path(__file__).resolve().parents[1]
 A100_CSV = ROOT / "examples" / "a100" / "profiles.csv"
@@ -260,3 +261,62 @@ def test_shipped_h200_profile_plans_every_h200_app(app: str) -> None:
     check_coverage(spec, profiles, gpu_type("h200-141gb"))
     plan = make_plan(spec, profiles, gpu_type("h200-141gb"), 50.0, PlanOptions(gpus=1))
     assert {e.task for e in plan.entries} == {t.name for t in spec.tasks}
+
+
+# ---------------------------------------------------------------- screening a profiler's rows
+
+class FakeBench:
+    """A measurement function: per batch, the samples it returns in turn (the last one from then on), and
+    how often each batch was measured."""
+
+    def __init__(self, **per_batch: list[Sample]) -> None:
+        self.queued = {int(k[1:]): list(v) for k, v in per_batch.items()}
+        self.calls: dict[int, int] = {}
+
+    def __call__(self, batch: int) -> Sample:
+        self.calls[batch] = self.calls.get(batch, 0) + 1
+        queue = self.queued[batch]
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+def calm(ms: float) -> Sample:
+    return Sample(ms, ms * 0.9)
+
+
+def test_a_noisy_outlier_is_measured_again_and_replaced_without_a_warning() -> None:
+    """The case seen on a busy 2-core machine: 127.9 ms at batch 1 against 34.4 ms at batch 2."""
+    bench = FakeBench(b1=[calm(127.9), calm(30.0)], b2=[calm(34.4)], b4=[calm(40.0)])
+    warnings: list[str] = []
+    rows = screened([1, 2, 4], bench, "det_large 1g x1", warnings.append)
+    assert {b: s.p95_ms for b, s in rows.items()} == {1: 30.0, 2: 34.4, 4: 40.0}
+    assert bench.calls == {1: 2, 2: 2, 4: 1}     # both rows of the falling pair again, once: then all is well
+    assert warnings == []
+
+
+def test_rows_that_stay_non_monotone_get_a_warning_naming_variant_segment_batch_and_numbers() -> None:
+    bench = FakeBench(b1=[calm(127.9)], b2=[calm(34.4)], b4=[calm(40.0)])
+    warnings: list[str] = []
+    rows = screened([1, 2, 4], bench, "det_large 1g x1", warnings.append, Screen(retries=2))
+    assert bench.calls == {1: 3, 2: 3, 4: 1}     # bounded: two more measurements, then it gives up
+    assert rows[1].p95_ms == 127.9
+    assert len(warnings) == 1
+    line = warnings[0]
+    assert line.startswith("det_large 1g x1: latency falls from 127.9 ms at batch 1 to 34.4 ms at batch 2")
+    assert "batch 1 measured 3x, p95 127.9, 127.9, 127.9 ms" in line and "batch 2 measured 3x, p95 34.4" in line
+
+
+def test_a_throughput_collapse_and_a_wide_spread_are_suspects_an_even_profile_is_not() -> None:
+    even = {1: calm(10.0), 2: calm(11.0), 4: calm(13.0), 8: calm(20.0), 16: calm(45.0)}
+    assert suspects(even) == []   # throughput falls 10%, from 8 to 16: a larger batch may cost more per item
+    collapsed = {**even, 16: calm(90.0)}        # 400/s at batch 8, 178/s at batch 16
+    assert [rows for rows, _ in suspects(collapsed)] == [(8, 16)]
+    spread = {**even, 2: Sample(35.0, 11.0)}    # p95 over 3x its median; and 35 > 13 at batch 4
+    found = dict(suspects(spread))
+    assert "3.2x its median" in found[(2,)] and "latency falls from 35.0 ms" in found[(2, 4)]
+
+
+def test_no_retries_measures_once_and_still_warns() -> None:
+    bench = FakeBench(b1=[calm(50.0)], b2=[calm(10.0)])
+    warnings: list[str] = []
+    screened([1, 2], bench, "v cpu", warnings.append, Screen(retries=0))
+    assert bench.calls == {1: 1, 2: 1} and len(warnings) == 1

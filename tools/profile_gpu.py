@@ -46,6 +46,7 @@ from orchestrator.appspec import AppSpec
 from orchestrator.binding import emulation_env
 from orchestrator.errors import InputError
 from orchestrator.gpus import GpuType
+from orchestrator.profiles import Sample, screened
 
 # segments measured at the same time (their SM caps sum to at most 100%, like co-located MIG slices)
 WAVES = (((1, 1), (3, 1), (1, 2)),   # 12% + 45% + 2 x 6% of the SMs
@@ -94,7 +95,8 @@ def _worker() -> None:
                         times.append((time.perf_counter() - t0) * 1000)
                 finally:
                     gc.enable()
-                reply = {"p95": float(np.percentile(times, 95)), "mean": float(np.mean(times)), "n": len(times)}
+                reply = {"p95": float(np.percentile(times, 95)), "median": float(np.median(times)),
+                         "mean": float(np.mean(times)), "n": len(times)}
             elif cmd["op"] == "unload":
                 runner = None
                 torch.cuda.empty_cache()
@@ -171,11 +173,22 @@ def _archs(apps: list[AppSpec]) -> dict[str, str]:
 def measure_config(archs: dict[str, str], size: int, mps: int, batches: tuple[int, ...], base_env: dict[str, str],
                    gpu: GpuType, total_sms: int, into: Measured, progress: Callable[[str], None],
                    seconds: float = 0.25) -> None:
-    """Measure every arch at ``batches`` in one emulated (size, mps) segment: mps concurrent workers.
-    A configuration that fails (out of memory under the cap, a crashed worker) is recorded as not
-    running; crashed workers are replaced and the next arch goes on."""
+    """Measure every arch at ``batches`` in one emulated (size, mps) segment: mps concurrent workers; an
+    arch's batches screened (``orchestrator.profiles.screened``: rows disturbed by a neighbour's work are
+    measured again, and a warning names those that stay so). A configuration that fails (out of memory
+    under the cap, a crashed worker) is recorded as not running; crashed workers are replaced and the
+    next arch goes on."""
     env = {**base_env, **emulation_env(gpu, size, mps, total_sms)}
     workers = [_Worker(env) for _ in range(mps)]
+
+    def sample(b: int) -> Sample:
+        """The segment at batch ``b``: its processes' worst p95 and median, mean batch time, summed rate."""
+        rs = _all(workers, op="measure", batch=b, warmup=3, min_reps=20, seconds=seconds)
+        if any("error" in r for r in rs):
+            raise RuntimeError(next(r["error"] for r in rs if "error" in r))
+        return Sample(max(r["p95"] for r in rs), max(r["median"] for r in rs),
+                      float(np.mean([r["mean"] for r in rs])), sum(b / r["mean"] * 1000 for r in rs))
+
     try:
         for name, arch in archs.items():
             try:
@@ -184,14 +197,11 @@ def measure_config(archs: dict[str, str], size: int, mps: int, batches: tuple[in
                 if errors:
                     raise RuntimeError(errors[0])
                 line = []
-                for b in batches:
-                    rs = _all(workers, op="measure", batch=b, warmup=3, min_reps=20, seconds=seconds)
-                    if any("error" in r for r in rs):
-                        raise RuntimeError(next(r["error"] for r in rs if "error" in r))
-                    p95 = max(r["p95"] for r in rs)
-                    mean = float(np.mean([r["mean"] for r in rs]))
-                    into.points[(name, size, mps, b)] = (p95, mean, sum(b / r["mean"] * 1000 for r in rs))
-                    line.append(f"b{b} {p95:.2f}ms")
+                samples = screened(batches, sample, f"{name} {size}g x{mps}",
+                                   lambda text: progress(f"  warning: {text}"))
+                for b, s in samples.items():
+                    into.points[(name, size, mps, b)] = (s.p95_ms, s.mean_ms, s.throughput_rps)
+                    line.append(f"b{b} {s.p95_ms:.2f}ms")
                 _all(workers, op="unload")
                 progress(f"  {size}g x{mps} {name:32s} load {loaded[0]['load_s']:.1f}s  " + "  ".join(line))
             except RuntimeError as exc:
