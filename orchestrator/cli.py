@@ -193,7 +193,8 @@ def _write_key(path: Path, key: str) -> None:
               help=f"value of the jigsaw-control-key header that model load/unload needs (default: random); "
                    f"written to REPO/{KEY_FILE}")
 @click.option("--max-request-mb", type=float, default=64.0, show_default=True,
-              help="largest HTTP request body (also decompressed) the HTTP front passes on")
+              help="largest HTTP request body (also decompressed) the HTTP front passes on, and largest gRPC "
+                   "message the gRPC front takes (RESOURCE_EXHAUSTED beyond)")
 @click.option("--restart", "restarts", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="when tritonserver dies, start it again on REPO (the last applied plan) and the same ports, "
                    "at most N times; then exit 1")
@@ -243,7 +244,8 @@ def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_por
                 server = stack.enter_context(TritonServer(repo, backend_dir, host=host, http_port=http_port,
                                                           grpc_port=grpc_port, metrics_port=metrics_port,
                                                           control_key=key, env=env,
-                                                          max_request_bytes=int(max_request_mb * 2**20)))
+                                                          max_request_bytes=int(max_request_mb * 2**20),
+                                                          grpc_front=True))
                 lock.update(tritonserver_pid=server.pid)
                 click.echo(f"tritonserver pid {server.pid} ready: http {server.http_url}, grpc {server.grpc_url}, "
                            f"metrics {server.metrics_url}, log {server.log_path}")
@@ -371,10 +373,12 @@ def _apply_cluster(plan_path: str, ray_address: str) -> None:
               help="the Ray cluster (its GCS host:port); its nodes carry the resource jigsaw_node:<name>")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8001, show_default=True,
               help="the front door's gRPC port on the head node (0: any free one)")
-def serve_cluster(plan_path: str, ray_address: str, port: int) -> None:
+@click.option("--http-port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True,
+              help="the front door's HTTP port on the head node (0: any free one)")
+def serve_cluster(plan_path: str, ray_address: str, port: int, http_port: int) -> None:
     """Serve a cluster plan on a Ray cluster until SIGINT or SIGTERM: one tritonserver per node with a plan
-    (a Ray actor pinned to the node), and one front door on the head node speaking Triton's gRPC protocol,
-    which spreads requests over the nodes by their planned shares. `jigsaw apply --ray` moves it."""
+    (a Ray actor pinned to the node), and one front door on the head node speaking Triton's gRPC and HTTP
+    protocols, which spreads requests over the nodes by their planned shares. `jigsaw apply --ray` moves it."""
     import ray
 
     from .ray_cluster import ClusterServing, connect
@@ -387,10 +391,11 @@ def serve_cluster(plan_path: str, ray_address: str, port: int) -> None:
     try:
         with ClusterServing(progress=lambda line: click.echo(line, err=True)) as serving:
             try:
-                url = serving.start(plan, port)
+                url = serving.start(plan, port, http_port)
             except ValueError as exc:  # a node of the plan is not in the cluster
                 raise InputError(str(exc)) from None
-            click.echo(f"serving {plan.app} on {len(plan.nodes)} node(s); front door (gRPC) at {url}")
+            click.echo(f"serving {plan.app} on {len(plan.nodes)} node(s); front door at {url} (gRPC) and "
+                       f"{serving.http_url} (HTTP)")
             try:
                 while True:
                     time.sleep(3600)

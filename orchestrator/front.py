@@ -23,6 +23,21 @@ failed load was rolled back (until that model is unloaded), while the app was se
 
 The front runs as threads of the process that owns the server (one per client connection, each with its
 own kept-alive connection to tritonserver).
+
+gRPC (``GrpcFront``, ``TritonServer(grpc_front=True)``, as ``jigsaw serve`` runs it): tritonserver 2.51 takes a
+gRPC message of up to 2 GiB (src/grpc/grpc_server.cc sets the limit to INT32_MAX; no flag changes it), and a
+Python-backend model's inputs are then copied into its stub's shared-memory pool, which grows to hold them and
+never shrinks: one 500 MB request to the CPU example raised the resident memory of tritonserver and its stubs
+(shared memory counted in each process that maps it) from 0.4 to 3.3 GB for good (measured), and each graph
+instance grows its own. A declared shape larger than the data is refused by tritonserver itself over gRPC
+(INVALID_ARGUMENT "input byte size mismatch", measured). So the gRPC front
+takes messages of at most ``max_request_bytes`` (gRPC's own check, from the message's length prefix before it
+is read: RESOURCE_EXHAUSTED "Received message larger than max", with nothing allocated, measured) and
+forwards every call unchanged, as bytes, with the client's metadata and deadline plus ``GRPC_FRONT_HEADER``
+(tritonserver's gRPC inference answers that header only, on a private port). Its price is a Python hop per
+call (``bench/front_door.py`` measures one such proxy: +1.4 ms p50 one request at a time, 0.72x the
+throughput at concurrency 8 on the 2-core machine), so the library leaves it off by default (tests and
+benchmarks that measure the runtime itself) and ``jigsaw serve`` turns it on.
 """
 from __future__ import annotations
 
@@ -32,10 +47,18 @@ import re
 import socket
 import threading
 import zlib
+from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import grpc
 
 FRONT_HEADER = "jigsaw-front-key"
+# tritonserver 2.51 prefixes the header keys of a restricted gRPC protocol with "triton-grpc-protocol-"
+GRPC_FRONT_HEADER = f"triton-grpc-protocol-{FRONT_HEADER}"
+GRPC_STREAMS = {"/inference.GRPCInferenceService/ModelStreamInfer"}  # the service's one streaming method
+GRPC_WORKERS = 128  # calls the gRPC front forwards at once (each holds a thread while tritonserver answers)
+GRPC_MAX_MESSAGE = 2**31 - 1  # what tritonserver 2.51 sends back is its business (its own limit)
 DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
 INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer/?$")
 # not forwarded either way (RFC 9110 7.6.1), plus what the front sets itself
@@ -338,3 +361,96 @@ class HttpFront:
         server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+class _GrpcForward(grpc.GenericRpcHandler):
+    """Every method of tritonserver's gRPC service, forwarded as bytes over one channel to it."""
+
+    def __init__(self, upstream: str, front_key: str, max_request_bytes: int) -> None:
+        self.channel = grpc.insecure_channel(upstream, options=[
+            ("grpc.max_send_message_length", max_request_bytes), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+            # tritonserver starts after the front: retry its port soon, not after gRPC's backoff of up to 2 min
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)])
+        self.front_key = front_key
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._lock = threading.Lock()
+
+    def _metadata(self, context: grpc.ServicerContext) -> list[tuple[str, str | bytes]]:
+        """The client's metadata less the key it may have sent itself, plus the front's key."""
+        return [(k, v) for k, v in context.invocation_metadata() if k.lower() != GRPC_FRONT_HEADER] \
+            + [(GRPC_FRONT_HEADER, self.front_key)]
+
+    @staticmethod
+    def _timeout(context: grpc.ServicerContext) -> float | None:
+        left = context.time_remaining()
+        return left if left is not None and left < 1e6 else None  # no deadline: a huge number
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = details.method
+        with self._lock:
+            if method not in self._handlers:
+                self._handlers[method] = self._stream(method) if method in GRPC_STREAMS else self._unary(method)
+            return self._handlers[method]
+
+    def _unary(self, method: str) -> grpc.RpcMethodHandler:
+        call = self.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+        def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
+            try:
+                return call(request, metadata=self._metadata(context), timeout=self._timeout(context))
+            except grpc.RpcError as exc:  # tritonserver's answer, as it gave it
+                context.abort(exc.code(), exc.details() or "")
+                raise  # not reached: abort raises
+
+        return grpc.unary_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
+
+    def _stream(self, method: str) -> grpc.RpcMethodHandler:
+        call = self.channel.stream_stream(method, request_serializer=None, response_deserializer=None)
+
+        def forward(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+            try:
+                yield from call(requests, metadata=self._metadata(context), timeout=self._timeout(context))
+            except grpc.RpcError as exc:
+                context.abort(exc.code(), exc.details() or "")
+
+        return grpc.stream_stream_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
+
+
+class GrpcFront:
+    """The gRPC front on ``listen`` for tritonserver's gRPC endpoint at ``upstream`` (``host:port``): messages of
+    at most ``max_request_bytes`` (larger ones: RESOURCE_EXHAUSTED, refused from their length prefix), every
+    call forwarded with ``GRPC_FRONT_HEADER``. ``start()`` binds the port (an error when it is taken),
+    ``stop()`` closes it."""
+
+    def __init__(self, listen: tuple[str, int], upstream: str, front_key: str,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+        self.listen, self.upstream, self.front_key, self.max_request_bytes = listen, upstream, front_key, max_request_bytes
+        self._server: grpc.Server | None = None
+        self._forward: _GrpcForward | None = None
+
+    def start(self) -> GrpcFront:
+        self._forward = _GrpcForward(self.upstream, self.front_key, self.max_request_bytes)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="jigsaw-grpc-front"),
+                             handlers=[self._forward],
+                             options=[("grpc.max_receive_message_length", self.max_request_bytes),
+                                      ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+                                      ("grpc.so_reuseport", 0)])
+        host, port = self.listen
+        try:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            self._forward.channel.close()
+            raise RuntimeError(f"gRPC front: cannot bind {host}:{port}")
+        server.start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(grace=None)
+        if self._forward is not None:
+            self._forward.channel.close()
+            self._forward = None

@@ -23,7 +23,7 @@ from typing import Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from .front import DEFAULT_MAX_REQUEST_BYTES, FRONT_HEADER, HttpFront
+from .front import DEFAULT_MAX_REQUEST_BYTES, FRONT_HEADER, GrpcFront, HttpFront
 from .tritonenv import find_runtime, server_env
 
 CONTROL_HEADER = "jigsaw-control-key"
@@ -190,14 +190,16 @@ class TritonServer:
     index) answers only requests carrying the header ``CONTROL_HEADER: <key>`` on HTTP and
     ``GRPC_CONTROL_HEADER: <key>`` on gRPC; so do the ``ADMIN_APIS`` (always: without a control key they
     answer a random ``admin_key``). With ``http_front`` (default), the HTTP port is served by the front
-    (``orchestrator/front.py``), which checks requests before tritonserver allocates for them.
+    (``orchestrator/front.py``), which checks requests before tritonserver allocates for them; with
+    ``grpc_front`` (as ``jigsaw serve`` runs it), the gRPC port too (messages of at most ``max_request_bytes``).
     """
 
     def __init__(self, repo: Path, backend_dir: Path, *, host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, control_key: str | None = None,
                  load: Sequence[str] = ("*",), log_path: Path | None = None,
                  env: dict[str, str] | None = None, ready_timeout_s: float = 60.0,
-                 http_front: bool = True, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+                 http_front: bool = True, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 grpc_front: bool = False) -> None:
         self.repo, self.backend_dir = Path(repo), Path(backend_dir)
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
         self.control_key, self.load = control_key, tuple(load)
@@ -207,6 +209,10 @@ class TritonServer:
         self._front_key = secrets.token_hex(16)
         self._internal_http_port: int | None = None
         self._front: HttpFront | None = None
+        # tritonserver's gRPC endpoint likewise behind the gRPC front, with the same secret
+        self.grpc_front = grpc_front
+        self._internal_grpc_port: int | None = None
+        self._grpc_front: GrpcFront | None = None
         self.log_path = Path(log_path) if log_path else None
         self.env = env
         self.ready_timeout_s = ready_timeout_s
@@ -244,8 +250,7 @@ class TritonServer:
                 f"--model-repository={self.repo}", f"--backend-directory={self.backend_dir}",
                 "--model-control-mode=explicit", f"--model-load-thread-count={LOAD_THREADS}",
                 *(f"--load-model={name}" for name in self.load),
-                *self._http_args(),
-                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+                *self._http_args(), *self._grpc_args(),
                 "--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
                 "--exit-on-error=true", f"--exit-timeout-secs={EXIT_TIMEOUT_S}", "--log-verbose=0",
                 # ready once started (every model of the repository loaded), not only while every model ever
@@ -262,6 +267,8 @@ class TritonServer:
         args += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
         if self.http_front:  # tritonserver's HTTP inference answers the front only
             args.append(f"--http-restricted-api=inference:{FRONT_HEADER}={self._front_key}")
+        if self.grpc_front:  # and its gRPC inference the gRPC front only
+            args.append(f"--grpc-restricted-protocol=inference:{FRONT_HEADER}={self._front_key}")
         return args
 
     def shm_regions(self) -> list[Path]:
@@ -274,6 +281,13 @@ class TritonServer:
         if self._internal_http_port is None:
             self._internal_http_port = free_ports(1)[0]
         return ["--http-address=127.0.0.1", f"--http-port={self._internal_http_port}"]
+
+    def _grpc_args(self) -> list[str]:
+        if not self.grpc_front:
+            return [f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}"]
+        if self._internal_grpc_port is None:
+            self._internal_grpc_port = free_ports(1)[0]
+        return ["--grpc-address=127.0.0.1", f"--grpc-port={self._internal_grpc_port}"]
 
     def start(self) -> TritonServer:
         """Start tritonserver in a new session (its own process group); output goes to ``log_path``
@@ -290,6 +304,9 @@ class TritonServer:
             self._front = HttpFront((self.host, self.http_port), ("127.0.0.1", self._internal_http_port),
                                     self._front_key, self.max_request_bytes, self.app_models).start()
         try:
+            if self.grpc_front:  # its port is bound before the server starts too
+                self._grpc_front = GrpcFront((self.host, self.grpc_port), f"127.0.0.1:{self._internal_grpc_port}",
+                                             self._front_key, self.max_request_bytes).start()
             with open(self.log_path, "wb") as log:
                 self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                               env=self.env if self.env is not None else server_env(),
@@ -313,6 +330,9 @@ class TritonServer:
         front, self._front = self._front, None
         if front is not None:
             front.stop()
+        grpc_front, self._grpc_front = self._grpc_front, None
+        if grpc_front is not None:
+            grpc_front.stop()
 
     def log_tail(self, n: int = 40) -> str:
         """The last ``n`` lines of the server log."""

@@ -3,7 +3,7 @@ errors are per request with the right status and no server internals, runners an
 and the stubs do not burn the CPU while idle.
 
 One server (``jigsaw render`` of examples/cpu with task det split 0.7/0.3 over two runners, as in
-test_serving.py, started as ``jigsaw serve`` starts it: a control key, the HTTP front) serves the module; every
+test_serving.py, started as ``jigsaw serve`` starts it: a control key, the HTTP and gRPC fronts) serves the module; every
 test ends by checking that it still runs and answers. The last one kills a runner's stub.
 """
 from __future__ import annotations
@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import grpc
 import numpy as np
 import pytest
 from test_serving import _routed_plan
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from orchestrator.appspec import load_app
@@ -34,7 +36,7 @@ from orchestrator.metrics import scrape
 from orchestrator.planner import PlanOptions
 from orchestrator.profiles import load_profiles
 from triton_backend.backlog import DOWN_METRIC
-from orchestrator.front import FRONT_HEADER
+from orchestrator.front import FRONT_HEADER, GRPC_FRONT_HEADER
 from orchestrator.inventory import Inventory
 from orchestrator.render import RUNNER_KEY_FILE, build_configs, runner_name, write_repository
 from orchestrator.server import CONTROL_HEADER, GRPC_CONTROL_HEADER, TritonServer, free_ports
@@ -57,7 +59,7 @@ def server(tmp_path_factory) -> Iterator[TritonServer]:
     h, g, m = free_ports(3)
     with TritonServer(tmp / "repo", prepare_backend_dir(tmp / "backends"), http_port=h, grpc_port=g, metrics_port=m,
                       control_key=KEY, log_path=tmp / "server.log", env=server_env(),
-                      max_request_bytes=MAX_REQUEST_BYTES) as srv:
+                      max_request_bytes=MAX_REQUEST_BYTES, grpc_front=True) as srv:
         srv.wait_ready(120)
         srv.runners = {e.variant: runner_name(app.name, e) for e in plan.entries}  # type: ignore[attr-defined]
         yield srv
@@ -160,6 +162,73 @@ def test_tritonservers_own_http_port_refuses_inference(server: TritonServer) -> 
     assert status == 403 and FRONT_HEADER in text, (status, text)
     status, text = _post(internal, f"/v2/models/{APP}/infer", _json_infer([1, 1, 16], 16), {FRONT_HEADER: "guess"})
     assert status == 403, (status, text)
+    _still_serves(server)
+
+
+def _raw_infer(url: str, shape: list[int], raw: bytes | None = None, fp32: list[float] | None = None,
+               metadata: tuple = ()) -> tuple[grpc.StatusCode, str]:
+    """A gRPC ModelInfer of INPUT with ``shape`` and the data given (raw bytes or typed contents), as built by
+    hand, unchecked: its status code and details."""
+    request = service_pb2.ModelInferRequest(model_name=APP)
+    tensor = request.inputs.add(name="INPUT", datatype="FP32", shape=shape)
+    if fp32 is not None:
+        tensor.contents.fp32_contents.extend(fp32)
+    if raw is not None:
+        request.raw_input_contents.append(raw)
+    with grpc.insecure_channel(url, options=[("grpc.max_send_message_length", 2**31 - 1)]) as channel:
+        try:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=metadata, timeout=60)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def _group_rss_mb(pgid: int) -> float:
+    """Resident memory of tritonserver and its stubs (MB; shared memory counted in each process mapping it)."""
+    total = 0
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                total += next(int(line.split()[1]) for line in (d / "status").read_text().splitlines()
+                              if line.startswith("VmRSS"))
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def test_grpc_message_over_the_limit_is_refused(server: TritonServer) -> None:
+    """tritonserver 2.51 takes gRPC messages of up to 2 GiB and copies a graph request's inputs into its stub's
+    shared memory, which never shrinks (500 MB raised the CPU example's by 2.9 GB for good, orchestrator/front.py):
+    the gRPC front refuses a message over the limit from its length prefix, before anything holds it."""
+    rows = 4 * MAX_REQUEST_BYTES // 64  # [1, rows, 16] FP32: 4x the limit, shape and data agreeing
+    code, text = _raw_infer(server.grpc_url, [1, rows, 16], raw=bytes(rows * 64))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in text, (code, text)
+    _no_internals(text)
+    before = _group_rss_mb(server.pid)
+    big = 256 * 2**20  # hundreds of MB: refused as soon as its length is read, nothing allocated for it
+    code, text = _raw_infer(server.grpc_url, [1, big // 64, 16], raw=bytes(big))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, text)
+    assert _group_rss_mb(server.pid) - before < 64, (before, _group_rss_mb(server.pid))
+    _still_serves(server)
+
+
+def test_grpc_shape_larger_than_its_data_is_refused(server: TritonServer) -> None:
+    """[1, 1e9, 16] FP32 with 32 values, as raw bytes and as typed contents: tritonserver compares the byte
+    sizes before it allocates (INVALID_ARGUMENT), through the front as without it."""
+    for data in ({"raw": bytes(128)}, {"fp32": [1.0] * 32}):
+        code, text = _raw_infer(server.grpc_url, [1, 1_000_000_000, 16], **data)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "byte size mismatch" in text, (code, text)
+        _no_internals(text)
+    _still_serves(server)
+
+
+def test_tritonservers_own_grpc_port_refuses_inference(server: TritonServer) -> None:
+    """Behind the gRPC front, tritonserver's gRPC port (127.0.0.1, private) answers inference to the front only."""
+    internal = f"127.0.0.1:{server._internal_grpc_port}"
+    x = bytes(64)
+    for metadata in ((), ((GRPC_FRONT_HEADER, "guess"),)):
+        code, text = _raw_infer(internal, [1, 1, 16], raw=x, metadata=metadata)
+        assert code != grpc.StatusCode.OK and "restricted" in text, (code, text)
     _still_serves(server)
 
 

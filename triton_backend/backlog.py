@@ -20,6 +20,7 @@ tests/test_overload.py at the start and whenever a fresh instance took its first
 from __future__ import annotations
 
 import fcntl
+import functools
 import glob
 import math
 import os
@@ -51,6 +52,7 @@ class Totals(NamedTuple):
     down_s: float = 0.0    # until some instance's mark_down runs out (0: not marked)
 
 
+@functools.lru_cache(maxsize=1024)
 def _key(model: str) -> int:
     return zlib.crc32(model.encode()) + 1  # never 0, the key of a free slot
 
@@ -88,15 +90,21 @@ class SharedBacklog:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-        self._keys = self._table[:, 1::FIELDS]
-        self._items = self._table[:, 2::FIELDS]
-        self._answered_at = self._table[:, 3::FIELDS]
-        self._answers = self._table[:, 4::FIELDS]
-        self._observed = self._table[:, 5::FIELDS]
-        self._estimated = self._table[:, 6::FIELDS]
-        self._down = self._table[:, 7::FIELDS]
+        # plain ndarray views of the mapped memory: indexing np.memmap itself goes through its Python-level
+        # __getitem__ and __array_finalize__, which were a third of a stage's own CPU time (bench/overhead.py)
+        table = self._table.view(np.ndarray)
+        self._owners = table[:, 0]
+        self._slots = table[:, 1:].reshape(ROWS, SLOTS, FIELDS)  # one runner's slot: its FIELDS values
+        self._keys = table[:, 1::FIELDS]
+        self._items = table[:, 2::FIELDS]
+        self._answered_at = table[:, 3::FIELDS]
+        self._answers = table[:, 4::FIELDS]
+        self._observed = table[:, 5::FIELDS]
+        self._estimated = table[:, 6::FIELDS]
+        self._down = table[:, 7::FIELDS]
         self._slot: dict[str, int] = {}
         self._live = np.ones(ROWS, dtype=bool)
+        self._rows = ROWS  # the rows a reader looks at: up to the last one live at the last check
         self._live_at = 0.0
 
     def _own_slot(self, model: str) -> int | None:
@@ -114,7 +122,7 @@ class SharedBacklog:
         for name, s in list(self._slot.items()):
             if s == slot:
                 del self._slot[name]
-        self._table[self.row, 1 + slot * FIELDS:1 + (slot + 1) * FIELDS] = 0
+        self._slots[self.row, slot] = 0
         row[slot] = _key(model)
         self._slot[model] = slot
         return slot
@@ -152,19 +160,26 @@ class SharedBacklog:
         clock = time.monotonic()
         now = clock if now is None else now
         if clock - self._live_at > LIVE_CHECK_S:
-            owners = self._table[:, 0]
-            self._live = np.array([o != 0 and _alive(int(o)) for o in owners])
+            self._live = np.array([o != 0 and _alive(int(o)) for o in self._owners.tolist()])
+            self._rows = int(np.flatnonzero(self._live)[-1]) + 1 if self._live.any() else 0
             self._live_at = clock
-        mask = (self._keys == _key(model)) & self._live[:, None]
-        at = self._answered_at[mask]
-        answered = at > 0
-        weight = np.exp(-(now - at[answered]) / DECAY_S)
-        return Totals(items=max(0, int(self._items[mask].sum())),
-                      answers=float((self._answers[mask][answered] * weight).sum()),
-                      observed_ms=float((self._observed[mask][answered] * weight).sum()),
-                      estimated_ms=float((self._estimated[mask][answered] * weight).sum()),
-                      idle_s=float(now - at[answered].max()) if answered.any() else math.inf,
-                      down_s=max(0.0, float(self._down[mask].max(initial=0.0)) - now))
+        # the model's slots of the live rows (one per instance that has sent to it), summed in Python: a few
+        # dozen at most, where each numpy call on so few costs more than the loop
+        n = self._rows
+        mine = self._keys[:n] == _key(model)
+        mine &= self._live[:n, None]
+        items = answers = observed = estimated = last = down = 0.0
+        for _, outstanding, at, count, obs, est, until in self._slots[:n][mine].tolist():
+            items += outstanding
+            if at > 0:
+                weight = math.exp((at - now) / DECAY_S)
+                answers += count * weight
+                observed += obs * weight
+                estimated += est * weight
+                last = max(last, at)
+            down = max(down, until)
+        return Totals(items=max(0, int(items)), answers=answers, observed_ms=observed, estimated_ms=estimated,
+                      idle_s=now - last if last > 0 else math.inf, down_s=max(0.0, down - now))
 
     def close(self) -> None:
         """Give this instance's row back."""

@@ -35,6 +35,7 @@ import itertools
 import json
 import math
 import os
+import threading
 import time
 import traceback
 from typing import Any
@@ -143,25 +144,39 @@ def _stamp(request: Any, slo_ns: int) -> tuple[int, int] | Invalid:
 
 class _Counters:
     """Custom-metric increments, summed locally and sent to Triton at most every ``FLUSH_S`` (each
-    increment is an IPC round trip from the stub to the server)."""
+    increment is an IPC round trip from the stub to the server) by a thread of their own: the graph's
+    event loop runs only while an execute does, and increments must not wait for the next request.
+    ``add`` (the serving thread) only raises a running total; ``flush`` sends each total's growth since
+    it last sent it."""
 
     FLUSH_S = 0.1
 
     def __init__(self) -> None:
-        self._pending: dict[Any, int] = {}
-        self._scheduled = False
+        self._totals: dict[Any, int] = {}
+        self._sent: dict[Any, int] = {}
+        self._flushing = threading.Lock()
+        self._due = threading.Event()
+        threading.Thread(target=self._send, name="jigsaw-counters", daemon=True).start()
 
     def add(self, metric: Any, n: int) -> None:
         if n:
-            self._pending[metric] = self._pending.get(metric, 0) + n
-            if not self._scheduled:
-                self._scheduled = True
-                asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
+            self._totals[metric] = self._totals.get(metric, 0) + n
+            if not self._due.is_set():  # the sender clears it before it reads the totals
+                self._due.set()
+
+    def _send(self) -> None:
+        while True:
+            self._due.wait()
+            time.sleep(self.FLUSH_S)
+            self._due.clear()
+            self.flush()
 
     def flush(self) -> None:
-        pending, self._pending, self._scheduled = self._pending, {}, False
-        for metric, n in pending.items():
-            metric.increment(n)
+        with self._flushing:
+            for metric, total in list(self._totals.items()):
+                if total > self._sent.get(metric, 0):
+                    metric.increment(total - self._sent.get(metric, 0))
+                    self._sent[metric] = total
 
 
 class _Routing:
@@ -237,13 +252,16 @@ class _Task:
             self.m_items[variant] = family.Metric(labels={**self.labels, "variant": variant})
         self.counters.add(self.m_items[variant], n)
 
-    async def _acquire(self, deadline: int) -> None:
+    async def _acquire(self, deadline: int) -> bool:
+        """Take a dispatch slot, in earliest-deadline-first order behind the requests already waiting;
+        whether this request had to wait for one."""
         if self._busy < self.slots and not self._waiting:
             self._busy += 1
-            return
+            return False
         fut = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (deadline, next(self._seq), fut))
         await fut
+        return True
 
     def _release(self) -> None:
         while self._waiting:
@@ -253,17 +271,19 @@ class _Task:
                 return
         self._busy -= 1
 
-    async def serve(self, rows: np.ndarray, deadline: int, reserve_ms: float,
-                    routing: _Routing) -> dict[str, np.ndarray] | np.ndarray | str:
+    async def serve(self, rows: np.ndarray, deadline: int, reserve_ms: float, routing: _Routing,
+                    alone: bool) -> dict[str, np.ndarray] | np.ndarray | str:
         """Run ``rows`` through this task on ``routing``, admitted only when its runners would answer
         ``reserve_ms`` before the deadline: the items for each child (or this sink's output rows), or
-        the error message of a drop or failure."""
+        the error message of a drop or failure. ``alone``: nothing else runs in this instance meanwhile
+        (``_Graph.execute``), so a stage of one chunk calls its runner blocking (``_send``)."""
         self.counters.add(self.m_requests, 1)
         arrived = time.time_ns()
-        await self._acquire(deadline)
+        queued = await self._acquire(deadline)
         try:
             started = time.time_ns()
-            self.counters.add(self.m_wait, max(0, (started - arrived) // 1000))
+            if queued:  # else it took a free slot at once: nothing to add (one IPC less at the next flush)
+                self.counters.add(self.m_wait, max(0, (started - arrived) // 1000))
             decision: DropDecision = drop_decision(started, deadline, reserve_ms, routing.fastest_ms,
                                                    routing.downstream_ms, self.task)
             if decision.drop:
@@ -273,7 +293,12 @@ class _Task:
             if isinstance(chunks, str):
                 self.counters.add(self.m_drops, 1)
                 return Unavailable(chunks)
-            results = await asyncio.gather(*(self._dispatch(route, rows[a:b], ms) for route, a, b, ms in chunks))
+            if len(chunks) == 1:
+                route, a, b, ms = chunks[0]
+                results = [await self._dispatch(route, rows[a:b], ms, alone)]
+            else:
+                results = await asyncio.gather(*(self._dispatch(route, rows[a:b], ms, False)
+                                                 for route, a, b, ms in chunks))
         finally:
             self._release()
         for result in results:
@@ -288,7 +313,7 @@ class _Task:
                  results: list[np.ndarray]) -> dict[str, np.ndarray] | np.ndarray:
         """A sink's output rows, or each child's rows: ``factor(variant)`` per row answered."""
         if not self.fanouts:
-            return np.concatenate(results) if results else np.zeros((0, self.width), dtype=np.float32)
+            return _rows_of(results, self.width)
         return {child: self._fan_out(fan, chunks, results) for child, fan in self.fanouts.items()}
 
     def _plan_chunks(self, routing: _Routing, n: int, deadline: int,
@@ -332,13 +357,25 @@ class _Task:
             self.count_items(route.variant, b - a)
         return chunks
 
-    async def _dispatch(self, route: Route, rows: np.ndarray, estimated_ms: float) -> np.ndarray | str:
+    @staticmethod
+    async def _send(requests: list[Any], blocking: bool) -> list[Any]:
+        """The runners' responses to BLS ``requests``. ``async_exec`` runs each call in a thread of the
+        event loop's executor and hands its answer back to the loop: two thread switches per call, which
+        were most of a stage's cost on a loaded CPU (bench/overhead.py). When nothing else could run in
+        the meantime (``blocking``: one request alone in this instance, one call), ``exec`` waits for it
+        in this thread instead."""
+        if blocking and len(requests) == 1:
+            return [requests[0].exec()]
+        return list(await asyncio.gather(*(r.async_exec() for r in requests)))
+
+    async def _dispatch(self, route: Route, rows: np.ndarray, estimated_ms: float,
+                        blocking: bool) -> np.ndarray | str:
         request = pb_utils.InferenceRequest(model_name=route.model, requested_output_names=["OUTPUT"],
                                             inputs=[pb_utils.Tensor("INPUT", rows)], parameters=self.bls_parameters)
         self.backlog.add(route.model, len(rows))
         sent = time.monotonic()
         try:
-            response = await request.async_exec()
+            response = (await self._send([request], blocking))[0]
         finally:
             self.backlog.add(route.model, -len(rows))
         self.backlog.answered(route.model, estimated_ms, (time.monotonic() - sent) * 1000)
@@ -372,8 +409,15 @@ class _Task:
         for (route, _, _, _), out in zip(chunks, results):
             k = fan.count(route.variant, len(out))
             if k:
-                pieces.append(out[np.arange(k) % len(out)])
-        return np.concatenate(pieces).astype(np.float32) if pieces else np.zeros((0, self.width), dtype=np.float32)
+                pieces.append(out if k == len(out) else out[np.arange(k) % len(out)])
+        return _rows_of(pieces, self.width)
+
+
+def _rows_of(parts: list[np.ndarray], width: int) -> np.ndarray:
+    """``parts`` one after another as FP32 rows, copied only where there are several to join or another type."""
+    if len(parts) == 1:
+        return np.asarray(parts[0], dtype=np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, width), np.float32)
 
 
 class _TypedTask(_Task):
@@ -406,7 +450,8 @@ class _TypedTask(_Task):
         self.counters.add(parents, 1)
         self.counters.add(children, made)
 
-    async def _dispatch(self, route: Route, items: list[Item], estimated_ms: float) -> list[Item] | str:
+    async def _dispatch(self, route: Route, items: list[Item], estimated_ms: float,
+                        blocking: bool) -> list[Item] | str:
         names = [s.name for s in self.outputs]
         requests = [pb_utils.InferenceRequest(model_name=route.model, requested_output_names=names,
                                               inputs=[pb_utils.Tensor(s.name, to_wire(s, item[s.name]))
@@ -415,7 +460,7 @@ class _TypedTask(_Task):
         self.backlog.add(route.model, len(items))
         sent = time.monotonic()
         try:
-            responses = await asyncio.gather(*(r.async_exec() for r in requests))
+            responses = await self._send(requests, blocking)
         finally:
             self.backlog.add(route.model, -len(items))
         self.backlog.answered(route.model, estimated_ms, (time.monotonic() - sent) * 1000)
@@ -478,6 +523,10 @@ class _Graph:
             self.inputs = [TensorSpec.from_json(t) for t in self.typed["inputs"]]
             self.outputs = [(TensorSpec.from_json(o), o["task"], o["output"]) for o in self.typed["outputs"]]
         self.sinks = [t.task for t in self.tasks if not t.fanouts]
+        # one task after another, each with at most one parent and one child: a request's stages never run
+        # at once, so they are awaited in turn
+        self.chain = (sum(not t.parents for t in self.tasks) == 1
+                      and all(len(t.parents) <= 1 and len(t.fanouts) <= 1 for t in self.tasks))
         self.routing_path = os.path.join(model_dir, cfg["routing"])
         self._stamp = _file_stamp(self.routing_path)
         self._text = _read(self.routing_path)
@@ -504,15 +553,18 @@ class _Graph:
 
     async def execute(self, requests: list) -> list:
         """Triton's dynamic batcher hands over every request queued for this instance; they are served
-        concurrently, each task admitting them in earliest-deadline-first order."""
+        concurrently, each task admitting them in earliest-deadline-first order. A request alone in a
+        chain's instance has nothing to run beside it: its runner calls block (``_Task._send``)."""
         self.refresh()
-        return list(await asyncio.gather(*(self._serve_one(r) for r in requests)))
+        if len(requests) == 1:
+            return [await self._serve_one(requests[0], self.chain)]
+        return list(await asyncio.gather(*(self._serve_one(r, False) for r in requests)))
 
-    async def _serve_one(self, request: Any) -> Any:
+    async def _serve_one(self, request: Any, alone: bool) -> Any:
         """One request's response; whatever goes wrong fails this request only, and its traceback goes to
         the server's log, never to the client."""
         try:
-            return await self._serve(request)
+            return await self._serve(request, alone)
         except Exception:
             pb_utils.Logger.log_error(f"jigsaw {self.app}: request failed: {traceback.format_exc()}")
             return _error(INTERNAL_ERROR)
@@ -562,7 +614,8 @@ class _Graph:
     def _response(self, results: dict[str, Any]) -> Any:
         if not self.typed:
             return pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor(f"{sink}_OUTPUT", results[sink].astype(np.float32)[None]) for sink in self.sinks])
+                pb_utils.Tensor(f"{sink}_OUTPUT", np.asarray(results[sink], dtype=np.float32)[None])
+                for sink in self.sinks])
         tensors = []
         for spec, task, output in self.outputs:
             rows = [conform(spec, np.asarray(out[output])) for out, _ in results[task]]
@@ -572,7 +625,7 @@ class _Graph:
             tensors.append(pb_utils.Tensor(name, variants))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
-    async def _serve(self, request: Any) -> Any:
+    async def _serve(self, request: Any, alone: bool) -> Any:
         stamp = _stamp(request, self.slo_ns)
         sources = self._sources(request)
         if isinstance(stamp, str) or isinstance(sources, str):
@@ -580,22 +633,30 @@ class _Graph:
         deadline, budget = stamp
         reserve_ms = budget * self.reserve / 1e6
         routing = self.routing
-        done: dict[str, asyncio.Future] = {}
 
-        async def run(task: _Task) -> Any:
+        async def stage(task: _Task, got: list[Any]) -> Any:  # got: what its parents returned
             if not task.parents:
                 items = sources[task.task]
             else:
-                got = [await done[p] for p in task.parents]
                 failed = next((g for g in got if isinstance(g, str)), None)
                 if failed is not None:
                     return failed
                 items = self._join([g[task.task] for g in got])
-            return await task.serve(items, deadline, reserve_ms, routing[task.task])
+            return await task.serve(items, deadline, reserve_ms, routing[task.task], alone)
 
-        for task in self.tasks:
-            done[task.task] = asyncio.ensure_future(run(task))
-        results = {t: await f for t, f in done.items()}
+        results: dict[str, Any] = {}
+        if self.chain:  # each task waits for the one before it anyway
+            for task in self.tasks:
+                results[task.task] = await stage(task, [results[p] for p in task.parents])
+        else:
+            done: dict[str, asyncio.Future] = {}
+
+            async def run(task: _Task) -> Any:
+                return await stage(task, [await done[p] for p in task.parents])
+
+            for task in self.tasks:
+                done[task.task] = asyncio.ensure_future(run(task))
+            results = {t: await f for t, f in done.items()}
         failed = next((r for r in results.values() if isinstance(r, str)), None)
         if failed is not None:
             return _error(failed)
@@ -714,14 +775,17 @@ class TritonPythonModel:
         else:
             raise ValueError(f"jigsaw: unknown role {role!r} in model {args['model_name']}")
         self.is_async = role == "graph"
+        # The graph's coroutines run on a loop of its own in the stub's main thread: an async execute would
+        # run on the stub's loop thread, while the main thread waits for it (two thread switches a request).
+        self.loop = asyncio.new_event_loop() if self.is_async else None
         # what is built now lives as long as the process: frozen, the collector never walks it again
         # (for a runner, torch, its libraries and the model are 0.34-0.43 million objects, and a full
         # collection over them stopped the process for 0.13-0.19 s, bench/gc_pause.py)
         gc.freeze()
 
-    async def execute(self, requests: list) -> list:
+    def execute(self, requests: list) -> list:
         if self.is_async:
-            return await self.impl.execute(requests)
+            return self.loop.run_until_complete(self.impl.execute(requests))
         return self._run(requests)
 
     def _run(self, requests: list) -> list:
