@@ -138,6 +138,9 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # a reply's headers and body go out in two sends: with Nagle on, a kept-alive client's delayed ACK held
+    # the body back about 40 ms (bench/results/front-door.md)
+    disable_nagle_algorithm = True
     server: "_FrontServer"
     timeout = CLIENT_IDLE_S
 
