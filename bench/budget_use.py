@@ -22,7 +22,7 @@ import lzma
 import math
 from pathlib import Path
 
-from orchestrator.candidates import worst_case_ms
+from jigsawserve.orchestrator.planning.candidates import worst_case_ms
 
 
 def _plans(run: Path) -> list[tuple[float, dict[str, float]]]:

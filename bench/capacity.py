@@ -2,7 +2,7 @@
 """Analytical evaluation as the paper's Figure 3: maximum serviceable demand per feature set.
 
 For each of the 8 feature sets (none, T, A, A+T, S, S+T, A+S, A+S+T) this bisects, with the
-library's ``orchestrator.capacity.max_demand``, the largest request rate a cluster of ``--gpus``
+library's ``jigsawserve.orchestrator.planning.capacity.max_demand``, the largest request rate a cluster of ``--gpus``
 GPUs can serve within both SLOs, normalises it to ``none`` and records the solver effort.
 
     python3 bench/capacity.py [--app examples/tagging.yaml] [--profiles examples/a100/profiles.csv]
@@ -12,7 +12,7 @@ Progress goes to stderr; the JSON goes to --out, a PNG bar chart next to it (sam
 and a markdown table to stdout.
 
 Planning is the library's alone. The only addition is instrumentation: ``make_plan`` as seen by
-``orchestrator.capacity`` is wrapped so that each bisection probe's wall time, outcome and solver
+``jigsawserve.orchestrator.planning.capacity`` is wrapped so that each bisection probe's wall time, outcome and solver
 method/status are recorded (the library keeps only each probe's wall time and the final plan).
 """
 from __future__ import annotations
@@ -28,14 +28,14 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import orchestrator.capacity as capacity_mod
-from orchestrator.appspec import load_app
-from orchestrator.capacity import max_demand
-from orchestrator.errors import InfeasibleError
-from orchestrator.features import ALL_FEATURE_SETS
-from orchestrator.gpus import gpu_type
-from orchestrator.planner import METHODS, PlanOptions
-from orchestrator.profiles import default_gpu, load_profiles
+import jigsawserve.orchestrator.planning.capacity as capacity_mod
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.planning.capacity import max_demand
+from jigsawserve.orchestrator.errors import InfeasibleError
+from jigsawserve.orchestrator.planning.features import ALL_FEATURE_SETS
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.planning.planner import METHODS, PlanOptions
+from jigsawserve.orchestrator.spec.profiles import default_gpu, load_profiles
 
 # As reported in the paper (Figure 3, Gurobi); 21.6 / 1.9 of the rounded figures is 11.37.
 PAPER = {"A+S+T/none": 21.6, "A+T/none": 1.9, "A+S+T/A+T": 11.3}
@@ -46,7 +46,7 @@ def _log(msg: str) -> None:
 
 
 class _ProbeRecorder:
-    """Wraps make_plan (as imported by orchestrator.capacity) to record each probe."""
+    """Wraps make_plan (as imported by jigsawserve.orchestrator.planning.capacity) to record each probe."""
 
     def __init__(self) -> None:
         self.inner = capacity_mod.make_plan

@@ -21,12 +21,12 @@ import os
 import sys
 from pathlib import Path
 
-from orchestrator.appspec import load_app
-from orchestrator.capacity import max_demand
-from orchestrator.features import ALL_FEATURE_SETS, Features
-from orchestrator.gpus import gpu_type
-from orchestrator.planner import PlanOptions
-from orchestrator.profiles import default_gpu, load_profiles
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.planning.capacity import max_demand
+from jigsawserve.orchestrator.planning.features import ALL_FEATURE_SETS, Features
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.planning.planner import PlanOptions
+from jigsawserve.orchestrator.spec.profiles import default_gpu, load_profiles
 from record import provenance, write
 
 

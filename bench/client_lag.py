@@ -6,10 +6,10 @@ each wake-up came) with the collector as it is or running young collections only
 planner (below) in a thread of the same process, in a process of its own, or not running.
 
 Part 2 (``serve``):
-One tritonserver (CPU) serves the bundled CPU demo app (planned for 300 req/s); ``tools.loadgen``
+One tritonserver (CPU) serves the bundled CPU demo app (planned for 300 req/s); ``jigsawserve.orchestrator.workload.loadgen``
 sends it RATE req/s (Poisson) for SECONDS and times every answer, while a thread of this process
 replans the H200 traffic app in a loop (``make_plan``, what the controller does every interval and
-on surges in ``orchestrator/experiment.py``). Configurations, alternated in rounds on the same server:
+on surges in ``orchestrator/loop/experiment.py``). Configurations, alternated in rounds on the same server:
 
   in-process, full collections   ``run_load`` in this process, the collector left as it is (how the
                                  experiments ran before); the planner thread on
@@ -46,17 +46,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.appspec import load_app  # noqa: E402
-from orchestrator.gpus import gpu_type  # noqa: E402
-from orchestrator.inventory import Inventory  # noqa: E402
-from orchestrator.metrics import scrape  # noqa: E402
-from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
-from orchestrator.profiles import load_profiles  # noqa: E402
-from orchestrator.render import build_configs, write_repository  # noqa: E402
-from orchestrator.server import TritonServer, free_ports  # noqa: E402
-from orchestrator.tritonenv import prepare_backend_dir, server_env  # noqa: E402
-from tools import loadgen  # noqa: E402
-from tools.trace import poisson  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import load_app  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import gpu_type  # noqa: E402
+from jigsawserve.orchestrator.serving.inventory import Inventory  # noqa: E402
+from jigsawserve.orchestrator.serving.metrics import scrape  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import load_profiles  # noqa: E402
+from jigsawserve.orchestrator.serving.render import build_configs, write_repository  # noqa: E402
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports  # noqa: E402
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env  # noqa: E402
+from jigsawserve.orchestrator.workload import loadgen  # noqa: E402
+from jigsawserve.orchestrator.workload.trace import poisson  # noqa: E402
 
 CPU = ROOT / "examples" / "cpu"
 H200 = ROOT / "examples" / "h200"

@@ -26,10 +26,10 @@ sys.path.append(str(ROOT))
 
 from test_cluster_plan import (CPU, CPU_APP, CPU_PROFILES, FEWEST, NONE, best_integer_split,  # noqa: E402
                                integer_steps)
-from orchestrator.appspec import load_app  # noqa: E402
-from orchestrator.cluster import NodeSpec, plan_cluster  # noqa: E402
-from orchestrator.inventory import Inventory  # noqa: E402
-from orchestrator.profiles import load_profiles  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import load_app  # noqa: E402
+from jigsawserve.orchestrator.planning.cluster import NodeSpec, plan_cluster  # noqa: E402
+from jigsawserve.orchestrator.serving.inventory import Inventory  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import load_profiles  # noqa: E402
 from record import provenance, write  # noqa: E402
 
 SIZES = range(3, 9)

@@ -19,13 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.appspec import load_app
-from orchestrator.capacity import max_demand
-from orchestrator.cluster import plan_cluster, uniform
-from orchestrator.errors import InfeasibleError
-from orchestrator.gpus import gpu_type
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import default_gpu, load_profiles
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.planning.capacity import max_demand
+from jigsawserve.orchestrator.planning.cluster import plan_cluster, uniform
+from jigsawserve.orchestrator.errors import InfeasibleError
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import default_gpu, load_profiles
 from record import provenance, write
 
 

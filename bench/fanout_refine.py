@@ -1,5 +1,5 @@
 """Planned fan-out against measured, and how many controller intervals the refinement takes to settle:
-the OCR app's closed loop (``orchestrator.experiment.run``: a real tritonserver, the synthetic day replayed
+the OCR app's closed loop (``jigsawserve.orchestrator.loop.experiment.run``: a real tritonserver, the synthetic day replayed
 with the app's ground-truth requests, the controller every ``--interval`` s) once per spec factor of the
 det -> rec edge given (``--factors``: the shipped 2.28 and wrong guesses), the spec's factor replaced by it.
 Per run: the report's fan-out rows (spec, measured, planned last, refinements, the interval it settled
@@ -16,14 +16,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from typed_bench import machine  # noqa: E402
 
-from orchestrator.appspec import load_app, parse_app  # noqa: E402
-from orchestrator.controller import Policy  # noqa: E402
-from orchestrator.experiment import Experiment, run  # noqa: E402
-from orchestrator.gpus import gpu_type  # noqa: E402
-from orchestrator.inventory import detect  # noqa: E402
-from orchestrator.planner import PlanOptions  # noqa: E402
-from orchestrator.profiles import load_profiles  # noqa: E402
-from tools.trace import compress, scale_to_peak, synthetic_diurnal  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import load_app, parse_app  # noqa: E402
+from jigsawserve.orchestrator.loop.controller import Policy  # noqa: E402
+from jigsawserve.orchestrator.loop.experiment import Experiment, run  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import gpu_type  # noqa: E402
+from jigsawserve.orchestrator.serving.inventory import detect  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import load_profiles  # noqa: E402
+from jigsawserve.orchestrator.workload.trace import compress, scale_to_peak, synthetic_diurnal  # noqa: E402
 
 
 def one(app_path: Path, profiles: Path, factor: float, peak: float, duration: float, interval: float,

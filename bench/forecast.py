@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from orchestrator.forecast import Forecaster, HoltQuantile, MovingAverage, one_step_forecasts
-from tools.trace import Trace, load_trace, synthetic_diurnal
+from jigsawserve.orchestrator.loop.forecast import Forecaster, HoltQuantile, MovingAverage, one_step_forecasts
+from jigsawserve.orchestrator.workload.trace import Trace, load_trace, synthetic_diurnal
 
 WARMUP = 5
 SEEDS = range(1, 21)

@@ -33,12 +33,12 @@ import ray
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from orchestrator.appspec import parse_app
-from orchestrator.cluster import ClusterPlan
-from orchestrator.gpus import gpu_type
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import ProfilePoint, Profiles
-from orchestrator.ray_cluster import ClusterServing, LocalCluster
+from jigsawserve.orchestrator.spec.appspec import parse_app
+from jigsawserve.orchestrator.planning.cluster import ClusterPlan
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import ProfilePoint, Profiles
+from jigsawserve.orchestrator.serving.ray_cluster import ClusterServing, LocalCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import provenance, write  # noqa: E402

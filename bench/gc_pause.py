@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import gc, json, sys, time
-from triton_backend import zoo
+from jigsawserve.triton_backend import zoo
 model = zoo.ARCHS[sys.argv[1]]().build().eval()
 
 

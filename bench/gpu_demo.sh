@@ -6,7 +6,7 @@ set -u
 source bench/gpu_setup.sh || exit 1
 python3 -c "import onnxruntime as o, torch; print('onnxruntime', o.__version__, o.get_available_providers(), 'torch', torch.__version__)"
 rm -rf /tmp/demo; mkdir -p /tmp/demo
-timeout -s INT ${DEMO_TIMEOUT:-540} python3 -m orchestrator.cli demo --device gpu --out /tmp/demo --duration ${1:-90} --json \
+timeout -s INT ${DEMO_TIMEOUT:-540} python3 -m jigsawserve.orchestrator.cli demo --device gpu --out /tmp/demo --duration ${1:-90} --json \
   > /tmp/demo/demo.log 2>&1
 echo "demo rc $?"
 grep -v "load: \|^{" /tmp/demo/demo.log | tail -45

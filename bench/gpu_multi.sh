@@ -57,7 +57,7 @@ export PYTHONUNBUFFERED=1
 
 if [ $MODE = profile ]; then
   APP=${2:?profile which app}
-  CUDA_VISIBLE_DEVICES=0 timeout -s INT $(( LIMIT - $(date +%s) + t0 - 20 )) python3 -m orchestrator.cli profile \
+  CUDA_VISIBLE_DEVICES=0 timeout -s INT $(( LIMIT - $(date +%s) + t0 - 20 )) python3 -m jigsawserve.orchestrator.cli profile \
     examples/h200/$APP.yaml --device gpu --gpu-type $GPU_TYPE --out $OUT/profiles.$GPU_TYPE.$APP.csv
   echo "profile rc $?"; ls -la $OUT; exit 0
 fi
@@ -70,12 +70,12 @@ import importlib.util, json, sys, time
 app_name, profiles_path, gpus, fraction, headroom = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 spec = importlib.util.spec_from_file_location("slice_floor", "bench/slice_floor.py")
 floor = importlib.util.module_from_spec(spec); spec.loader.exec_module(floor)
-from orchestrator.appspec import load_app
-from orchestrator.capacity import max_demand
-from orchestrator.features import Features
-from orchestrator.gpus import gpu_type
-from orchestrator.planner import PlanOptions
-from orchestrator.profiles import default_gpu, load_profiles
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.planning.capacity import max_demand
+from jigsawserve.orchestrator.planning.features import Features
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.planning.planner import PlanOptions
+from jigsawserve.orchestrator.spec.profiles import default_gpu, load_profiles
 app, profiles = load_app(f"examples/h200/{app_name}.yaml"), load_profiles(profiles_path)
 # the day bench/h200_eval.py replays: its peak is the fraction of A+S+T's capacity on the GPUs
 given = dict(p.split(":") for p in sys.argv[6].split())  # PEAKS: the runs' peak_rps (results.json), where known
@@ -111,8 +111,8 @@ fi
 
 APP=$MODE; SYSTEMS=${2:-ast,st}; D=${3:-150}; H=$(headroom $APP)
 python3 -c "
-import sys; from orchestrator.appspec import load_app; from orchestrator.errors import InputError
-from orchestrator.gpus import gpu_type; from orchestrator.profiles import check_coverage, default_gpu, load_profiles
+import sys; from jigsawserve.orchestrator.spec.appspec import load_app; from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.gpus import gpu_type; from jigsawserve.orchestrator.spec.profiles import check_coverage, default_gpu, load_profiles
 p = load_profiles('$P')
 try: check_coverage(load_app('examples/h200/$APP.yaml'), p, gpu_type(default_gpu(p)))
 except InputError as exc: sys.exit(str(exc))
@@ -129,16 +129,16 @@ json.dump({'gpus': [dict(g, index=i, uuid=g['uuid'][:-12] + f'{i:012d}') for i i
   python3 - "$APP" "$P" "$N" "$PEAK_FRACTION" "$H" "$SYSTEMS" "$INV" <<'PY'
 import sys
 from collections import Counter
-from orchestrator.appspec import load_app
-from orchestrator.capacity import max_demand
-from orchestrator.controller import Policy
-from orchestrator.errors import InfeasibleError
-from orchestrator.features import Features
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import from_file
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import default_gpu, load_profiles
-from orchestrator.render import build_configs
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.planning.capacity import max_demand
+from jigsawserve.orchestrator.loop.controller import Policy
+from jigsawserve.orchestrator.errors import InfeasibleError
+from jigsawserve.orchestrator.planning.features import Features
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import from_file
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import default_gpu, load_profiles
+from jigsawserve.orchestrator.serving.render import build_configs
 app_name, profiles_path, gpus, fraction, headroom, systems, inv_path = sys.argv[1:]
 gpus, fraction, headroom = int(gpus), float(fraction), float(headroom)
 app, profiles = load_app(f"examples/h200/{app_name}.yaml"), load_profiles(profiles_path)

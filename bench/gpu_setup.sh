@@ -11,7 +11,13 @@ if [ ! -x /tmp/site/bin/jigsaw ]; then
 fi
 ls .whl/*.whl >/dev/null 2>&1 && [ ! -f /tmp/site/.extra ] && python3 -m pip install -q --no-index --no-deps --no-compile \
   --target /tmp/site .whl/*.whl && touch /tmp/site/.extra  # wheels the bundle left out that the host lacks
-export PYTHONPATH=$PWD:/tmp/site JIGSAW_TRITON_HOME=/tmp/site/jigsaw-triton JIGSAW_STUB_PYTHONPATH=/tmp/site/jigsaw-stub
-jigsaw() { python3 -m orchestrator.cli "$@"; }
+# the checkout's jigsawserve/ links its folders as the installed namespace; where a copy lost the links, make them
+_ns=$PWD
+if [ ! -d jigsawserve/orchestrator ]; then
+  _ns=/tmp/jigsaw-ns; mkdir -p $_ns/jigsawserve
+  for f in orchestrator triton_backend tools model_repository_templates; do ln -sfn "$PWD/$f" $_ns/jigsawserve/$f; done
+fi
+export PYTHONPATH=$_ns:/tmp/site JIGSAW_TRITON_HOME=/tmp/site/jigsaw-triton JIGSAW_STUB_PYTHONPATH=/tmp/site/jigsaw-stub
+jigsaw() { python3 -m jigsawserve.orchestrator.cli "$@"; }
 echo "setup $(( $(date +%s) - _t0 )) s; code $(cat .whl/COMMIT 2>/dev/null)"
 nvidia-smi --query-gpu=index,name,memory.used,utilization.gpu,mig.mode.current --format=csv,noheader

@@ -25,14 +25,14 @@ import tritonclient.grpc as grpcclient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import render  # noqa: E402
-from orchestrator.appspec import parse_app  # noqa: E402
-from orchestrator.gpus import gpu_type  # noqa: E402
-from orchestrator.inventory import Inventory  # noqa: E402
-from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
-from orchestrator.profiles import Profiles, ProfilePoint  # noqa: E402
-from orchestrator.server import TritonServer, free_ports  # noqa: E402
-from orchestrator.tritonenv import prepare_backend_dir, server_env  # noqa: E402
+from jigsawserve.orchestrator.serving import render  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import parse_app  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import gpu_type  # noqa: E402
+from jigsawserve.orchestrator.serving.inventory import Inventory  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import Profiles, ProfilePoint  # noqa: E402
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports  # noqa: E402
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env  # noqa: E402
 
 SLO_MS = 350.0
 SERVICE_MS = 100.0

@@ -4,7 +4,7 @@ For each app (``--app``, repeatable: one directory per app under ``--out``), in 
 Triton with the jigsaw backend:
   1. the demand every system is tested at: the shipped synthetic diurnal day scaled so that its peak
      is ``--peak-fraction`` of what A+S+T can serve on the GPUs (``capacity.max_demand``);
-  2. per system, a closed-loop run (orchestrator/experiment.py): plan, render, serve, replay the day
+  2. per system, a closed-loop run (orchestrator/loop/experiment.py): plan, render, serve, replay the day
      compressed to ``--duration`` seconds, the controller replanning every ``--interval`` seconds;
   3. per system: mean GPU slices in use, SLO violation rate (drops count), accuracy vs max.
 A system that cannot place the app at all (A+T needs a whole GPU per task) is reported as such.
@@ -26,20 +26,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.appspec import load_app  # noqa: E402
-from orchestrator.capacity import max_demand  # noqa: E402
-from orchestrator.errors import InfeasibleError  # noqa: E402
-from orchestrator.controller import Policy  # noqa: E402
-from orchestrator.experiment import Experiment, run  # noqa: E402
-from orchestrator.features import Features  # noqa: E402
-from orchestrator.gpus import gpu_type  # noqa: E402
-from orchestrator.inventory import detect  # noqa: E402
-from orchestrator.planner import PlanOptions  # noqa: E402
-from orchestrator.profiles import default_gpu, load_profiles  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import load_app  # noqa: E402
+from jigsawserve.orchestrator.planning.capacity import max_demand  # noqa: E402
+from jigsawserve.orchestrator.errors import InfeasibleError  # noqa: E402
+from jigsawserve.orchestrator.loop.controller import Policy  # noqa: E402
+from jigsawserve.orchestrator.loop.experiment import Experiment, run  # noqa: E402
+from jigsawserve.orchestrator.planning.features import Features  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import gpu_type  # noqa: E402
+from jigsawserve.orchestrator.serving.inventory import detect  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import default_gpu, load_profiles  # noqa: E402
 
-# triton_backend.zoo.CAPTURE_ENV and CAPTURE_POLICIES, without importing torch here
+# jigsawserve.triton_backend.zoo.CAPTURE_ENV and CAPTURE_POLICIES, without importing torch here
 CAPTURE_ENV, CAPTURE_POLICIES = "JIGSAW_CAPTURE", ("cheap", "half", "all", "background")
-from tools.trace import compress, scale_to_peak, synthetic_diurnal, with_burst  # noqa: E402
+from jigsawserve.orchestrator.workload.trace import compress, scale_to_peak, synthetic_diurnal, with_burst  # noqa: E402
 
 SYSTEMS = {"ast": "JigsawServe (A+S+T)", "at": "A+T (Loki-like)", "st": "S+T (ParvaGPU-like)",
            "as": "A+S (Clover-like)"}
@@ -208,7 +208,7 @@ def main() -> None:
                     help="the standby runners beside the live plan's take at most this many slices (default: the "
                          "GPUs' spare slices; with MIG emulated a standby runner holds memory only)")
     ap.add_argument("--burst", type=float, default=0.0,
-                    help="add a burst of this x the day's peak (tools.trace.with_burst; 0: none)")
+                    help="add a burst of this x the day's peak (jigsawserve.orchestrator.workload.trace.with_burst; 0: none)")
     ap.add_argument("--burst-fraction", type=float, default=0.1, help="... lasting this share of the day")
     ap.add_argument("--surge-poll", type=float, default=Policy().surge_poll_s,
                     help="the controller's surge checks between steps, every this many seconds (0: none)")

@@ -1,4 +1,4 @@
-"""What the single-node HTTP front (``orchestrator/front.py``) adds per request on a kept-alive connection.
+"""What the single-node HTTP front (``orchestrator/serving/front.py``) adds per request on a kept-alive connection.
 
 A stand-in upstream answers at once, so the figures are the front's own hop: one ``http.client`` connection
 kept alive, requests one at a time, to the upstream directly and through the front, interleaved in rounds.
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.front import HttpFront  # noqa: E402
+from jigsawserve.orchestrator.serving.front import HttpFront  # noqa: E402
 
 BODY = json.dumps({"inputs": [{"name": "INPUT", "shape": [1, 1, 16], "datatype": "FP32", "data": [0.0] * 16}]})
 

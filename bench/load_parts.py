@@ -47,7 +47,7 @@ def native_depthwise(model):
 out = []
 t = time.monotonic(); torch.cuda.init(); torch.empty(1, device="cuda"); torch.cuda.synchronize()
 ctx = time.monotonic() - t
-from triton_backend import zoo
+from jigsawserve.triton_backend import zoo
 for r in range(repeat):
     row = {"context": ctx if r == 0 else 0.0}
     t = time.monotonic()

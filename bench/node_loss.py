@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from orchestrator.appspec import load_app
-from orchestrator.ray_cluster import ClusterServing, LocalCluster
-from tools import cluster_demo, cluster_report
-from tools.profile_cpu import profile_cpu
-from tools.report import load_requests
-from tools.trace import poisson
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.serving.ray_cluster import ClusterServing, LocalCluster
+from jigsawserve.tools import cluster_demo
+from jigsawserve.orchestrator.reporting import cluster_report
+from jigsawserve.tools.profile_cpu import profile_cpu
+from jigsawserve.orchestrator.reporting.report import load_requests
+from jigsawserve.orchestrator.workload.trace import poisson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import provenance, write  # noqa: E402

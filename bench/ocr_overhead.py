@@ -27,10 +27,10 @@ import tritonclient.grpc as grpcclient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from typed_bench import machine, pinned, serve  # noqa: E402
 
-from orchestrator.appspec import AppSpec, load_app  # noqa: E402
-from orchestrator.typed import resolve_files  # noqa: E402
-from tools import evaluate  # noqa: E402
-from tools.typed_client import infer  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import AppSpec, load_app  # noqa: E402
+from jigsawserve.orchestrator.spec.typed import resolve_files  # noqa: E402
+from jigsawserve.tools import evaluate  # noqa: E402
+from jigsawserve.orchestrator.workload.typed_client import infer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ENSEMBLE = "ocr_ens"

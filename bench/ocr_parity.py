@@ -3,7 +3,7 @@
 
 For each pinning of one variant per task (so that both sides run the same models), a fresh ground-truth
 dataset is sent through a real tritonserver (``bench/typed_bench.py``) from ``--clients`` gRPC clients and
-run through ``tools.evaluate.LocalPipeline`` (the same runner classes and adapters, no Triton); per request
+run through ``jigsawserve.tools.evaluate.LocalPipeline`` (the same runner classes and adapters, no Triton); per request
 the lines read are compared item by item (text exactly, score to the last bit and within 1e-6) and the app's
 metric is computed on both. Writes ``--out`` (JSON).
 """
@@ -22,9 +22,9 @@ import tritonclient.grpc as grpcclient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from typed_bench import machine, pinned, serve  # noqa: E402
 
-from orchestrator.appspec import load_app  # noqa: E402
-from tools import evaluate  # noqa: E402
-from tools.typed_client import infer  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import load_app  # noqa: E402
+from jigsawserve.tools import evaluate  # noqa: E402
+from jigsawserve.orchestrator.workload.typed_client import infer  # noqa: E402
 
 CHOICES = ({"det": "det_v4", "rec": "rec_v4"}, {"det": "det_v6", "rec": "rec_v6"})
 

@@ -53,14 +53,14 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from orchestrator.appspec import parse_app
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import Inventory
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import ProfilePoint, Profiles
-from orchestrator.render import RUNNER_KEY_FILE, build_configs, runner_name, write_repository
-from orchestrator.server import TritonServer, free_ports
-from orchestrator.tritonenv import prepare_backend_dir, server_env
+from jigsawserve.orchestrator.spec.appspec import parse_app
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import Inventory
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import ProfilePoint, Profiles
+from jigsawserve.orchestrator.serving.render import RUNNER_KEY_FILE, build_configs, runner_name, write_repository
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 16

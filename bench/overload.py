@@ -2,7 +2,7 @@
 tritonserver, no controller).
 
 The CPU example (examples/cpu/app.yaml and its profiles) is planned for ``--demand`` req/s on 4 whole-CPU slices,
-rendered and served; the open-loop gRPC load generator (tools/loadgen.py, in a process of its own, Poisson arrivals,
+rendered and served; the open-loop gRPC load generator (orchestrator/workload/loadgen.py, in a process of its own, Poisson arrivals,
 each request sending its deadline) offers each multiple of that rate for ``--seconds``, the multiples interleaved over
 ``--rounds`` rounds so that drift on the shared machine hits each alike. Per multiple: goodput (answers within the
 SLO per second), late answers as a share of the answers, drops, and the server's own count of answers that left a
@@ -25,17 +25,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from record import provenance, write  # noqa: E402
 
-from orchestrator.appspec import load_app  # noqa: E402
-from orchestrator.gpus import gpu_type  # noqa: E402
-from orchestrator.inventory import Inventory  # noqa: E402
-from orchestrator.metrics import scrape  # noqa: E402
-from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
-from orchestrator.profiles import load_profiles  # noqa: E402
-from orchestrator.render import build_configs, write_repository  # noqa: E402
-from orchestrator.server import TritonServer, free_ports  # noqa: E402
-from orchestrator.tritonenv import prepare_backend_dir, server_env  # noqa: E402
-from tools.loadgen import run_load_apart  # noqa: E402
-from tools.trace import poisson  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import load_app  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import gpu_type  # noqa: E402
+from jigsawserve.orchestrator.serving.inventory import Inventory  # noqa: E402
+from jigsawserve.orchestrator.serving.metrics import scrape  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import load_profiles  # noqa: E402
+from jigsawserve.orchestrator.serving.render import build_configs, write_repository  # noqa: E402
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports  # noqa: E402
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env  # noqa: E402
+from jigsawserve.orchestrator.workload.loadgen import run_load_apart  # noqa: E402
+from jigsawserve.orchestrator.workload.trace import poisson  # noqa: E402
 
 MULTIPLES = (1, 2, 4)
 

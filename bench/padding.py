@@ -2,7 +2,7 @@
 
 A GPU runner replays one captured CUDA graph per batch size; a batch between two captured sizes runs
 padded to the larger one. EfficientNet runners capture batch 1 and their max only (their captures
-cost 1.5-4.2 s a size: ``triton_backend.zoo.CHEAP_CAPTURE_S``), so on the H200 traffic's car runner at
+cost 1.5-4.2 s a size: ``jigsawserve.triton_backend.zoo.CHEAP_CAPTURE_S``), so on the H200 traffic's car runner at
 batch 16 ran 10-row batches as 16, back to back, and its requests waited 17.6-27 ms in its queue
 (``bench/results/h200-eval/results.md``, 2026-11-29, the refined profile's runs). This bench serves a two-task app (a source
 fanning out 3 items per request to a "car" task) whose car runner is a numpy stand-in that sleeps
@@ -32,20 +32,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.appspec import AppSpec, parse_app  # noqa: E402
-from orchestrator.controller import RUNNER_COUNTERS  # noqa: E402
-from orchestrator.gpus import gpu_type  # noqa: E402
-from orchestrator.inventory import Inventory  # noqa: E402
-from orchestrator.metrics import increase, scrape  # noqa: E402
-from orchestrator.plan import Plan  # noqa: E402
-from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
-from orchestrator.profiles import ProfilePoint, Profiles  # noqa: E402
-from orchestrator.refinement import batch_times_ms  # noqa: E402
-from orchestrator.render import build_configs, runner_name, write_repository  # noqa: E402
-from orchestrator.server import TritonServer, free_ports  # noqa: E402
-from orchestrator.tritonenv import prepare_backend_dir, server_env  # noqa: E402
-from tools.loadgen import run_load_apart  # noqa: E402
-from tools.trace import arrivals, Trace  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import AppSpec, parse_app  # noqa: E402
+from jigsawserve.orchestrator.loop.controller import RUNNER_COUNTERS  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import gpu_type  # noqa: E402
+from jigsawserve.orchestrator.serving.inventory import Inventory  # noqa: E402
+from jigsawserve.orchestrator.serving.metrics import increase, scrape  # noqa: E402
+from jigsawserve.orchestrator.planning.plan import Plan  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import ProfilePoint, Profiles  # noqa: E402
+from jigsawserve.orchestrator.loop.refinement import batch_times_ms  # noqa: E402
+from jigsawserve.orchestrator.serving.render import build_configs, runner_name, write_repository  # noqa: E402
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports  # noqa: E402
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env  # noqa: E402
+from jigsawserve.orchestrator.workload.loadgen import run_load_apart  # noqa: E402
+from jigsawserve.orchestrator.workload.trace import arrivals, Trace  # noqa: E402
 
 FIXED_MS, PER_ROW_MS = 4.5, 0.7    # EfficientNet-B2 on 1g of the H200, roughly: 15.7 ms at 16, 10.1 at 8
 SRC_MS = 1.0

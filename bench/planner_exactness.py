@@ -32,8 +32,8 @@ sys.path.append(str(ROOT))  # after PYTHONPATH: another checkout of orchestrator
 
 import reference as ref  # noqa: E402
 from test_planner_properties import A100, Instance, build_instance  # noqa: E402
-from orchestrator.errors import InfeasibleError  # noqa: E402
-from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
+from jigsawserve.orchestrator.errors import InfeasibleError  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan  # noqa: E402
 from record import provenance  # noqa: E402
 
 

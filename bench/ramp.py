@@ -2,15 +2,15 @@
 
 Checks the claim that the H200 diurnal runs' SLO violations come from the compressed morning ramp
 outrunning 20-31 s applies and would vanish at realistic replay speeds. Per run, the shipped
-synthetic day (``tools.trace.synthetic_diurnal``, scaled to ``--peak``) is replayed in D seconds
-against ``orchestrator.controller.Controller`` (by default the traffic app, A+S+T, 1 GPU, HoltQuantile,
+synthetic day (``jigsawserve.orchestrator.workload.trace.synthetic_diurnal``, scaled to ``--peak``) is replayed in D seconds
+against ``jigsawserve.orchestrator.loop.controller.Controller`` (by default the traffic app, A+S+T, 1 GPU, HoltQuantile,
 Policy(headroom=0.5), as ``bench/h200_eval.py`` runs it; ``--app``, ``--features``, ``--peak``, ``--headroom`` for the
 others; the comparison with the measured H200 runs only for traffic A+S+T), with the server replaced:
 
-- metrics: ``orchestrator.controller.scrape`` is patched (as tests/test_controller.py does) to return
+- metrics: ``jigsawserve.orchestrator.loop.controller.scrape`` is patched (as tests/test_controller.py does) to return
   the cumulative arrivals at the app model, the exact integral of the trace's piecewise-constant
   rate up to the simulated time (deterministic, no Poisson noise, every arrival counted once), or with
-  ``--poisson-seed`` the count of the arrivals the load generator would send (``tools.trace.arrivals``,
+  ``--poisson-seed`` the count of the arrivals the load generator would send (``jigsawserve.orchestrator.workload.trace.arrivals``,
   a Poisson process with that seed: the noise the controller's surge checks see on the GPU);
 - apply: ``apply_plan`` returns at once, but the simulated apply takes ``apply_s`` (with
   ``Policy.sample_applies``, the arrivals are sampled every poll within it, as ``Controller._apply``
@@ -56,19 +56,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import controller as ctl  # noqa: E402
-from orchestrator.appspec import AppSpec, load_app  # noqa: E402
-from orchestrator.controller import Controller, EventLog, Policy  # noqa: E402
-from orchestrator.errors import InputError  # noqa: E402
-from orchestrator.features import Features  # noqa: E402
-from orchestrator.forecast import HoltQuantile  # noqa: E402
-from orchestrator.gpus import GpuType, gpu_type  # noqa: E402
-from orchestrator.inventory import Inventory, from_file  # noqa: E402
-from orchestrator.metrics import Scrape  # noqa: E402
-from orchestrator.plan import Plan  # noqa: E402
-from orchestrator.planner import PlanOptions  # noqa: E402
-from orchestrator.profiles import Profiles, default_gpu, load_profiles  # noqa: E402
-from tools.trace import Trace, arrivals, compress, scale_to_peak, synthetic_diurnal  # noqa: E402
+from jigsawserve.orchestrator.loop import controller as ctl  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import AppSpec, load_app  # noqa: E402
+from jigsawserve.orchestrator.loop.controller import Controller, EventLog, Policy  # noqa: E402
+from jigsawserve.orchestrator.errors import InputError  # noqa: E402
+from jigsawserve.orchestrator.planning.features import Features  # noqa: E402
+from jigsawserve.orchestrator.loop.forecast import HoltQuantile  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import GpuType, gpu_type  # noqa: E402
+from jigsawserve.orchestrator.serving.inventory import Inventory, from_file  # noqa: E402
+from jigsawserve.orchestrator.serving.metrics import Scrape  # noqa: E402
+from jigsawserve.orchestrator.planning.plan import Plan  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import Profiles, default_gpu, load_profiles  # noqa: E402
+from jigsawserve.orchestrator.workload.trace import Trace, arrivals, compress, scale_to_peak, synthetic_diurnal  # noqa: E402
 
 H200 = ROOT / "bench" / "results" / "h200-eval"
 DAYS = (100.0, 200.0, 600.0, 1800.0, 3600.0, 86400.0)   # the day replayed in these seconds (86400: real time)
@@ -83,7 +83,7 @@ class Setup:
     opts: PlanOptions
     inventory: Inventory
     policy: Policy
-    arrivals_seed: int | None = None   # count Poisson arrivals (tools.trace.arrivals) instead of the integral
+    arrivals_seed: int | None = None   # count Poisson arrivals (jigsawserve.orchestrator.workload.trace.arrivals) instead of the integral
     efficiency: float = 1.0            # the share of its planned demand a plan really serves
     truth: Profiles | None = None      # the GPU as it really runs: plans serve what these profiles give them
 
@@ -150,7 +150,7 @@ class FakeServer:
         return float(self.cum[k] + self.trace.rates[k] * (t - k * self.trace.interval_s))
 
     def scrape(self, url: str, t: float) -> Scrape:
-        """Stands in for ``orchestrator.controller.scrape``; ``t`` (wall time) is ignored."""
+        """Stands in for ``jigsawserve.orchestrator.loop.controller.scrape``; ``t`` (wall time) is ignored."""
         self._advance_shed(self.now)
         return Scrape(self.now, {self.key: self.arrived(self.now), self.shed_key: self.shed})
 

@@ -32,14 +32,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ramp import Setup, simulate  # noqa: E402
 
-from orchestrator.appspec import load_app  # noqa: E402
-from orchestrator.controller import Policy  # noqa: E402
-from orchestrator.features import Features  # noqa: E402
-from orchestrator.gpus import gpu_type  # noqa: E402
-from orchestrator.inventory import from_file  # noqa: E402
-from orchestrator.planner import PlanOptions  # noqa: E402
-from orchestrator.profiles import default_gpu, load_profiles  # noqa: E402
-from tools.trace import compress, scale_to_peak, synthetic_diurnal  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import load_app  # noqa: E402
+from jigsawserve.orchestrator.loop.controller import Policy  # noqa: E402
+from jigsawserve.orchestrator.planning.features import Features  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import gpu_type  # noqa: E402
+from jigsawserve.orchestrator.serving.inventory import from_file  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import default_gpu, load_profiles  # noqa: E402
+from jigsawserve.orchestrator.workload.trace import compress, scale_to_peak, synthetic_diurnal  # noqa: E402
 
 
 def overridden(policy: Policy, items: list[str]) -> Policy:

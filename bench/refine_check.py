@@ -16,9 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.appspec import load_app  # noqa: E402
-from orchestrator.profiles import load_profiles  # noqa: E402
-from tools.runner_speed import observations  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import load_app  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import load_profiles  # noqa: E402
+from jigsawserve.tools.runner_speed import observations  # noqa: E402
 
 
 def main() -> None:

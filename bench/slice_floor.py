@@ -16,14 +16,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.appspec import AppSpec, load_app  # noqa: E402
-from orchestrator.controller import Policy  # noqa: E402
-from orchestrator.errors import InfeasibleError  # noqa: E402
-from orchestrator.features import Features  # noqa: E402
-from orchestrator.gpus import gpu_type  # noqa: E402
-from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
-from orchestrator.profiles import Profiles, default_gpu, load_profiles  # noqa: E402
-from tools.trace import scale_to_peak, synthetic_diurnal  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import AppSpec, load_app  # noqa: E402
+from jigsawserve.orchestrator.loop.controller import Policy  # noqa: E402
+from jigsawserve.orchestrator.errors import InfeasibleError  # noqa: E402
+from jigsawserve.orchestrator.planning.features import Features  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import gpu_type  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import Profiles, default_gpu, load_profiles  # noqa: E402
+from jigsawserve.orchestrator.workload.trace import scale_to_peak, synthetic_diurnal  # noqa: E402
 
 # the H200 runs of f789673 and 8a61e13 (2026-11-29): trace peak on one GPU and the controller's headroom
 RUNS = {"social": (663.1, 0.4), "traffic": (369.1, 0.5), "ar": (105.7, 0.5)}

@@ -19,12 +19,12 @@ import os
 import sys
 from pathlib import Path
 
-from orchestrator.appspec import load_app
-from orchestrator.capacity import max_demand
-from orchestrator.features import Features
-from orchestrator.gpus import gpu_type
-from orchestrator.planner import PlanOptions
-from orchestrator.profiles import default_gpu, load_profiles
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.planning.capacity import max_demand
+from jigsawserve.orchestrator.planning.features import Features
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.planning.planner import PlanOptions
+from jigsawserve.orchestrator.spec.profiles import default_gpu, load_profiles
 from record import provenance, write
 
 FACTORS = (0.5, 0.625, 0.75, 1.0, 1.5, 2.0)

@@ -32,15 +32,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from record import provenance, write  # noqa: E402
-from orchestrator.appspec import parse_app  # noqa: E402
-from orchestrator.control import apply, control_headers  # noqa: E402
-from orchestrator.gpus import gpu_type  # noqa: E402
-from orchestrator.inventory import Inventory  # noqa: E402
-from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
-from orchestrator.profiles import load_profiles  # noqa: E402
-from orchestrator.render import build_configs, name_apart, with_standby, write_repository  # noqa: E402
-from orchestrator.server import TritonServer, free_ports  # noqa: E402
-from orchestrator.tritonenv import prepare_backend_dir, server_env  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import parse_app  # noqa: E402
+from jigsawserve.orchestrator.serving.control import apply, control_headers  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import gpu_type  # noqa: E402
+from jigsawserve.orchestrator.serving.inventory import Inventory  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import load_profiles  # noqa: E402
+from jigsawserve.orchestrator.serving.render import build_configs, name_apart, with_standby, write_repository  # noqa: E402
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports  # noqa: E402
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env  # noqa: E402
 
 CPU = Inventory(gpus=(), source="bench: cpu")
 KEY = "bench-key"

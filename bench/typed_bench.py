@@ -10,15 +10,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from orchestrator.appspec import AppSpec, parse_app
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import Inventory
-from orchestrator.plan import Plan
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import load_profiles
-from orchestrator.render import build_configs, write_repository
-from orchestrator.server import TritonServer, free_ports
-from orchestrator.tritonenv import find_runtime, prepare_backend_dir, server_env
+from jigsawserve.orchestrator.spec.appspec import AppSpec, parse_app
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import Inventory
+from jigsawserve.orchestrator.planning.plan import Plan
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import load_profiles
+from jigsawserve.orchestrator.serving.render import build_configs, write_repository
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports
+from jigsawserve.orchestrator.serving.tritonenv import find_runtime, prepare_backend_dir, server_env
 
 
 def pinned(app: AppSpec, choice: dict[str, str]) -> AppSpec:

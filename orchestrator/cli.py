@@ -13,14 +13,14 @@ from pathlib import Path
 
 import click
 
-from .appspec import load_app
-from .capacity import max_demand
+from .spec.appspec import load_app
+from .planning.capacity import max_demand
 from .errors import InfeasibleError, InputError, UnreachableError
-from .features import Features
-from .gpus import gpu_type
-from .candidates import LATENCY_MODELS
-from .planner import METHODS, Deadline, PlanOptions, make_plan
-from .profiles import default_gpu, load_profiles
+from .planning.features import Features
+from .spec.gpus import gpu_type
+from .planning.candidates import LATENCY_MODELS
+from .planning.planner import METHODS, Deadline, PlanOptions, make_plan
+from .spec.profiles import default_gpu, load_profiles
 
 EXIT_INPUT, EXIT_INFEASIBLE = 1, 2
 
@@ -84,12 +84,12 @@ def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str,
          cluster_path: str | None, node_count: int | None, gpus_per_node: int | None) -> None:
     """Plan APP.yaml for a demand: variants, segments, batch sizes and instance counts; with --cluster or
     --nodes, the demand split over nodes, each serving the whole app with its own plan."""
-    from .typed import check_variants
+    from .spec.typed import check_variants
 
     entry = time.monotonic()  # --time-limit counts from here: reading and checking the files are part of the call
     app, profiles, gpu = _load(app_path, profiles_path, gpu_type)
     if accuracy_csv:
-        from .accuracy import with_measured
+        from .spec.accuracy import with_measured
         app, measured = with_measured(app, accuracy_csv)
         cited = [f"{t.name}/{v.name}" for t in app.tasks for v in t.variants if f"{t.name}/{v.name}" not in measured]
         click.echo(f"accuracy: measured ({accuracy_csv}) for {', '.join(measured)}; "
@@ -98,7 +98,7 @@ def plan(app_path: str, profiles_path: str, gpu_type: str | None, features: str,
     nodes = None
     if cluster_path or node_count is not None or gpus_per_node is not None:
         from click.core import ParameterSource
-        from .cluster import DEFAULT_TIME_LIMIT, load_cluster, plan_cluster, uniform
+        from .planning.cluster import DEFAULT_TIME_LIMIT, load_cluster, plan_cluster, uniform
         if gpus is not None:
             raise InputError("--gpus: a single pool's GPUs; with --cluster or --nodes each node has its own")
         if cluster_path and (node_count is not None or gpus_per_node is not None):
@@ -207,9 +207,9 @@ def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_por
     REPO/jigsaw.json has "uses_mps": true and MPS is available. Every stop of tritonserver (also its
     death) ends its stubs and removes its shared-memory regions.
     """
-    from .server import MpsDaemon, RepoBusy, RepoLock, TritonServer
-    from .supervise import supervise
-    from .tritonenv import prepare_backend_dir, server_env
+    from .serving.server import MpsDaemon, RepoBusy, RepoLock, TritonServer
+    from .serving.supervise import supervise
+    from .serving.tritonenv import prepare_backend_dir, server_env
 
     repo = Path(repo_path).resolve()
     if not repo.is_dir():
@@ -272,12 +272,12 @@ def serve(repo_path: str, host: str, http_port: int, grpc_port: int, metrics_por
               help="simulated GPU inventory JSON (default: read the GPUs through NVML; none = CPU)")
 def render(plan_path: str, out: str, inventory: str | None) -> None:
     """Render PLAN.json into a Triton model repository (every config validated as a ModelConfig)."""
-    from .inventory import detect
-    from .plan import Plan
-    from .render import build_configs, write_repository
+    from .serving.inventory import detect
+    from .planning.plan import Plan
+    from .serving.render import build_configs, write_repository
 
-    from .appspec import parse_app
-    from .typed import check_variants
+    from .spec.appspec import parse_app
+    from .spec.typed import check_variants
 
     inv = detect(inventory)
     plan = Plan.load(plan_path)
@@ -314,10 +314,10 @@ def apply(plan_path: str, repo_path: str | None, url: str, control_key: str | No
         raise click.UsageError("--repo is required (or --ray for a cluster plan)")
     import tritonclient.grpc as grpcclient
 
-    from .control import apply as apply_plan, control_headers
-    from .inventory import detect
-    from .plan import Plan
-    from .render import build_configs
+    from .serving.control import apply as apply_plan, control_headers
+    from .serving.inventory import detect
+    from .planning.plan import Plan
+    from .serving.render import build_configs
 
     repo = Path(repo_path)
     key_file = repo / KEY_FILE
@@ -336,7 +336,7 @@ def apply(plan_path: str, repo_path: str | None, url: str, control_key: str | No
 
 
 def _load_cluster_plan(plan_path: str):
-    from .cluster import ClusterPlan
+    from .planning.cluster import ClusterPlan
     try:
         doc = json.loads(Path(plan_path).read_text())
     except (OSError, ValueError) as exc:
@@ -349,7 +349,7 @@ def _load_cluster_plan(plan_path: str):
 def _apply_cluster(plan_path: str, ray_address: str) -> None:
     import ray
 
-    from .ray_cluster import ClusterServing, connect
+    from .serving.ray_cluster import ClusterServing, connect
 
     plan = _load_cluster_plan(plan_path)
     try:
@@ -381,7 +381,7 @@ def serve_cluster(plan_path: str, ray_address: str, port: int, http_port: int) -
     protocols, which spreads requests over the nodes by their planned shares. `jigsaw apply --ray` moves it."""
     import ray
 
-    from .ray_cluster import ClusterServing, connect
+    from .serving.ray_cluster import ClusterServing, connect
 
     plan = _load_cluster_plan(plan_path)
     try:
@@ -414,7 +414,7 @@ def serve_cluster(plan_path: str, ray_address: str, port: int, http_port: int) -
 def report(run_path: str, as_json: bool, bin_s: float | None) -> None:
     """Report on the run in RUN/: write summary.json and PNG plots there and print a short summary.
     An archived run may keep its files compressed (requests.csv.gz or .xz)."""
-    from tools.report import SUMMARY_FILE, format_bins, format_summary, outcomes_per_bin, plot, summarize
+    from jigsawserve.orchestrator.reporting.report import SUMMARY_FILE, format_bins, format_summary, outcomes_per_bin, plot, summarize
 
     summary = summarize(run_path)
     pngs = plot(run_path)
@@ -448,8 +448,8 @@ def refine_profiles(run_paths: tuple[str, ...], profiles_path: str, out: str, qu
                     min_steps: int, min_batches: int, min_busy: float, extend: bool) -> None:
     """Scale the profile rows of every variant x segment shape that ran slower than profiled in the
     recorded runs RUN... (their events.jsonl) by its measured slowdown; write the result to --out."""
-    from .profiles import save_profiles
-    from tools.runner_speed import extended, observations, refined, slowdowns
+    from .spec.profiles import save_profiles
+    from jigsawserve.tools.runner_speed import extended, observations, refined, slowdowns
 
     profiles = load_profiles(profiles_path)
     obs = [o for run in run_paths for o in observations(Path(run), profiles, min_batches=min_batches)]
@@ -510,8 +510,8 @@ def load(url: str, model: str, rate: float | None, duration: float | None, trace
          as_json: bool) -> None:
     """Open-loop load on the app MODEL at URL: Poisson (--rate, --duration) or a trace (--trace); a typed
     app's requests come from --dataset or --input."""
-    from tools import trace as traces
-    from tools.loadgen import run_load, summary_text
+    from jigsawserve.orchestrator.workload import trace as traces
+    from jigsawserve.orchestrator.workload.loadgen import run_load, summary_text
 
     if trace_path is None:
         if rate is None or duration is None or peak is not None or compress is not None:
@@ -533,7 +533,7 @@ def load(url: str, model: str, rate: float | None, duration: float | None, trace
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        from tools.typed_client import payloads as typed_payloads
+        from jigsawserve.orchestrator.workload.typed_client import payloads as typed_payloads
         client = grpcclient.InferenceServerClient(url)
         try:
             payloads = typed_payloads(client, model, dataset, files)
@@ -579,7 +579,7 @@ def profile(app_paths: tuple[str, ...], out: str, device: str, gpu_name: str, re
     with this variant at its task and the most accurate one by the spec at the others (tools/evaluate.py)."""
     apps = [load_app(p) for p in app_paths]
     if accuracy_dataset:
-        from tools.evaluate import load_dataset, variant_accuracy, write_accuracy
+        from jigsawserve.tools.evaluate import load_dataset, variant_accuracy, write_accuracy
         rows = [r for a in apps for r in variant_accuracy(a, load_dataset(a, accuracy_dataset),
                                                           progress=lambda line: click.echo(line, err=True))]
         write_accuracy(rows, out)
@@ -589,7 +589,7 @@ def profile(app_paths: tuple[str, ...], out: str, device: str, gpu_name: str, re
     if device == "auto":
         device = "gpu" if kinds == {"torch"} else "cpu"
     if device == "cpu":
-        from tools.profile_cpu import profile_cpu
+        from jigsawserve.tools.profile_cpu import profile_cpu
         if kinds - {"numpy_mlp"} and not all(a.typed for a in apps if any(
                 dict(v.runtime).get("kind", "numpy_mlp") != "numpy_mlp" for t in a.tasks for v in t.variants)):
             raise InputError(f"--device cpu profiles numpy_mlp variants and typed apps' variants; these apps have "
@@ -600,7 +600,7 @@ def profile(app_paths: tuple[str, ...], out: str, device: str, gpu_name: str, re
             raise InputError(f"--dataset: {exc}") from None
         click.echo(f"wrote {rows} rows to {out} (device: this CPU)")
         return
-    from tools.profile_gpu import run as profile_gpu
+    from jigsawserve.tools.profile_gpu import run as profile_gpu
     try:
         result = profile_gpu(apps, gpu_type(gpu_name), out, progress=lambda line: click.echo(line, err=True),
                              reuse=reuse)
@@ -620,7 +620,7 @@ def profile(app_paths: tuple[str, ...], out: str, device: str, gpu_name: str, re
 
 def _trace(trace_path: str | None, peak: float, duration: float):
     """The demand trace: a file or the shipped synthetic day, scaled to ``peak`` and replayed in ``duration`` s."""
-    from tools.trace import compress, load_trace, scale_to_peak, synthetic_diurnal
+    from jigsawserve.orchestrator.workload.trace import compress, load_trace, scale_to_peak, synthetic_diurnal
     trace = load_trace(trace_path) if trace_path else synthetic_diurnal()
     return compress(scale_to_peak(trace, peak), duration)
 
@@ -631,8 +631,8 @@ def _run_experiment(app_path: str, profiles_path: str, gpu_name: str | None, fea
                     headroom: float, notes: str = "", surge_poll: float | None = None,
                     shed_limit: float | None = None, latency_model: str = "batches",
                     dataset: str | None = None, standby: bool = False) -> dict:
-    from .experiment import Experiment, run as run_exp
-    from .inventory import detect
+    from .loop.experiment import Experiment, run as run_exp
+    from .serving.inventory import detect
 
     app, profiles, gpu = _load(app_path, profiles_path, gpu_name)
     opts = PlanOptions(features=Features.parse(features), gpus=gpus, method=method, time_limit=time_limit,
@@ -649,7 +649,7 @@ def _run_experiment(app_path: str, profiles_path: str, gpu_name: str | None, fea
 
 def _policy(headroom: float, surge_poll: float | None, shed_limit: float | None = None, standby: bool = False):
     """The controller's policy: the defaults, with the options given."""
-    from .controller import Policy
+    from .loop.controller import Policy
     given = {"surge_poll_s": surge_poll, "shed_limit": shed_limit}
     return Policy(headroom=headroom, standby=standby, **{k: v for k, v in given.items() if v is not None})
 
@@ -691,7 +691,7 @@ def _experiment_options(f):
 
 
 def _print_report(summary: dict, out: str, as_json: bool) -> None:
-    from tools.report import format_summary
+    from jigsawserve.orchestrator.reporting.report import format_summary
     click.echo(format_summary(summary))
     click.echo(f"report: {Path(out) / 'summary.json'} and plots in {out}")
     if as_json:
@@ -730,7 +730,7 @@ def _gpu_available() -> bool:
     """An NVIDIA GPU without MIG (NVML) and torch, for the GPU demo."""
     import importlib.util
 
-    from .inventory import detect
+    from .serving.inventory import detect
     inventory = detect(None)
     return bool(inventory.gpus) and not inventory.gpus[0].mig_enabled and importlib.util.find_spec("torch") is not None
 
@@ -786,13 +786,13 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
         return
     if device == "gpu" or (device == "auto" and _gpu_available()):
         app_path = root / "examples" / "h200" / "traffic.yaml"
-        from .inventory import detect
+        from .serving.inventory import detect
         device_name = detect(None).gpus[0].name
         catalogue = _mig_type_of(device_name)
         profiles_path = root / "examples" / "h200" / ("profiles.csv" if catalogue.name == "h200-141gb"
                                                       else f"profiles.{catalogue.name}.csv")
         if not profiles_path.is_file():
-            from tools.profile_gpu import run as profile_gpu
+            from jigsawserve.tools.profile_gpu import run as profile_gpu
             profiles_path = Path(out) / "profiles.csv"
             click.echo(f"no profile for {device_name}: profiling {app_path} on it as {catalogue.name} (MIG emulated "
                        f"with MPS) -> {profiles_path}", err=True)
@@ -804,7 +804,7 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
             opts = PlanOptions(features=Features.parse("ast"), gpus=1)
             peak = 0.3 * max_demand(app, profiles, gpu, opts).max_demand_rps
     else:
-        from tools.profile_cpu import profile_cpu
+        from jigsawserve.tools.profile_cpu import profile_cpu
         app_path = root / "examples" / "cpu" / "app.yaml"
         profiles_path = Path(out) / "profiles.csv"
         click.echo(f"profiling {app_path} on this CPU -> {profiles_path}", err=True)
@@ -820,8 +820,8 @@ def demo(out: str, duration: float, peak: float | None, device: str, as_json: bo
 
 def _cluster_demo(root: Path, out: Path, nodes: int, peak: float, duration: float, as_json: bool) -> None:
     """``jigsaw demo --nodes N``: the CPU example profiled here, served on a local N-node Ray cluster."""
-    from tools import cluster_demo
-    from tools.profile_cpu import profile_cpu
+    from jigsawserve.tools import cluster_demo
+    from jigsawserve.tools.profile_cpu import profile_cpu
 
     app_path = root / "examples" / "cpu" / "app.yaml"
     profiles_path = out / "profiles.csv"
@@ -840,10 +840,10 @@ def _typed_demo(app_path: Path, out: Path, requests: int, demand: float, as_json
                 duration: float) -> None:
     """``jigsaw demo --app``: ``requests`` ground-truth requests scored (typed_demo), or with ``peak`` the closed
     loop on the app's real requests (a synthetic day, the controller refining runner speeds and fan-out)."""
-    from tools import typed_demo
-    from tools.evaluate import make_dataset
-    from tools.profile_cpu import profile_cpu
-    from .typed import check_variants
+    from jigsawserve.tools import typed_demo
+    from jigsawserve.tools.evaluate import make_dataset
+    from jigsawserve.tools.profile_cpu import profile_cpu
+    from .spec.typed import check_variants
 
     app = load_app(app_path)
     if app.typed is None or not app.typed.evaluation:
@@ -889,7 +889,7 @@ def infer(url: str, model: str, files: tuple[str, ...], timeout: float, as_json:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from tools.typed_client import answers, file_requests, infer as send, input_specs, sink_outputs, tensor_from_file
+    from jigsawserve.orchestrator.workload.typed_client import answers, file_requests, infer as send, input_specs, sink_outputs, tensor_from_file
 
     client = grpcclient.InferenceServerClient(url)
     try:
@@ -949,7 +949,7 @@ def bundle(out: str, python_version: str, platforms: tuple[str, ...], deps: bool
            exclude: tuple[str, ...], require: tuple[str, ...], project: str | None, level: int, repack: bool) -> None:
     """Pack the tritonserver runtime, the project's wheel and its dependencies' wheels for another host's
     Python into one .tar.xz that installs offline (tar xf it, then ./install.sh --target DIR)."""
-    from .bundle import BundleOptions, build_bundle
+    from .packaging.bundle import BundleOptions, build_bundle
 
     opts = BundleOptions(out=Path(out), python=python_version, platforms=platforms, deps=deps,
                          wheels_from=Path(wheels_from) if wheels_from else None, exclude=exclude, require=require,
@@ -979,7 +979,7 @@ def bundle(out: str, python_version: str, platforms: tuple[str, ...], deps: bool
               help="holt: level + trend + residual-quantile slack; moving-average: the paper's (5 bins + 5%)")
 @click.option("--inventory", default=None, type=click.Path(), help="simulated GPU inventory JSON")
 @click.option("--events", default="events.jsonl", show_default=True, type=click.Path(),
-              help="where decisions are logged (tools/report.py reads it)")
+              help="where decisions are logged (orchestrator/reporting/report.py reads it)")
 def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str, time_limit: float, method: str,
           latency_model: str, plan_path: str, repo_path: str, url: str, metrics_url: str, control_key: str | None, interval: float,
           gpus: int | None, headroom: float, surge_poll: float | None, shed_limit: float | None, standby: bool,
@@ -989,11 +989,11 @@ def watch(app_path: str, profiles_path: str, gpu_type: str | None, features: str
 
     import tritonclient.grpc as grpcclient
 
-    from .control import Applier, control_headers, reload_runner
-    from .controller import Controller, EventLog
-    from .experiment import FORECASTERS
-    from .inventory import detect
-    from .plan import Plan
+    from .serving.control import Applier, control_headers, reload_runner
+    from .loop.controller import Controller, EventLog
+    from .loop.experiment import FORECASTERS
+    from .serving.inventory import detect
+    from .planning.plan import Plan
 
     app, profiles, gpu = _load(app_path, profiles_path, gpu_type)
     current = Plan.load(plan_path)
@@ -1044,7 +1044,7 @@ def k8s(plan_path: str, image: str, namespace: str, gpu_namespace: str, command:
     RayCluster and the GPU operator's mig-parted config, and print the node labels and the order to apply."""
     from shlex import quote
 
-    from .k8s import MIG_PARTED_CONFIGMAP, label_commands, load_cluster_plan, render as render_k8s
+    from .packaging.k8s import MIG_PARTED_CONFIGMAP, label_commands, load_cluster_plan, render as render_k8s
 
     manifests = render_k8s(load_cluster_plan(plan_path, node), image, namespace, command, gpu_namespace)
     folder = Path(out)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.appspec import AppSpec, parse_app
-from orchestrator.profiles import Profiles, ProfilePoint, load_profiles
+from jigsawserve.orchestrator.spec.appspec import AppSpec, parse_app
+from jigsawserve.orchestrator.spec.profiles import Profiles, ProfilePoint, load_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,11 +21,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from orchestrator.appspec import AppSpec, Task, Variant
-from orchestrator.features import Features
-from orchestrator.gpus import GpuType, MigShape
-from orchestrator.plan import Plan
-from orchestrator.profiles import ProfilePoint, Profiles
+from jigsawserve.orchestrator.spec.appspec import AppSpec, Task, Variant
+from jigsawserve.orchestrator.planning.features import Features
+from jigsawserve.orchestrator.spec.gpus import GpuType, MigShape
+from jigsawserve.orchestrator.planning.plan import Plan
+from jigsawserve.orchestrator.spec.profiles import ProfilePoint, Profiles
 
 Routing = dict[str, dict[str, float]]
 REL = 1e-6            # relative tolerance of the routing and throughput checks
@@ -343,7 +343,7 @@ def best_to_plan(app: AppSpec, profiles: Profiles, gpu: GpuType, demand: float, 
                  features: str | Features = "A+S+T") -> Plan:
     """The exhaustive result as a Plan (entries at the profile's p95 and served throughput, a placement
     from ``pack``), so that ``check`` can vouch for the search's own answers."""
-    from orchestrator.plan import Entry
+    from jigsawserve.orchestrator.planning.plan import Entry
 
     items = task_items(app, as_features(features))
     entries = []

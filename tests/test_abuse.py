@@ -27,20 +27,20 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from orchestrator.appspec import load_app
-from orchestrator.control import reload_runner
-from orchestrator.controller import Controller, EventLog
-from orchestrator.forecast import MovingAverage
-from orchestrator.gpus import gpu_type
-from orchestrator.metrics import scrape
-from orchestrator.planner import PlanOptions
-from orchestrator.profiles import load_profiles
-from triton_backend.backlog import DOWN_METRIC
-from orchestrator.front import FRONT_HEADER, GRPC_FRONT_HEADER
-from orchestrator.inventory import Inventory
-from orchestrator.render import RUNNER_KEY_FILE, build_configs, runner_name, write_repository
-from orchestrator.server import CONTROL_HEADER, GRPC_CONTROL_HEADER, TritonServer, free_ports
-from orchestrator.tritonenv import MATH_THREAD_VARS, prepare_backend_dir, server_env
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.serving.control import reload_runner
+from jigsawserve.orchestrator.loop.controller import Controller, EventLog
+from jigsawserve.orchestrator.loop.forecast import MovingAverage
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.metrics import scrape
+from jigsawserve.orchestrator.planning.planner import PlanOptions
+from jigsawserve.orchestrator.spec.profiles import load_profiles
+from jigsawserve.triton_backend.backlog import DOWN_METRIC
+from jigsawserve.orchestrator.serving.front import FRONT_HEADER, GRPC_FRONT_HEADER
+from jigsawserve.orchestrator.serving.inventory import Inventory
+from jigsawserve.orchestrator.serving.render import RUNNER_KEY_FILE, build_configs, runner_name, write_repository
+from jigsawserve.orchestrator.serving.server import CONTROL_HEADER, GRPC_CONTROL_HEADER, TritonServer, free_ports
+from jigsawserve.orchestrator.serving.tritonenv import MATH_THREAD_VARS, prepare_backend_dir, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "examples" / "cpu"
@@ -198,7 +198,7 @@ def _group_rss_mb(pgid: int) -> float:
 
 def test_grpc_message_over_the_limit_is_refused(server: TritonServer) -> None:
     """tritonserver 2.51 takes gRPC messages of up to 2 GiB and copies a graph request's inputs into its stub's
-    shared memory, which never shrinks (500 MB raised the CPU example's by 2.9 GB for good, orchestrator/front.py):
+    shared memory, which never shrinks (500 MB raised the CPU example's by 2.9 GB for good, orchestrator/serving/front.py):
     the gRPC front refuses a message over the limit from its length prefix, before anything holds it."""
     rows = 4 * MAX_REQUEST_BYTES // 64  # [1, rows, 16] FP32: 4x the limit, shape and data agreeing
     code, text = _raw_infer(server.grpc_url, [1, rows, 16], raw=bytes(rows * 64))

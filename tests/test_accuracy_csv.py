@@ -1,5 +1,5 @@
 """``jigsaw plan --accuracy CSV``: measured accuracies replace the spec's cited ones, and the plan says
-which each variant was planned with (orchestrator/accuracy.py)."""
+which each variant was planned with (orchestrator/spec/accuracy.py)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, tiny_app
-from orchestrator.accuracy import with_measured
-from orchestrator.cli import main
-from orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.accuracy import with_measured
+from jigsawserve.orchestrator.cli import main
+from jigsawserve.orchestrator.errors import InputError
 
 CPU = ROOT / "examples" / "cpu"
 

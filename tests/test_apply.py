@@ -15,25 +15,25 @@ import yaml
 import tritonclient.grpc as grpcclient
 
 from conftest import ROOT
-from orchestrator.appspec import parse_app
-from orchestrator.control import Applier, apply, control_headers
-from orchestrator.errors import InputError
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import Inventory
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import load_profiles
+from jigsawserve.orchestrator.spec.appspec import parse_app
+from jigsawserve.orchestrator.serving.control import Applier, apply, control_headers
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import Inventory
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import load_profiles
 from google.protobuf import text_format
 
-from orchestrator.render import build_configs, routing_path, write_repository
-from orchestrator.server import LOAD_THREADS, RepoBusy, RepoLock, TritonServer, free_ports
-from orchestrator.tritonenv import prepare_backend_dir, server_env
+from jigsawserve.orchestrator.serving.render import build_configs, routing_path, write_repository
+from jigsawserve.orchestrator.serving.server import LOAD_THREADS, RepoBusy, RepoLock, TritonServer, free_ports
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env
 
 CPU = Inventory(gpus=(), source="test: cpu")
 KEY = "test-key"
 
 
 def _plan(demand: float, features: str = "ast", slo_ms: float = 2000):
-    from orchestrator.features import Features
+    from jigsawserve.orchestrator.planning.features import Features
     # A generous SLO: while Triton starts the new models' stub processes, the 2-core test machine can
     # stall requests past the example's 250 ms, and the stages would then drop them (an SLO outcome,
     # tested in test_serving.py, not an apply failure; seen in CI-like runs).

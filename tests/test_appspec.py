@@ -1,4 +1,4 @@
-"""Tests for orchestrator.appspec: app-spec validation (errors name the field) and derived structure."""
+"""Tests for jigsawserve.orchestrator.spec.appspec: app-spec validation (errors name the field) and derived structure."""
 from __future__ import annotations
 
 import copy
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.appspec import AppSpec, Edge, load_app, parse_app
-from orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.appspec import AppSpec, Edge, load_app, parse_app
+from jigsawserve.orchestrator.errors import InputError
 
 
 def spec(**overrides: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tests for orchestrator.inventory and orchestrator.binding: inventory files, NVML, segment binding."""
+"""Tests for jigsawserve.orchestrator.serving.inventory and jigsawserve.orchestrator.serving.binding: inventory files, NVML, segment binding."""
 from __future__ import annotations
 
 import copy
@@ -10,12 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.binding import MEM_LIMIT, SM_PERCENT, VISIBLE, bind, uses_mps
-from orchestrator.errors import InputError
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import GpuDevice, Inventory, detect, from_file, from_nvml, visible
-from orchestrator.placement import place
-from orchestrator.plan import Entry, segment_label
+from jigsawserve.orchestrator.serving.binding import MEM_LIMIT, SM_PERCENT, VISIBLE, bind, uses_mps
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import GpuDevice, Inventory, detect, from_file, from_nvml, visible
+from jigsawserve.orchestrator.planning.placement import place
+from jigsawserve.orchestrator.planning.plan import Entry, segment_label
 
 ROOT = Path(__file__).resolve().parents[1]
 A100X2 = ROOT / "examples" / "inventory" / "a100x2-mig.json"

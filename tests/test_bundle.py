@@ -1,4 +1,4 @@
-"""Tests for ``jigsaw bundle`` (orchestrator.bundle) and for finding an unpacked runtime through
+"""Tests for ``jigsaw bundle`` (jigsawserve.orchestrator.packaging.bundle) and for finding an unpacked runtime through
 ``JIGSAW_TRITON_HOME``. Everything here runs offline (``--wheels-from`` a directory of small made-up wheels,
 xz level 0) except the test marked for the package index, which is skipped when PyPI cannot be reached.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import bundle as bd
-from orchestrator import tritonenv
-from orchestrator.cli import main
-from orchestrator.errors import InputError
-from orchestrator.tritonenv import (
+from jigsawserve.orchestrator.packaging import bundle as bd
+from jigsawserve.orchestrator.serving import tritonenv
+from jigsawserve.orchestrator.cli import main
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.serving.tritonenv import (
     HOME_ENV,
     STUB_NAME,
     STUB_PATH_ENV,
@@ -208,8 +208,8 @@ def test_bundle_builds_unpacks_and_installs(tmp_path, wheel_dir, monkeypatch):
     assert os.access(unpacked / "install.sh", os.X_OK) and os.access(unpacked / rt / "bin" / "tritonserver", os.X_OK)
     with zipfile.ZipFile(next((unpacked / "wheels").glob("jigsawserve-*.whl"))) as z:
         members = z.namelist()
-        assert {"orchestrator/bundle.py", "orchestrator/tritonenv.py", "triton_backend/model.py",
-                "model_repository_templates/runner.pbtxt.j2"} <= set(members)  # render reads the templates
+        assert {"jigsawserve/orchestrator/packaging/bundle.py", "jigsawserve/orchestrator/serving/tritonenv.py",
+                "jigsawserve/triton_backend/model.py", "jigsawserve/model_repository_templates/runner.pbtxt.j2"} <= set(members)  # render reads the templates
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())  # repacked: xz does the work
 
     monkeypatch.setenv(HOME_ENV, str(unpacked / "runtime"))
@@ -224,14 +224,14 @@ def test_bundle_builds_unpacks_and_installs(tmp_path, wheel_dir, monkeypatch):
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"JIGSAW_TRITON_HOME={site}/jigsaw-triton" in done.stdout
-    assert f"check: orchestrator {site}/orchestrator" in done.stdout
-    code = ("import orchestrator, jbextra; from orchestrator.tritonenv import find_runtime; "
-            "print(orchestrator.__file__, find_runtime().server_bin)")
+    assert f"check: orchestrator {site}/jigsawserve/orchestrator" in done.stdout
+    code = ("import jigsawserve.orchestrator, jbextra; from jigsawserve.orchestrator.serving.tritonenv import find_runtime; "
+            "print(jigsawserve.orchestrator.__file__, find_runtime().server_bin)")
     probe = subprocess.run([sys.executable, "-c", code],
                            capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False,
                            env={**env, "PYTHONPATH": str(site), HOME_ENV: str(site / "jigsaw-triton")})
     assert probe.returncode == 0, probe.stderr
-    assert probe.stdout.split() == [str(site / "orchestrator" / "__init__.py"),
+    assert probe.stdout.split() == [str(site / "jigsawserve" / "orchestrator" / "__init__.py"),
                                     str(site / "jigsaw-triton" / rt.split("/", 1)[1] / "bin" / "tritonserver")]
 
 

@@ -1,4 +1,4 @@
-"""Tests for the ``jigsaw`` CLI, run in-process through orchestrator.cli.main on small, fast inputs."""
+"""Tests for the ``jigsaw`` CLI, run in-process through jigsawserve.orchestrator.cli.main on small, fast inputs."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import orchestrator.capacity as capacity_mod
-from orchestrator.cli import main
+import jigsawserve.orchestrator.planning.capacity as capacity_mod
+from jigsawserve.orchestrator.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = str(ROOT / "examples" / "a100" / "profiles.csv")
@@ -224,7 +224,7 @@ def test_plan_without_features_takes_whole_gpus_per_task(capsys, tiny: str) -> N
 def test_plan_time_limit_counts_from_the_commands_start(capsys, tiny: str, monkeypatch) -> None:
     """--time-limit bounds the whole command: the deadline handed to make_plan started before the app and
     profile files were read (their reading counts against it)."""
-    import orchestrator.cli as cli_mod
+    import jigsawserve.orchestrator.cli as cli_mod
     read_at, deadlines = [], []
     real_load, real_plan = cli_mod.load_profiles, cli_mod.make_plan
 
@@ -328,7 +328,7 @@ def test_capacity_when_nothing_fits_reports_zero(capsys, tiny: str, monkeypatch)
 def test_capacity_first_search_counts_from_the_commands_start(capsys, tiny: str, monkeypatch) -> None:
     """The first latency model's search shares the deadline that began before the files were read; the
     comparison search has its own."""
-    import orchestrator.cli as cli_mod
+    import jigsawserve.orchestrator.cli as cli_mod
     read_at, deadlines = [], []
     real_load, real_search = cli_mod.load_profiles, cli_mod.max_demand
 
@@ -380,8 +380,8 @@ def test_watch_bad_inputs_exit_1(capsys, tmp_path: Path) -> None:
 
 def test_surge_poll_option_sets_the_controller_policy(capsys, monkeypatch) -> None:
     """`jigsaw experiment --surge-poll 0` turns the surge checks off; without it the Policy default holds."""
-    from orchestrator import cli
-    from orchestrator.controller import Policy
+    from jigsawserve.orchestrator import cli
+    from jigsawserve.orchestrator.loop.controller import Policy
     seen: list = []
     monkeypatch.setattr(cli, "_run_experiment", lambda *a, **kw: seen.append(kw["surge_poll"]) or {})
     monkeypatch.setattr(cli, "_print_report", lambda *a: None)
@@ -394,8 +394,8 @@ def test_surge_poll_option_sets_the_controller_policy(capsys, monkeypatch) -> No
 
 
 def test_policy_takes_only_the_options_given() -> None:
-    from orchestrator.cli import _policy
-    from orchestrator.controller import Policy
+    from jigsawserve.orchestrator.cli import _policy
+    from jigsawserve.orchestrator.loop.controller import Policy
     assert _policy(0.5, None) == Policy(headroom=0.5)
     assert _policy(0.5, 0.0, 0.0) == Policy(headroom=0.5, surge_poll_s=0.0, shed_limit=0.0)
 
@@ -409,7 +409,7 @@ def test_plan_out_makes_its_folder(capsys, tiny: str, tmp_path: Path) -> None:
 
 def test_no_solver_banner_in_a_plans_output(tiny: str) -> None:
     """HiGHS prints a banner on the C-level stdout when it starts; neither stream of `jigsaw plan` shows it."""
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "plan", tiny, "--profiles", PROFILES,
+    done = subprocess.run([sys.executable, "-m", "jigsawserve.orchestrator.cli", "plan", tiny, "--profiles", PROFILES,
                            "--demand", "10"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "HiGHS" not in done.stdout and "HiGHS" not in done.stderr
@@ -418,7 +418,7 @@ def test_no_solver_banner_in_a_plans_output(tiny: str) -> None:
 
 def test_apply_to_an_address_nothing_listens_at_is_a_clear_error(capsys, tmp_path: Path) -> None:
     """No traceback: exit 1 naming the address, and the repository untouched (no backup made)."""
-    from orchestrator.server import free_ports
+    from jigsawserve.orchestrator.serving.server import free_ports
     cpu = ROOT / "examples" / "cpu"
     plan, repo = tmp_path / "plan.json", tmp_path / "repo"
     assert run_cli(capsys, "plan", cpu / "app.yaml", "--profiles", cpu / "profiles.csv", "--demand", 40,

@@ -1,9 +1,9 @@
 """End-to-end closed loop on a real tritonserver (CPU app): demand steps up, the controller replans
 and applies the new plan while the load generator keeps sending, and no request fails.
 
-``orchestrator.experiment.run`` starts tritonserver inside an ExitStack (``TritonServer`` stops it
+``jigsawserve.orchestrator.loop.experiment.run`` starts tritonserver inside an ExitStack (``TritonServer`` stops it
 through its process group on exit, also when the run raises), replays the trace with
-tools/loadgen.py and runs the controller in a thread; the report is written into the run dir.
+orchestrator/workload/loadgen.py and runs the controller in a thread; the report is written into the run dir.
 
 Drops (a stage gave up on a request it could not finish before its deadline) and late answers are
 SLO matters on a shared 2-core machine, not failures: only the outcome ``error`` is.
@@ -21,14 +21,14 @@ from pathlib import Path
 
 from conftest import ROOT
 
-from orchestrator.appspec import load_app
-from orchestrator.controller import Policy
-from orchestrator.experiment import Experiment, run
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import detect
-from orchestrator.planner import PlanOptions
-from orchestrator.profiles import load_profiles
-from tools.trace import Trace
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.loop.controller import Policy
+from jigsawserve.orchestrator.loop.experiment import Experiment, run
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import detect
+from jigsawserve.orchestrator.planning.planner import PlanOptions
+from jigsawserve.orchestrator.spec.profiles import load_profiles
+from jigsawserve.orchestrator.workload.trace import Trace
 
 CPU = ROOT / "examples" / "cpu"
 LOW, HIGH = 5.0, 40.0

@@ -1,4 +1,4 @@
-"""Planning over nodes (orchestrator/cluster.py): every node's plan checked by the independent reference
+"""Planning over nodes (orchestrator/planning/cluster.py): every node's plan checked by the independent reference
 (tests/reference.py), the split against an exhaustive search over integer splits, the single-pool plan as a lower
 bound; cluster inventory files and `jigsaw plan --cluster/--nodes`."""
 from __future__ import annotations
@@ -13,14 +13,14 @@ import pytest
 
 import reference
 from conftest import ROOT
-from orchestrator.appspec import load_app
-from orchestrator.cli import main
-from orchestrator.cluster import ClusterPlan, NodeSpec, load_cluster, plan_cluster, uniform
-from orchestrator.errors import InfeasibleError, InputError
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import Inventory
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import load_profiles
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.cli import main
+from jigsawserve.orchestrator.planning.cluster import ClusterPlan, NodeSpec, load_cluster, plan_cluster, uniform
+from jigsawserve.orchestrator.errors import InfeasibleError, InputError
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import Inventory
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import load_profiles
 
 CPU_APP, CPU_PROFILES = ROOT / "examples" / "cpu" / "app.yaml", ROOT / "examples" / "cpu" / "profiles.csv"
 CPU = gpu_type("cpu")

@@ -1,6 +1,6 @@
 """The online controller without a server: the replanning policy (``decide``), profile scaling and
 interpolation, metrics parsing, the event log, and ``Controller.step`` on synthetic scrapes
-(``orchestrator.controller.scrape`` monkeypatched) with the real planner on examples/cpu."""
+(``jigsawserve.orchestrator.loop.controller.scrape`` monkeypatched) with the real planner on examples/cpu."""
 from __future__ import annotations
 
 import json
@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from orchestrator import controller as ctl
-from orchestrator.appspec import load_app
-from orchestrator.controller import Controller, EventLog, Policy, decide
-from orchestrator.errors import InfeasibleError
-from orchestrator.forecast import HoltQuantile, MovingAverage
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import Inventory
-from orchestrator.metrics import Scrape, increase, parse, requests_total
-from orchestrator.planner import PlanOptions
-from orchestrator.profiles import ProfilePoint, Profiles, load_profiles
-from orchestrator.refinement import expected_ms, scaled
-from orchestrator.render import runner_name
+from jigsawserve.orchestrator.loop import controller as ctl
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.loop.controller import Controller, EventLog, Policy, decide
+from jigsawserve.orchestrator.errors import InfeasibleError
+from jigsawserve.orchestrator.loop.forecast import HoltQuantile, MovingAverage
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import Inventory
+from jigsawserve.orchestrator.serving.metrics import Scrape, increase, parse, requests_total
+from jigsawserve.orchestrator.planning.planner import PlanOptions
+from jigsawserve.orchestrator.spec.profiles import ProfilePoint, Profiles, load_profiles
+from jigsawserve.orchestrator.loop.refinement import expected_ms, scaled
+from jigsawserve.orchestrator.serving.render import runner_name
 
 CPU = ROOT / "examples" / "cpu"
 POLICY = Policy(headroom=0.3, down_ratio=0.7, down_cooldown=3, down_ratio_target=0.9)  # explicit: defaults may be tuned
@@ -681,7 +681,7 @@ def test_plans_leave_the_stages_admission_reserve_of_the_slo(tmp_path: Path, mon
 def test_no_traffic_plans_the_least_once() -> None:
     """A forecast of 0 req/s (traffic stopped) replans down to MIN_PLANNED_RPS, the least plan, instead of
     asking the planner for 0 req/s (an InputError every interval); then it keeps that plan."""
-    from orchestrator.controller import MIN_PLANNED_RPS, Policy, decide
+    from jigsawserve.orchestrator.loop.controller import MIN_PLANNED_RPS, Policy, decide
     assert decide(60.0, 0.0, 10, Policy()) == MIN_PLANNED_RPS
     assert decide(MIN_PLANNED_RPS, 0.0, 10, Policy()) is None
 
@@ -689,16 +689,16 @@ def test_no_traffic_plans_the_least_once() -> None:
 # -- an unreachable server ----------------------------------------------------------------------------
 
 def test_scrape_of_a_closed_port_names_the_metrics_url() -> None:
-    from orchestrator.errors import UnreachableError
-    from orchestrator.metrics import scrape
-    from orchestrator.server import free_ports
+    from jigsawserve.orchestrator.errors import UnreachableError
+    from jigsawserve.orchestrator.serving.metrics import scrape
+    from jigsawserve.orchestrator.serving.server import free_ports
     url = f"http://127.0.0.1:{free_ports(1)[0]}/metrics"
     with pytest.raises(UnreachableError, match=f"cannot reach the server's metrics at {url}: .*refused"):
         scrape(url, 0.0)
 
 
 def test_run_against_a_dead_server_says_what_it_cannot_reach_and_keeps_the_plan(tmp_path: Path) -> None:
-    from orchestrator.server import free_ports
+    from jigsawserve.orchestrator.serving.server import free_ports
     url = f"http://127.0.0.1:{free_ports(1)[0]}/metrics"
     lines: list[str] = []
     stop = threading.Event()
@@ -718,8 +718,8 @@ def test_run_against_a_dead_server_says_what_it_cannot_reach_and_keeps_the_plan(
 
 def test_an_apply_to_an_unreachable_server_keeps_the_plan_and_names_the_address(tmp_path: Path, monkeypatch) -> None:
     import tritonclient.grpc as grpcclient
-    from orchestrator.control import Applier
-    from orchestrator.server import free_ports
+    from jigsawserve.orchestrator.serving.control import Applier
+    from jigsawserve.orchestrator.serving.server import free_ports
     f = Fixture(tmp_path, monkeypatch, Policy(headroom=0.1))
     first = f.c.initial(20 * 1.1)
     addr = f"127.0.0.1:{free_ports(1)[0]}"

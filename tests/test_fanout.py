@@ -1,4 +1,4 @@
-"""Measured fan-out (orchestrator/fanout.py) and its report rows (tools/fanout_report.py), without a server."""
+"""Measured fan-out (orchestrator/loop/fanout.py) and its report rows (orchestrator/reporting/fanout_report.py), without a server."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_app
-from orchestrator.fanout import FanoutMeter, edge_counts, with_factors
-from orchestrator.metrics import parse
-from tools.fanout_report import fanout_lines, fanout_summary
+from jigsawserve.orchestrator.loop.fanout import FanoutMeter, edge_counts, with_factors
+from jigsawserve.orchestrator.serving.metrics import parse
+from jigsawserve.orchestrator.reporting.fanout_report import fanout_lines, fanout_summary
 
 KEY = ("det", "cls", "det_s")
 

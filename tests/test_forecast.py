@@ -1,4 +1,4 @@
-"""Forecasters on known traces: constant, ramp, step; the arrivals' dispersion (orchestrator/forecast.py)."""
+"""Forecasters on known traces: constant, ramp, step; the arrivals' dispersion (orchestrator/loop/forecast.py)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.forecast import Dispersion, HoltQuantile, MovingAverage, one_step_forecasts
+from jigsawserve.orchestrator.loop.forecast import Dispersion, HoltQuantile, MovingAverage, one_step_forecasts
 
 
 def test_baseline_exact_values_on_a_step() -> None:

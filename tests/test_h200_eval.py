@@ -69,5 +69,5 @@ def test_runner_loads_per_architecture() -> None:
 
 
 def test_the_capture_threshold_is_named_as_the_runners_read_it() -> None:
-    zoo = pytest.importorskip("triton_backend.zoo")
+    zoo = pytest.importorskip("jigsawserve.triton_backend.zoo")
     assert (h200_eval.CAPTURE_ENV, h200_eval.CAPTURE_POLICIES) == (zoo.CAPTURE_ENV, zoo.CAPTURE_POLICIES)

@@ -1,4 +1,4 @@
-"""The Kubernetes manifests (orchestrator/k8s.py): validated against the Kubernetes schemas (kubernetes-validate,
+"""The Kubernetes manifests (orchestrator/packaging/k8s.py): validated against the Kubernetes schemas (kubernetes-validate,
 offline: its wheel ships them), KubeRay's RayCluster CRD schema and mig-parted's config structure (both under
 tests/data/, their sources in each file's $comment); the MIG geometry per node equal to the plan's placement.
 No cluster runs."""
@@ -19,14 +19,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from orchestrator.cli import main
-from orchestrator.cluster import ClusterPlan
-from orchestrator.errors import InputError
-from orchestrator.gpus import gpu_type
-from orchestrator.k8s import (MIG_CONFIG_LABEL, NODE_LABEL, head_script, label_commands, load_cluster_plan,
+from jigsawserve.orchestrator.cli import main
+from jigsawserve.orchestrator.planning.cluster import ClusterPlan
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.packaging.k8s import (MIG_CONFIG_LABEL, NODE_LABEL, head_script, label_commands, load_cluster_plan,
                               node_resource, render)
-from orchestrator.placement import place
-from orchestrator.plan import Plan
+from jigsawserve.orchestrator.planning.placement import place
+from jigsawserve.orchestrator.planning.plan import Plan
 
 DATA = Path(__file__).resolve().parent / "data"
 K8S_VERSION = "1.33"  # the Kubernetes schemas the core objects are checked against
@@ -170,7 +170,7 @@ def test_mig_geometry_per_node_equals_placement(cluster: ClusterPlan) -> None:
 
 def test_node_resource_is_the_one_the_ray_runtime_pins_by() -> None:
     pytest.importorskip("ray")
-    from orchestrator.ray_cluster import node_resource as pinned_by
+    from jigsawserve.orchestrator.serving.ray_cluster import node_resource as pinned_by
 
     assert node_resource("gpu-a") == pinned_by("gpu-a") == "jigsaw_node:gpu-a"
 

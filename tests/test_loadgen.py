@@ -1,4 +1,4 @@
-"""Demand traces and arrivals (tools/trace.py) and the open-loop load generator (tools/loadgen.py,
+"""Demand traces and arrivals (orchestrator/workload/trace.py) and the open-loop load generator (orchestrator/workload/loadgen.py,
 ``jigsaw load``) against a real tritonserver serving examples/cpu (started once for the module)."""
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.appspec import load_app
-from orchestrator.cli import main
-from orchestrator.errors import InputError
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import Inventory
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import load_profiles
-from orchestrator.render import build_configs, write_repository
-from orchestrator.server import TritonServer, free_ports
-from orchestrator.tritonenv import prepare_backend_dir, server_env
-from tools.loadgen import COLUMNS, ModelInfo, _Run, describe, run_load, run_load_apart
-from tools.trace import Trace, arrivals, compress, load_trace, poisson, scale_to_peak, synthetic_diurnal
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.cli import main
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import Inventory
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import load_profiles
+from jigsawserve.orchestrator.serving.render import build_configs, write_repository
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env
+from jigsawserve.orchestrator.workload.loadgen import COLUMNS, ModelInfo, _Run, describe, run_load, run_load_apart
+from jigsawserve.orchestrator.workload.trace import Trace, arrivals, compress, load_trace, poisson, scale_to_peak, synthetic_diurnal
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "examples" / "cpu"

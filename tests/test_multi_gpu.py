@@ -5,7 +5,7 @@ processes must run on the GPU that placement put the segment on. These tests pla
 render it for a simulated inventory through the CLI, read the rendered repository back (every config.pbtxt
 parsed into tritonclient's ModelConfig) and compare each instance's environment with what the plan's
 placement and the inventory file say it must be. The expectation is derived here from the plan JSON, the
-inventory JSON and NVIDIA's MIG shapes, not through orchestrator.binding, so that a binding that sends a
+inventory JSON and NVIDIA's MIG shapes, not through jigsawserve.orchestrator.serving.binding, so that a binding that sends a
 segment to the wrong GPU, or caps it as another shape, fails here.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from orchestrator.cli import main
+from jigsawserve.orchestrator.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 H100X4 = ROOT / "examples" / "inventory" / "h100x4-nomig.json"

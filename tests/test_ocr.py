@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("rapidocr_onnxruntime")
 pytest.importorskip("rapidocr")
 
-from orchestrator.appspec import load_app  # noqa: E402
-from orchestrator.typed import check_variants  # noqa: E402
-from tools import evaluate, typed_demo  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import load_app  # noqa: E402
+from jigsawserve.orchestrator.spec.typed import check_variants  # noqa: E402
+from jigsawserve.tools import evaluate, typed_demo  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "examples" / "ocr" / "app.yaml"
 
@@ -46,7 +46,7 @@ def test_demo_serves_real_ocr_with_quality_and_fanout(tmp_path: Path) -> None:
 def test_profile_accuracy_cli_writes_each_variants_measure(tmp_path: Path) -> None:
     import csv
 
-    from orchestrator.cli import main
+    from jigsawserve.orchestrator.cli import main
     data = evaluate.make_dataset(load_app(APP), tmp_path / "data", 3, seed=5)
     assert main(["profile", str(APP), "--accuracy", str(data), "--out", str(tmp_path / "acc.csv")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "acc.csv")))

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from orchestrator.appspec import parse_app
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import Inventory
-from orchestrator.metrics import scrape
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import Profiles, ProfilePoint
-from orchestrator.render import build_configs, write_repository
-from orchestrator.server import TritonServer, free_ports
-from orchestrator.tritonenv import prepare_backend_dir, server_env
+from jigsawserve.orchestrator.spec.appspec import parse_app
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import Inventory
+from jigsawserve.orchestrator.serving.metrics import scrape
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import Profiles, ProfilePoint
+from jigsawserve.orchestrator.serving.render import build_configs, write_repository
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env
 
 SLO_MS = 300.0
 SERVICE_MS = 20.0          # one request at a time: the runner serves 50 req/s

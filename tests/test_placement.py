@@ -1,4 +1,4 @@
-"""Tests for orchestrator.placement: MIG fit rules, first-fit decreasing packing, validity."""
+"""Tests for jigsawserve.orchestrator.planning.placement: MIG fit rules, first-fit decreasing packing, validity."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from orchestrator.errors import InfeasibleError, InputError
-from orchestrator.gpus import GpuType, gpu_type
-from orchestrator.placement import Placement, PlacedSegment, fits_on_one_gpu, place
+from jigsawserve.orchestrator.errors import InfeasibleError, InputError
+from jigsawserve.orchestrator.spec.gpus import GpuType, gpu_type
+from jigsawserve.orchestrator.planning.placement import Placement, PlacedSegment, fits_on_one_gpu, place
 
 MIG_TYPES = ["a100-80gb", "h100-80gb", "h200-141gb"]
 

@@ -8,16 +8,16 @@ import math
 import pytest
 
 from conftest import ROOT, tiny_app, tiny_profiles
-from orchestrator.appspec import load_app
-from orchestrator.candidates import (QUEUE_LOADS, batch_fill, build_candidates, queue_wait_ms, static_budgets,
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.planning.candidates import (QUEUE_LOADS, batch_fill, build_candidates, queue_wait_ms, static_budgets,
                                      worst_case_ms)
-from orchestrator.checker import metrics, violations
-from orchestrator.errors import InfeasibleError, InputError
-from orchestrator.features import Features
-from orchestrator.gpus import gpu_type
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.plan import Entry, Plan
-from orchestrator.profiles import load_profiles
+from jigsawserve.orchestrator.planning.checker import metrics, violations
+from jigsawserve.orchestrator.errors import InfeasibleError, InputError
+from jigsawserve.orchestrator.planning.features import Features
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.planning.plan import Entry, Plan
+from jigsawserve.orchestrator.spec.profiles import load_profiles
 
 A100 = gpu_type("a100-80gb")
 
@@ -318,8 +318,8 @@ def test_queueing_offers_each_configuration_at_each_load_and_plans_within_it() -
 
 def test_one_configuration_at_two_loads_is_one_entry() -> None:
     """The solver may count instances of one configuration at two loads: they are one runner model."""
-    from orchestrator.formulation import Solution
-    from orchestrator.planner import _entries
+    from jigsawserve.orchestrator.planning.formulation import Solution
+    from jigsawserve.orchestrator.planning.planner import _entries
     app = tiny_app(latency_slo_ms=80)
     det = [c for c in build_candidates(app, tiny_profiles(), A100, Features(), loads=QUEUE_LOADS)["det"]
            if (c.variant, c.point.mig, c.point.batch) == ("det_s", 1, 1)]
@@ -332,7 +332,7 @@ def test_one_configuration_at_two_loads_is_one_entry() -> None:
 
 def test_shipped_example_plans() -> None:
     app = load_app(ROOT / "examples" / "tagging.yaml")
-    from orchestrator.profiles import load_profiles
+    from jigsawserve.orchestrator.spec.profiles import load_profiles
     plan = make_plan(app, load_profiles(ROOT / "examples" / "a100" / "profiles.csv"), A100, 3000,
                      PlanOptions(gpus=8))
     assert violations(app, plan, slice_cap=56) == []
@@ -341,7 +341,7 @@ def test_shipped_example_plans() -> None:
 
 def test_time_limit_without_incumbent_is_not_called_infeasible() -> None:
     app = load_app(ROOT / "examples" / "tagging.yaml")
-    from orchestrator.profiles import load_profiles
+    from jigsawserve.orchestrator.spec.profiles import load_profiles
     profiles = load_profiles(ROOT / "examples" / "a100" / "profiles.csv")
     with pytest.raises(InfeasibleError, match="time limit") as exc:
         make_plan(app, profiles, A100, 40000, PlanOptions(gpus=120, method="milp", time_limit=1e-6))
@@ -357,7 +357,7 @@ def test_time_limit_bounds_the_whole_call() -> None:
     returns a checked plan (saying how far it may be from the bound) or a time-limit error, never later."""
     import time
     app = load_app(ROOT / "examples" / "tagging.yaml")
-    from orchestrator.profiles import load_profiles
+    from jigsawserve.orchestrator.spec.profiles import load_profiles
     profiles = load_profiles(ROOT / "examples" / "a100" / "profiles.csv")
     began = time.monotonic()
     try:
@@ -409,7 +409,7 @@ def _paper_accuracy(app, plan: Plan) -> float:
 @pytest.mark.parametrize("slo", [0.96, 0.97, 0.98])
 def test_accuracy_is_the_papers_ratio_of_raw_path_means(slo: float) -> None:
     """Per-task normalisation averaged over paths overstated this app's accuracy (0.9685 for an SLO of 0.97)."""
-    from orchestrator.appspec import parse_app
+    from jigsawserve.orchestrator.spec.appspec import parse_app
     app = parse_app(dict(TWO_SCALES, accuracy_slo=slo))
     plan = make_plan(app, load_profiles(SHARED), A100, 2000, PlanOptions(gpus=8, time_limit=30))
     assert plan.accuracy == pytest.approx(_paper_accuracy(app, plan), abs=1e-9)
@@ -417,8 +417,8 @@ def test_accuracy_is_the_papers_ratio_of_raw_path_means(slo: float) -> None:
 
 
 def test_a_join_brings_the_items_of_every_parent() -> None:
-    from orchestrator.appspec import parse_app
-    from orchestrator.candidates import items_per_request
+    from jigsawserve.orchestrator.spec.appspec import parse_app
+    from jigsawserve.orchestrator.planning.candidates import items_per_request
     app = parse_app({"name": "join", "latency_slo_ms": 200, "accuracy_slo": 0.9,
                      "tasks": {"a": {"variants": {"x": 0.9}}, "b": {"variants": {"y": 0.9}},
                                "c": {"variants": {"z": 0.9}}},
@@ -429,7 +429,7 @@ def test_a_join_brings_the_items_of_every_parent() -> None:
 def test_per_variant_fanout_is_planned_exactly() -> None:
     """A chain whose detector variants find 2-2.6 objects: the tangent of -log d at one point cost a slice
     (16 instead of 15); the chosen tangent is exact within 1e-4."""
-    from orchestrator.appspec import parse_app
+    from jigsawserve.orchestrator.spec.appspec import parse_app
     app = parse_app({"name": "chain", "latency_slo_ms": 150, "accuracy_slo": 0.95,
                      "tasks": {"det": {"variants": {"resnet50": 76.13, "resnet101": 77.374, "resnet152": 78.312}},
                                "cls": {"variants": {"densenet121": 74.434, "densenet169": 75.6, "densenet201": 76.896}},
@@ -475,7 +475,7 @@ def test_the_papers_latency_model_is_an_option() -> None:
 def test_mig_layout_cuts_hold_for_every_placeable_gpu() -> None:
     """Every multiset of segments the exact packing fits on one GPU meets the layout cuts (valid), and
     2g x 3 + 4g x 2 on two GPUs, which passed the others, is cut (a 2g starts only at 0, 2 or 4)."""
-    from orchestrator.placement import fits_on_one_gpu
+    from jigsawserve.orchestrator.planning.placement import fits_on_one_gpu
     for n1, n2, n3, n4, n7 in itertools.product(range(8), range(4), range(3), range(2), range(2)):
         sizes = [1] * n1 + [2] * n2 + [3] * n3 + [4] * n4 + [7] * n7
         if sizes and fits_on_one_gpu(sizes, A100):

@@ -17,13 +17,13 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 import reference as ref
-from orchestrator.appspec import AppSpec, parse_app
-from orchestrator.errors import InfeasibleError
-from orchestrator.features import Features
-from orchestrator.gpus import gpu_type
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.plan import Plan
-from orchestrator.profiles import ProfilePoint, Profiles
+from jigsawserve.orchestrator.spec.appspec import AppSpec, parse_app
+from jigsawserve.orchestrator.errors import InfeasibleError
+from jigsawserve.orchestrator.planning.features import Features
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.planning.plan import Plan
+from jigsawserve.orchestrator.spec.profiles import ProfilePoint, Profiles
 
 A100 = gpu_type("a100-80gb")
 # Shrinking a failure takes minutes (each step solves MILPs and enumerates): on with

@@ -12,12 +12,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from orchestrator.appspec import load_app
-from orchestrator.gpus import gpu_type
-from orchestrator.server import TritonServer, free_ports
-from orchestrator.tritonenv import prepare_backend_dir
-from tools import profile_gpu as pg
-from tools.probe import Probe
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir
+from jigsawserve.tools import profile_gpu as pg
+from jigsawserve.tools.probe import Probe
 
 ROOT = Path(__file__).resolve().parents[1]
 H200 = gpu_type("h200-141gb")
@@ -122,7 +122,7 @@ def test_calibration_takes_one_variant_per_task():
 
 def test_capture_copies_makes_device_scalars_on_the_target_device():
     torch = pytest.importorskip("torch")
-    from triton_backend.zoo import CaptureCopies
+    from jigsawserve.triton_backend.zoo import CaptureCopies
     mode = CaptureCopies()
     with torch.device("meta"), mode:
         a = torch.tensor(0.5)                                   # default device: meta

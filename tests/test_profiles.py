@@ -1,5 +1,5 @@
-"""Tests for orchestrator.profiles (CSV loading, coverage, default GPU, screening a profiler's rows) and
-orchestrator.gpus lookups."""
+"""Tests for jigsawserve.orchestrator.spec.profiles (CSV loading, coverage, default GPU, screening a profiler's rows) and
+jigsawserve.orchestrator.spec.gpus lookups."""
 from __future__ import annotations
 
 import csv
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.appspec import parse_app
-from orchestrator.errors import InputError
-from orchestrator.gpus import CATALOGUE, gpu_type
-from orchestrator.profiles import (COLUMNS, ProfilePoint, Profiles, Sample, Screen, check_coverage, default_gpu,
+from jigsawserve.orchestrator.spec.appspec import parse_app
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.gpus import CATALOGUE, gpu_type
+from jigsawserve.orchestrator.spec.profiles import (COLUMNS, ProfilePoint, Profiles, Sample, Screen, check_coverage, default_gpu,
                                    load_profiles, screened, suspects)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_for_variant_filters_by_variant_and_gpu(a100: Profiles) -> None:
 
 
 def test_shipped_profiles_cover_the_tagging_example(a100: Profiles) -> None:
-    from orchestrator.appspec import load_app
+    from jigsawserve.orchestrator.spec.appspec import load_app
     check_coverage(load_app(ROOT / "examples" / "tagging.yaml"), a100, gpu_type("a100-80gb"))
 
 
@@ -254,8 +254,8 @@ def test_gpu_shape_unknown_size() -> None:
 def test_shipped_h200_profile_plans_every_h200_app(app: str) -> None:
     """examples/h200/profiles.csv covers every variant of the H200 apps (the AR app's TTS included),
     and each app has a plan on one H200 at a modest demand."""
-    from orchestrator.appspec import load_app
-    from orchestrator.planner import PlanOptions, make_plan
+    from jigsawserve.orchestrator.spec.appspec import load_app
+    from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
     spec = load_app(ROOT / "examples" / "h200" / f"{app}.yaml")
     profiles = load_profiles(ROOT / "examples" / "h200" / "profiles.csv")
     check_coverage(spec, profiles, gpu_type("h200-141gb"))

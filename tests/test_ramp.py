@@ -14,14 +14,14 @@ ramp = importlib.util.module_from_spec(spec)
 sys.modules.setdefault("ramp", ramp)
 spec.loader.exec_module(ramp)
 
-from orchestrator.appspec import load_app  # noqa: E402
-from orchestrator.controller import Policy  # noqa: E402
-from orchestrator.gpus import gpu_type  # noqa: E402
-from orchestrator.inventory import Inventory  # noqa: E402
-from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
-from orchestrator.profiles import load_profiles  # noqa: E402
-from orchestrator.refinement import scaled  # noqa: E402
-from tools.trace import Trace  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import load_app  # noqa: E402
+from jigsawserve.orchestrator.loop.controller import Policy  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import gpu_type  # noqa: E402
+from jigsawserve.orchestrator.serving.inventory import Inventory  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import load_profiles  # noqa: E402
+from jigsawserve.orchestrator.loop.refinement import scaled  # noqa: E402
+from jigsawserve.orchestrator.workload.trace import Trace  # noqa: E402
 
 CPU = ROOT / "examples" / "cpu"
 

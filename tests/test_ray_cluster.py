@@ -23,18 +23,18 @@ import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
-from orchestrator.appspec import parse_app  # noqa: E402
-from orchestrator.cluster import ClusterPlan, plan_cluster  # noqa: E402
-from orchestrator.cluster_control import ClusterController  # noqa: E402
-from orchestrator.controller import EventLog  # noqa: E402
-from orchestrator.features import Features  # noqa: E402
-from orchestrator.front_door import NO_NODE, Balancer, FrontDoor, Route  # noqa: E402
-from orchestrator.gpus import gpu_type  # noqa: E402
-from orchestrator.planner import PlanOptions, make_plan  # noqa: E402
-from orchestrator.profiles import load_profiles  # noqa: E402
-from orchestrator.ray_cluster import ClusterApplyError, ClusterServing, LocalCluster, cluster_nodes  # noqa: E402
-from orchestrator.server import CONTROL_HEADER, free_ports  # noqa: E402
-from tools import cluster_report  # noqa: E402
+from jigsawserve.orchestrator.spec.appspec import parse_app  # noqa: E402
+from jigsawserve.orchestrator.planning.cluster import ClusterPlan, plan_cluster  # noqa: E402
+from jigsawserve.orchestrator.loop.cluster_control import ClusterController  # noqa: E402
+from jigsawserve.orchestrator.loop.controller import EventLog  # noqa: E402
+from jigsawserve.orchestrator.planning.features import Features  # noqa: E402
+from jigsawserve.orchestrator.serving.front_door import NO_NODE, Balancer, FrontDoor, Route  # noqa: E402
+from jigsawserve.orchestrator.spec.gpus import gpu_type  # noqa: E402
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan  # noqa: E402
+from jigsawserve.orchestrator.spec.profiles import load_profiles  # noqa: E402
+from jigsawserve.orchestrator.serving.ray_cluster import ClusterApplyError, ClusterServing, LocalCluster, cluster_nodes  # noqa: E402
+from jigsawserve.orchestrator.serving.server import CONTROL_HEADER, free_ports  # noqa: E402
+from jigsawserve.orchestrator.reporting import cluster_report  # noqa: E402
 
 # a generous SLO: the 2-core machine runs two servers, the raylets and the front door (cf. test_apply.py)
 SLO_MS = 2000

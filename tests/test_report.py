@@ -1,4 +1,4 @@
-"""Tests for tools/report.py and ``jigsaw report`` on small synthetic run directories with real plans."""
+"""Tests for orchestrator/reporting/report.py and ``jigsaw report`` on small synthetic run directories with real plans."""
 from __future__ import annotations
 
 import csv
@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, tiny_app, tiny_profiles
 
-from orchestrator.appspec import load_app
-from orchestrator.cli import main
-from orchestrator.errors import InputError
-from orchestrator.gpus import gpu_type
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import load_profiles
-from tools.report import REQUEST_COLUMNS, figures, format_summary, load_run, outcomes_per_bin, plot, summarize
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.cli import main
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import load_profiles
+from jigsawserve.orchestrator.reporting.report import REQUEST_COLUMNS, figures, format_summary, load_run, outcomes_per_bin, plot, summarize
 
 PNGS = ["demand.png", "violations.png", "slices.png", "placement.png"]
 # (scheduled_s, latency_ms, outcome): 6 ok, 1 late, 2 dropped, 1 error
@@ -269,7 +269,7 @@ def test_outcomes_per_bin_and_archived_requests(run_dir: Path, capsys: pytest.Ca
 
 
 def test_outcomes_per_bin_with_host_samples(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A run with host.csv (tools/hostload.py): each bin also has the mean host CPU busy % and GPU
+    """A run with host.csv (orchestrator/reporting/hostload.py): each bin also has the mean host CPU busy % and GPU
     utilization % of the samples in it; a bin without samples has none; a bad cell names its line."""
     (run_dir / "host.csv").write_text("t_s,cpu_busy_pct,gpu0_util_pct,gpu0_mem_mib,gpu1_util_pct,gpu1_mem_mib\n"
                                       "1.0,20.0,10,500,30,500\n3.0,40.0,30,500,50,500\n5.0,,90,500,70,500\n")
@@ -287,7 +287,7 @@ def test_host_sampler_writes_cpu_busy_share(tmp_path: Path) -> None:
     """The sampler's rows: time from the origin, the host's CPU busy % (Linux /proc/stat)."""
     import time
 
-    from tools.hostload import HostSampler, cpu_times
+    from jigsawserve.orchestrator.reporting.hostload import HostSampler, cpu_times
     assert cpu_times(tmp_path / "missing") is None
     stat = tmp_path / "stat"
     stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 100 0 50 800 50 0 0 0 0 0\n")
@@ -306,7 +306,7 @@ def test_host_sampler_reads_only_its_gpus(tmp_path: Path, monkeypatch: pytest.Mo
     import time
     from types import SimpleNamespace
 
-    from tools.hostload import HostSampler
+    from jigsawserve.orchestrator.reporting.hostload import HostSampler
     fake = SimpleNamespace(NVMLError=RuntimeError, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
                            nvmlDeviceGetCount=lambda: 2, nvmlDeviceGetHandleByIndex=lambda i: i,
                            nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=10 * (h + 1)),

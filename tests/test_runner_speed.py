@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from orchestrator.appspec import load_app
-from orchestrator.cli import main
-from orchestrator.gpus import gpu_type
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import ProfilePoint, Profiles, load_profiles, save_profiles
-from orchestrator.refinement import expected_ms
-from orchestrator.render import runner_name
-from tools.runner_speed import extended, observations, refined, slowdowns
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.cli import main
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import ProfilePoint, Profiles, load_profiles, save_profiles
+from jigsawserve.orchestrator.loop.refinement import expected_ms
+from jigsawserve.orchestrator.serving.render import runner_name
+from jigsawserve.tools.runner_speed import extended, observations, refined, slowdowns
 
 CPU = ROOT / "examples" / "cpu"
 

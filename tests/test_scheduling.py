@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from triton_backend import backlog as backlog_mod
-from triton_backend.backlog import SharedBacklog, remove_stale
-from triton_backend.scheduling import Route, backlog_ms, choose_route, drop_decision, pace
+from jigsawserve.triton_backend import backlog as backlog_mod
+from jigsawserve.triton_backend.backlog import SharedBacklog, remove_stale
+from jigsawserve.triton_backend.scheduling import Route, backlog_ms, choose_route, drop_decision, pace
 
 A = Route("m_a", "a", 0.5, 4, 10.0, 400.0)
 B = Route("m_b", "b", 0.5, 2, 20.0, 100.0)

@@ -1,4 +1,4 @@
-"""Tests for orchestrator.tritonenv, orchestrator.server and ``jigsaw serve`` with a real tritonserver (CPU).
+"""Tests for jigsawserve.orchestrator.serving.tritonenv, jigsawserve.orchestrator.serving.server and ``jigsaw serve`` with a real tritonserver (CPU).
 
 The ``jigsaw`` backend is tested with a placeholder ``triton_backend`` package in a temp directory,
 put first on sys.path, so neither the repository's model.py nor its state matters here.
@@ -19,12 +19,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from orchestrator import tritonenv
-from orchestrator.cli import main
-from orchestrator.errors import InputError
-from orchestrator.server import (CONTROL_HEADER, GRPC_CONTROL_HEADER, REPO_LOCK, MpsDaemon, RepoBusy, RepoLock,
+from jigsawserve.orchestrator.serving import tritonenv
+from jigsawserve.orchestrator.cli import main
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.serving.server import (CONTROL_HEADER, GRPC_CONTROL_HEADER, REPO_LOCK, MpsDaemon, RepoBusy, RepoLock,
                                  TritonServer, free_ports)
-from orchestrator.tritonenv import find_runtime, prepare_backend_dir, server_env
+from jigsawserve.orchestrator.serving.tritonenv import find_runtime, prepare_backend_dir, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,14 +75,14 @@ def _group_alive(pgid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def placeholder_pkg(tmp_path_factory) -> Path:
-    """A temp ``triton_backend`` package (placeholder model.py) importable ahead of the repository's."""
+    """A temp ``jigsawserve.triton_backend`` package (placeholder model.py) importable ahead of the repository's."""
     root = tmp_path_factory.mktemp("pkg")
-    (root / "triton_backend").mkdir()
-    (root / "triton_backend" / "__init__.py").write_text("")
-    (root / "triton_backend" / "model.py").write_text(PLACEHOLDER_PY)
+    (root / "jigsawserve" / "triton_backend").mkdir(parents=True)
+    (root / "jigsawserve" / "triton_backend" / "__init__.py").write_text("")
+    (root / "jigsawserve" / "triton_backend" / "model.py").write_text(PLACEHOLDER_PY)
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(root))
-        mp.delitem(sys.modules, "triton_backend", raising=False)
+        mp.delitem(sys.modules, "jigsawserve.triton_backend", raising=False)
         yield root
 
 
@@ -224,7 +224,7 @@ def test_serve_until_sigterm(placeholder_pkg, tmp_path):
     ports = _ports()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(placeholder_pkg), str(ROOT)]), "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "serve", str(repo), "--http-port", str(ports["http_port"]),
+        [sys.executable, "-m", "jigsawserve.orchestrator.cli", "serve", str(repo), "--http-port", str(ports["http_port"]),
          "--grpc-port", str(ports["grpc_port"]), "--metrics-port", str(ports["metrics_port"])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
     server_pid = None
@@ -257,7 +257,7 @@ def test_serve_until_sigterm(placeholder_pkg, tmp_path):
 def _serve(repo: Path, ports: dict[str, int], placeholder_pkg: Path, tmp_path: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(placeholder_pkg), str(ROOT)]), "TMPDIR": str(tmp_path)}
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "serve", str(repo), "--http-port", str(ports["http_port"]),
+        [sys.executable, "-m", "jigsawserve.orchestrator.cli", "serve", str(repo), "--http-port", str(ports["http_port"]),
          "--grpc-port", str(ports["grpc_port"]), "--metrics-port", str(ports["metrics_port"])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path, **kw)
 
@@ -311,8 +311,8 @@ def test_serve_releases_the_repo_lock_when_the_server_fails(tmp_path, capsys, mo
     def fail(self):
         raise RuntimeError("tritonserver exited with code 1 (test)")
     monkeypatch.setattr(TritonServer, "__enter__", fail)
-    monkeypatch.setattr("orchestrator.tritonenv.prepare_backend_dir", lambda d: d)
-    monkeypatch.setattr("orchestrator.tritonenv.server_env", lambda: {})
+    monkeypatch.setattr("jigsawserve.orchestrator.serving.tritonenv.prepare_backend_dir", lambda d: d)
+    monkeypatch.setattr("jigsawserve.orchestrator.serving.tritonenv.server_env", lambda: {})
     ports = _ports()
     args = ["serve", str(tmp_path), *(f"--{k.replace('_', '-')}={v}" for k, v in ports.items())]
     assert main(args) == 1

@@ -25,18 +25,18 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from orchestrator.appspec import AppSpec, load_app
-from orchestrator.controller import Controller, EventLog
-from orchestrator.forecast import MovingAverage
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import Inventory
-from orchestrator.placement import place
-from orchestrator.plan import Entry, Plan, segment_label
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import load_profiles
-from orchestrator.render import build_configs, runner_name, write_repository
-from orchestrator.server import TritonServer, free_ports
-from orchestrator.tritonenv import prepare_backend_dir, server_env
+from jigsawserve.orchestrator.spec.appspec import AppSpec, load_app
+from jigsawserve.orchestrator.loop.controller import Controller, EventLog
+from jigsawserve.orchestrator.loop.forecast import MovingAverage
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import Inventory
+from jigsawserve.orchestrator.planning.placement import place
+from jigsawserve.orchestrator.planning.plan import Entry, Plan, segment_label
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import load_profiles
+from jigsawserve.orchestrator.serving.render import build_configs, runner_name, write_repository
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "examples" / "cpu"

@@ -9,8 +9,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2
 from test_apply import CPU, KEY, Load, _plan, server  # noqa: F401 (server: the fixture, a server of this module)
 
-from orchestrator.control import Applier, apply, control_headers
-from orchestrator.render import build_configs, name_apart, runner_name, with_standby
+from jigsawserve.orchestrator.serving.control import Applier, apply, control_headers
+from jigsawserve.orchestrator.serving.render import build_configs, name_apart, runner_name, with_standby
 
 
 def _routed(rendered) -> set[str]:

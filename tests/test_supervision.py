@@ -22,7 +22,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from test_server import DOUBLE_PY, _group_alive, _model, _ports, placeholder_pkg  # noqa: F401 (fixture)
 
-from orchestrator.server import SHM_DIR
+from jigsawserve.orchestrator.serving.server import SHM_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ class Serve:
         self.ports, self.lines, self.servers = ports, [], []
         self.prefixes: dict[int, str] = {}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "serve", str(repo), *args,
+            [sys.executable, "-m", "jigsawserve.orchestrator.cli", "serve", str(repo), *args,
              *(f"--{k.replace('_', '-')}={v}" for k, v in ports.items())],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp, start_new_session=True)
         self._queue: queue.Queue[str | None] = queue.Queue()

@@ -1,6 +1,6 @@
 """Typed apps under load and the controller, on a real tritonserver (CPU):
 
-- the closed loop (``orchestrator.experiment.run``) drives tests/typed_app with its ground-truth requests
+- the closed loop (``jigsawserve.orchestrator.loop.experiment.run``) drives tests/typed_app with its ground-truth requests
   (3 squares per image: a fan-out of 3 where the spec says 2); the controller measures the fan-out from
   the graph's jigsaw_edge_* counters, replans with the measured factor, and the report shows planned
   against measured;
@@ -23,18 +23,18 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from orchestrator.appspec import load_app
-from orchestrator.controller import Policy
-from orchestrator.experiment import Experiment, run
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import Inventory, detect
-from orchestrator.plan import Plan
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import load_profiles
-from orchestrator.render import build_configs, write_repository
-from orchestrator.server import TritonServer, free_ports
-from orchestrator.tritonenv import prepare_backend_dir, server_env
-from tools.trace import Trace
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.loop.controller import Policy
+from jigsawserve.orchestrator.loop.experiment import Experiment, run
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import Inventory, detect
+from jigsawserve.orchestrator.planning.plan import Plan
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import load_profiles
+from jigsawserve.orchestrator.serving.render import build_configs, write_repository
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env
+from jigsawserve.orchestrator.workload.trace import Trace
 
 APP = Path(__file__).resolve().parent / "typed_app"
 
@@ -109,7 +109,7 @@ def test_a_join_answers_both_parents_items(join_server: TritonServer) -> None:
 
 
 def test_jigsaw_load_sends_a_typed_apps_files(join_server: TritonServer, tmp_path: Path, capsys) -> None:
-    from orchestrator.cli import main
+    from jigsawserve.orchestrator.cli import main
     (tmp_path / "one.png").write_bytes(_png([(4, 4, 14, 10)]))
     (tmp_path / "two.png").write_bytes(_png([(4, 4, 14, 10), (30, 20, 50, 40)]))
     args = ["load", "--url", join_server.grpc_url, "--model", "shapesjoin", "--rate", "20", "--duration", "1.5",

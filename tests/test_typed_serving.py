@@ -18,14 +18,14 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from orchestrator.appspec import load_app
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import Inventory
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import load_profiles
-from orchestrator.render import build_configs, write_repository
-from orchestrator.server import TritonServer, free_ports
-from orchestrator.tritonenv import prepare_backend_dir, server_env
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import Inventory
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import load_profiles
+from jigsawserve.orchestrator.serving.render import build_configs, write_repository
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env
 
 APP = Path(__file__).resolve().parent / "typed_app"
 
@@ -140,7 +140,7 @@ def test_wrong_dtype_is_rejected_by_triton(served) -> None:
 def test_jigsaw_infer_prints_answers_per_item(served, tmp_path: Path, capsys) -> None:
     import json
 
-    from orchestrator.cli import main
+    from jigsawserve.orchestrator.cli import main
     server, _ = served
     (tmp_path / "two.png").write_bytes(_png([(2, 2, 8, 8, 255), (20, 20, 30, 26, 200)]))
     (tmp_path / "junk.png").write_bytes(b"not a png")

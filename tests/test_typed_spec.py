@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator.appspec import load_app, parse_app
-from orchestrator.errors import InputError
-from orchestrator.typed import check_variants, locate
-from triton_backend import adapters
-from triton_backend.runners import onnx as onnx_runner
-from triton_backend.tensors import TensorSpec
+from jigsawserve.orchestrator.spec.appspec import load_app, parse_app
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.typed import check_variants, locate
+from jigsawserve.triton_backend import adapters
+from jigsawserve.triton_backend.runners import onnx as onnx_runner
+from jigsawserve.triton_backend.tensors import TensorSpec
 
 APP = Path(__file__).resolve().parent / "typed_app" / "app.yaml"
 
@@ -184,11 +184,11 @@ def test_apply_checks_child_items_against_the_declared_inputs() -> None:
 
 
 def test_typed_configs_render_as_model_configs() -> None:
-    from orchestrator.gpus import gpu_type
-    from orchestrator.inventory import Inventory
-    from orchestrator.planner import PlanOptions, make_plan
-    from orchestrator.profiles import load_profiles
-    from orchestrator.render import build_configs
+    from jigsawserve.orchestrator.spec.gpus import gpu_type
+    from jigsawserve.orchestrator.serving.inventory import Inventory
+    from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+    from jigsawserve.orchestrator.spec.profiles import load_profiles
+    from jigsawserve.orchestrator.serving.render import build_configs
     from tritonclient.grpc import model_config_pb2
 
     app = load_app(APP)

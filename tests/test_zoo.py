@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.appspec import load_app
+from jigsawserve.orchestrator.spec.appspec import load_app
 
 ROOT = Path(__file__).resolve().parents[1]
 TTS = ["vits", "fastspeech2_conformer"]
@@ -20,7 +20,7 @@ HOP = 256  # waveform samples per frame: the HiFi-GAN upsampling 8 x 8 x 2 x 2 o
 def zoo():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from triton_backend import zoo
+    from jigsawserve.triton_backend import zoo
     return zoo
 
 

@@ -10,7 +10,7 @@ node lost leaves the others serving. Actions can be timed into the replay (the
 benchmark's node loss, ``bench/node_loss.py``, passes what to do and when as ``during``).
 
 RUN/ holds profiles.csv, cluster-plan.json (the first plan), requests.csv, cluster-events.jsonl (the cluster
-controller's decisions), summary.json, the per-node plots (``tools/cluster_report.py``) and, per node, its
+controller's decisions), summary.json, the per-node plots (``orchestrator/reporting/cluster_report.py``) and, per node, its
 repository and server log under cluster/<node>/.
 """
 from __future__ import annotations
@@ -23,16 +23,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from orchestrator.appspec import AppSpec
-from orchestrator.cluster_control import ClusterController, spread_plan
-from orchestrator.controller import EventLog, Policy
-from orchestrator.gpus import gpu_type
-from orchestrator.planner import PlanOptions
-from orchestrator.profiles import load_profiles
-from orchestrator.ray_cluster import ClusterServing, LocalCluster, cluster_nodes
-from tools import cluster_report
-from tools.loadgen import Progress, run_load_apart
-from tools.trace import arrivals, compress, scale_to_peak, synthetic_diurnal
+from jigsawserve.orchestrator.spec.appspec import AppSpec
+from jigsawserve.orchestrator.loop.cluster_control import ClusterController, spread_plan
+from jigsawserve.orchestrator.loop.controller import EventLog, Policy
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.planning.planner import PlanOptions
+from jigsawserve.orchestrator.spec.profiles import load_profiles
+from jigsawserve.orchestrator.serving.ray_cluster import ClusterServing, LocalCluster, cluster_nodes
+from jigsawserve.orchestrator.reporting import cluster_report
+from jigsawserve.orchestrator.workload.loadgen import Progress, run_load_apart
+from jigsawserve.orchestrator.workload.trace import arrivals, compress, scale_to_peak, synthetic_diurnal
 
 HEADROOM = 0.3  # the first plan serves the peak x (1 + HEADROOM)
 # the controller plans for 2x, as the single-node CPU demo's (cli.DEMO_HEADROOM): a day replayed in a minute can

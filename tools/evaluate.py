@@ -2,7 +2,7 @@
 for the planner (``jigsaw profile --accuracy``), and the served answers' (``jigsaw demo``).
 
 A dataset is a directory with ``labels.jsonl``: per line one request, ``{"inputs": {NAME: FILE},
-"label": ...}`` (files as ``tools.typed_client.tensor_from_file`` reads them); the app's
+"label": ...}`` (files as ``jigsawserve.orchestrator.workload.typed_client.tensor_from_file`` reads them); the app's
 ``evaluation.score`` (module:function) scores one answer against its label, in [0, 1], and
 ``evaluation.make`` writes such a directory.
 """
@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from orchestrator.errors import InputError
-from orchestrator.typed import VARIANT_SUFFIX, resolve_files
-from triton_backend import runners
-from triton_backend.adapters import apply, import_object, resolve
-from triton_backend.tensors import Item, empty, from_wire
-from tools.typed_client import read_dataset
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.typed import VARIANT_SUFFIX, resolve_files
+from jigsawserve.triton_backend import runners
+from jigsawserve.triton_backend.adapters import apply, import_object, resolve
+from jigsawserve.triton_backend.tensors import Item, empty, from_wire
+from jigsawserve.orchestrator.workload.typed_client import read_dataset
 
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 
-from orchestrator.render import runner_config
+from jigsawserve.orchestrator.serving.render import runner_config
 
 
 @dataclass(frozen=True)

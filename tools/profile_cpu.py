@@ -1,14 +1,14 @@
 """Profile an app's variants on this CPU into the canonical profile CSV: numpy stand-ins, or the
 variants of a typed app (model files, Python classes) on real items of a dataset.
 
-    python3 -m tools.profile_cpu examples/cpu/app.yaml --out examples/cpu/profiles.csv
-    python3 -m tools.profile_cpu examples/ocr/app.yaml --dataset DATASET --out examples/ocr/profiles.csv
+    python3 -m jigsawserve.tools.profile_cpu examples/cpu/app.yaml --out examples/cpu/profiles.csv
+    python3 -m jigsawserve.tools.profile_cpu examples/ocr/app.yaml --dataset DATASET --out examples/ocr/profiles.csv
 
 Each variant runs in-process at each batch size; latency_ms is the p95 of one batch plus a fixed
 allowance for Triton's per-call overhead (--overhead-ms), throughput_rps = batch / latency. The
 segment is the whole CPU device (gpu type "cpu", mig 1, mps 1). A typed variant is timed on the items
 its task gets when the dataset's requests run through the app (tools/evaluate.py), the first ``batch``
-of them per batch. A variant's rows are screened (``orchestrator.profiles.screened``): rows that look
+of them per batch. A variant's rows are screened (``jigsawserve.orchestrator.spec.profiles.screened``): rows that look
 disturbed by other work on the machine are measured again, and a warning names those that stay so.
 One progress line per variant.
 """
@@ -21,9 +21,9 @@ from typing import Callable
 
 import numpy as np
 
-from orchestrator.appspec import load_app
-from orchestrator.profiles import Sample, screened
-from triton_backend.variants import build
+from jigsawserve.orchestrator.spec.appspec import load_app
+from jigsawserve.orchestrator.spec.profiles import Sample, screened
+from jigsawserve.triton_backend.variants import build
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 TYPED_BATCHES = (1, 2, 4, 8)  # real models on 2 cores: larger batches only repeat the per-item cost
@@ -54,7 +54,7 @@ def typed_sample(variant, items: list, batch: int, repeats: int) -> Sample:
 
 def _typed_timers(app, dataset: str | None) -> dict[str, Callable[[int, int], Sample]]:
     """Per variant profile name, ``(batch, repeats) -> Sample`` on the dataset's items of its task."""
-    from tools.evaluate import LocalPipeline, load_dataset, task_samples
+    from jigsawserve.tools.evaluate import LocalPipeline, load_dataset, task_samples
     if dataset is None:
         raise ValueError(f"app {app.name} has typed variants: give a dataset of its requests to time them on")
     samples, pipeline = task_samples(app, load_dataset(app, dataset)), LocalPipeline(app)

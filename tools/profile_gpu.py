@@ -42,11 +42,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from orchestrator.appspec import AppSpec
-from orchestrator.binding import emulation_env
-from orchestrator.errors import InputError
-from orchestrator.gpus import GpuType
-from orchestrator.profiles import Sample, screened
+from jigsawserve.orchestrator.spec.appspec import AppSpec
+from jigsawserve.orchestrator.serving.binding import emulation_env
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.spec.gpus import GpuType
+from jigsawserve.orchestrator.spec.profiles import Sample, screened
 
 # segments measured at the same time (their SM caps sum to at most 100%, like co-located MIG slices)
 WAVES = (((1, 1), (3, 1), (1, 2)),   # 12% + 45% + 2 x 6% of the SMs
@@ -67,7 +67,7 @@ CALIBRATION_WAVE = WAVES[0]           # segments measured through Triton too, at
 def _worker() -> None:
     import torch
 
-    from triton_backend.zoo import GraphRunner
+    from jigsawserve.triton_backend.zoo import GraphRunner
     runner: GraphRunner | None = None
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -114,7 +114,7 @@ def _worker() -> None:
 
 class _Worker:
     def __init__(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tools.profile_gpu"], env={**env, "JIGSAW_PROFILE_WORKER": "1"},
+        self.proc = subprocess.Popen([sys.executable, "-m", "jigsawserve.tools.profile_gpu"], env={**env, "JIGSAW_PROFILE_WORKER": "1"},
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
 
     def send(self, **cmd: Any) -> None:
@@ -174,7 +174,7 @@ def measure_config(archs: dict[str, str], size: int, mps: int, batches: tuple[in
                    gpu: GpuType, total_sms: int, into: Measured, progress: Callable[[str], None],
                    seconds: float = 0.25) -> None:
     """Measure every arch at ``batches`` in one emulated (size, mps) segment: mps concurrent workers; an
-    arch's batches screened (``orchestrator.profiles.screened``: rows disturbed by a neighbour's work are
+    arch's batches screened (``jigsawserve.orchestrator.spec.profiles.screened``: rows disturbed by a neighbour's work are
     measured again, and a warning names those that stay so). A configuration that fails (out of memory
     under the cap, a crashed worker) is recorded as not running; crashed workers are replaced and the
     next arch goes on."""
@@ -301,7 +301,7 @@ def calibration_archs(apps: list[AppSpec]) -> dict[str, str]:
 
 def probe_config(probe: Any, archs: dict[str, str], size: int, mps: int, env: dict[str, str],
                  into: Measured, progress: Callable[[str], None]) -> None:
-    """Measure ``archs`` at MEASURED_BATCHES in one emulated segment served by Triton (``tools.probe``)."""
+    """Measure ``archs`` at MEASURED_BATCHES in one emulated segment served by Triton (``jigsawserve.tools.probe``)."""
     from tritonclient.utils import InferenceServerException
     for name, arch in archs.items():
         model = f"probe__{name}__{size}g{mps}p".replace("-", "_")
@@ -371,7 +371,7 @@ def profile(apps: list[AppSpec], gpu: GpuType, base_env: dict[str, str], total_s
             probe: Any = None) -> ProfileRun:
     """Measure the subset in ``WAVES`` (the variants ``reuse`` lacks), interpolate the full grid,
     validate the interpolation on the held-out points measured alongside, and calibrate it to Triton
-    through ``probe`` (a ``tools.probe.Probe`` on a server started with ``base_env``)."""
+    through ``probe`` (a ``jigsawserve.tools.probe.Probe`` on a server started with ``base_env``)."""
     t0 = time.perf_counter()
     every = _archs(apps)
     measured, held = Measured(), Measured()
@@ -458,10 +458,10 @@ def run(apps: list[AppSpec], gpu: GpuType, out: str, progress: Callable[[str], N
     from contextlib import ExitStack
     from pathlib import Path
 
-    from orchestrator.inventory import detect
-    from orchestrator.server import MpsDaemon, TritonServer, free_ports
-    from orchestrator.tritonenv import prepare_backend_dir, server_env
-    from tools.probe import Probe
+    from jigsawserve.orchestrator.serving.inventory import detect
+    from jigsawserve.orchestrator.serving.server import MpsDaemon, TritonServer, free_ports
+    from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env
+    from jigsawserve.tools.probe import Probe
 
     inventory = detect(None)
     if inventory.is_cpu_only:

@@ -2,7 +2,7 @@
 
 A run's ``events.jsonl`` keeps, at every controller step, the runner counters of the plan in force
 (``Controller.record_metrics``). Per step and runner: the mean batch time against the profiled p95 at
-the batch that ran (``orchestrator.refinement.batch_times_ms``, the controller's own judgement), and
+the batch that ran (``jigsawserve.orchestrator.loop.refinement.batch_times_ms``, the controller's own judgement), and
 how busy its processes were. Per variant and segment shape, over one or more runs: a quantile of the
 ratios of the steps it was busy at least half the time (the median by default). A runner that idles
 runs fast (alone on a quiet GPU, small batches); what a plan's capacity depends on is its speed busy.
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.appspec import AppSpec, parse_app
-from orchestrator.controller import RUNNER_COUNTERS
-from orchestrator.errors import InputError
-from orchestrator.metrics import increase
-from orchestrator.plan import Plan
-from orchestrator.profiles import Profiles
-from orchestrator.refinement import batch_times_ms, scaled
-from orchestrator.render import runner_name
+from jigsawserve.orchestrator.spec.appspec import AppSpec, parse_app
+from jigsawserve.orchestrator.loop.controller import RUNNER_COUNTERS
+from jigsawserve.orchestrator.errors import InputError
+from jigsawserve.orchestrator.serving.metrics import increase
+from jigsawserve.orchestrator.planning.plan import Plan
+from jigsawserve.orchestrator.spec.profiles import Profiles
+from jigsawserve.orchestrator.loop.refinement import batch_times_ms, scaled
+from jigsawserve.orchestrator.serving.render import runner_name
 
 Shape = tuple[str, str, int, int]  # (profile variant, gpu, mig, mps)
 

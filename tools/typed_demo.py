@@ -17,17 +17,17 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from orchestrator.gpus import gpu_type
-from orchestrator.inventory import Inventory
-from orchestrator.plan import Plan
-from orchestrator.planner import PlanOptions, make_plan
-from orchestrator.profiles import load_profiles
-from orchestrator.render import build_configs, write_repository
-from orchestrator.server import TritonServer, free_ports
-from orchestrator.tritonenv import prepare_backend_dir, server_env
-from orchestrator.typed import VARIANT_SUFFIX
-from tools import evaluate
-from tools.typed_client import infer
+from jigsawserve.orchestrator.spec.gpus import gpu_type
+from jigsawserve.orchestrator.serving.inventory import Inventory
+from jigsawserve.orchestrator.planning.plan import Plan
+from jigsawserve.orchestrator.planning.planner import PlanOptions, make_plan
+from jigsawserve.orchestrator.spec.profiles import load_profiles
+from jigsawserve.orchestrator.serving.render import build_configs, write_repository
+from jigsawserve.orchestrator.serving.server import TritonServer, free_ports
+from jigsawserve.orchestrator.serving.tritonenv import prepare_backend_dir, server_env
+from jigsawserve.orchestrator.spec.typed import VARIANT_SUFFIX
+from jigsawserve.tools import evaluate
+from jigsawserve.orchestrator.workload.typed_client import infer
 
 GRAPH_INSTANCES = 4  # enough for the demo's few clients; each is a stub process to start and stop
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from triton_backend.tensors import Item, TensorSpec, conform
+from jigsawserve.triton_backend.tensors import Item, TensorSpec, conform
 
 Adapter = Callable[[Item, Item], list[Item]]
 

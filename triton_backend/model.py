@@ -43,15 +43,15 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_backend import runners
-from triton_backend.adapters import apply as adapt
-from triton_backend.adapters import resolve as resolve_adapter
-from triton_backend.backlog import PREFIX as BACKLOG_PREFIX
-from triton_backend.backlog import DOWN_METRIC, SharedBacklog, remove_stale
-from triton_backend.scheduling import (DropDecision, FanOut, Route, WeightedRoundRobin, backlog_ms, choose_route,
+from jigsawserve.triton_backend import runners
+from jigsawserve.triton_backend.adapters import apply as adapt
+from jigsawserve.triton_backend.adapters import resolve as resolve_adapter
+from jigsawserve.triton_backend.backlog import PREFIX as BACKLOG_PREFIX
+from jigsawserve.triton_backend.backlog import DOWN_METRIC, SharedBacklog, remove_stale
+from jigsawserve.triton_backend.scheduling import (DropDecision, FanOut, Route, WeightedRoundRobin, backlog_ms, choose_route,
                                        drop_decision, pace)
-from triton_backend.tensors import Item, TensorSpec, conform, empty, from_wire, to_wire
-from triton_backend.variants import PADDING_METRIC, build
+from jigsawserve.triton_backend.tensors import Item, TensorSpec, conform, empty, from_wire, to_wire
+from jigsawserve.triton_backend.variants import PADDING_METRIC, build
 
 _FAMILIES: dict[str, Any] = {}
 STALE_DEADLINE_NS = 3_600 * 10**9  # a deadline_ns this far behind the server's clock is a unit or clock error

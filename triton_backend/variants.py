@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 
 Runner = Callable[[np.ndarray], np.ndarray]
-# the runners' metric of the rows they padded their batches with (orchestrator.controller reads it)
+# the runners' metric of the rows they padded their batches with (jigsawserve.orchestrator.loop.controller reads it)
 PADDING_METRIC = "jigsaw_runner_padding_rows_total"
 
 
@@ -46,7 +46,7 @@ def torch_model(width: int, in_width: int, arch: str, max_batch: int = 1, dtype:
     """A real architecture on the GPU as captured CUDA graphs (triton_backend/zoo.py; imports torch). Rows
     are descriptors of ``width`` features (``in_width`` is the same); the architecture fixes its own input.
     ``sizes``: the batch sizes captured (default: ``zoo.batch_sizes(max_batch)``)."""
-    from triton_backend.zoo import GraphRunner
+    from jigsawserve.triton_backend.zoo import GraphRunner
     return GraphRunner(arch, width, max_batch, dtype=dtype, seed=seed, sizes=sizes)
 
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_backend import runners
-from triton_backend.adapters import crop_boxes, decode_image
-from triton_backend.tensors import TensorSpec
+from jigsawserve.triton_backend import runners
+from jigsawserve.triton_backend.adapters import crop_boxes, decode_image
+from jigsawserve.triton_backend.tensors import TensorSpec
 
 
 class TritonPythonModel:

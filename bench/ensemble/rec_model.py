@@ -6,8 +6,8 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from triton_backend import runners
-from triton_backend.tensors import TensorSpec
+from jigsawserve.triton_backend import runners
+from jigsawserve.triton_backend.tensors import TensorSpec
 
 
 class TritonPythonModel:

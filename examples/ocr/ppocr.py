@@ -15,7 +15,7 @@ import numpy as np
 from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
 from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 
-from triton_backend.runners.onnx import session
+from jigsawserve.triton_backend.runners.onnx import session
 
 
 def _expect_image_model(model: str, channels: int = 3, height: int | None = None) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from triton_backend.adapters import crop_boxes
+from jigsawserve.triton_backend.adapters import crop_boxes
 
 
 class Finder:

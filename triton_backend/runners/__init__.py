@@ -12,7 +12,7 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from triton_backend.tensors import Item, TensorSpec
+from jigsawserve.triton_backend.tensors import Item, TensorSpec
 
 KINDS = ("onnx", "torchscript", "python")
 
@@ -32,11 +32,11 @@ def same_shapes(items: list[Item], names: list[str]) -> list[list[int]]:
 
 def _module(kind: str) -> Any:
     if kind == "onnx":
-        from triton_backend.runners import onnx as module
+        from jigsawserve.triton_backend.runners import onnx as module
     elif kind == "torchscript":
-        from triton_backend.runners import torchscript as module
+        from jigsawserve.triton_backend.runners import torchscript as module
     elif kind == "python":
-        from triton_backend.runners import python as module
+        from jigsawserve.triton_backend.runners import python as module
     else:
         raise ValueError(f"unknown typed variant kind {kind!r} (known: {', '.join(KINDS)})")
     return module

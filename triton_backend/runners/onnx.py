@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from triton_backend.runners import same_shapes
-from triton_backend.tensors import DTYPES, Item, TensorSpec, conform
+from jigsawserve.triton_backend.runners import same_shapes
+from jigsawserve.triton_backend.tensors import DTYPES, Item, TensorSpec, conform
 
 ORT_TYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64", "tensor(bool)": "BOOL",
              "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32",

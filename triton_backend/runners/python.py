@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from triton_backend.adapters import import_object
-from triton_backend.tensors import TensorSpec
+from jigsawserve.triton_backend.adapters import import_object
+from jigsawserve.triton_backend.tensors import TensorSpec
 
 
 def _class(params: Mapping[str, Any]) -> type:

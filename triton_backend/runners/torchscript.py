@@ -8,8 +8,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from triton_backend.runners import same_shapes
-from triton_backend.tensors import DTYPES, Item, TensorSpec, conform
+from jigsawserve.triton_backend.runners import same_shapes
+from jigsawserve.triton_backend.tensors import DTYPES, Item, TensorSpec, conform
 
 
 def _load(path: str) -> tuple[Any, Any]:

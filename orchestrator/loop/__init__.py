@@ -1,0 +1,1 @@
+"""The control loop: measure, forecast, replan, apply, refine."""

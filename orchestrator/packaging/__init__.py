@@ -1,0 +1,1 @@
+"""What ships a plan elsewhere: offline bundles and Kubernetes manifests."""

@@ -1,0 +1,1 @@
+"""What is planned for: the app spec, its typed I/O, profiles, measured accuracies, the GPU catalogue."""

@@ -1,0 +1,1 @@
+"""Demand and clients: traces, the load generator, the typed client."""
