@@ -178,6 +178,11 @@ def test_plain_tritonclient_through_the_front_door_spreads_by_share(served):
         # its clock is refused there as a unit error
         with pytest.raises(InferenceServerException, match="deadline_ns"):
             client.infer("cpudemo", _request(), parameters={"deadline_ns": time.time_ns() - 2 * 3600 * 10**9})
+        # a message over the nodes' request limit is refused by the door from its length prefix: no node sees it
+        big = grpcclient.InferInput("INPUT", [1, 1, 17 * 2**20], "FP32")
+        big.set_data_from_numpy(np.zeros((1, 1, 17 * 2**20), np.float32))
+        with pytest.raises(InferenceServerException, match="larger than max"):
+            client.infer("cpudemo", [big])
     finally:
         client.close()
     after = serving.stats()

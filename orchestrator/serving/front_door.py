@@ -63,9 +63,15 @@ from .front import DEFAULT_MAX_REQUEST_BYTES, HOP_BY_HOP, INFER_PATH, UPSTREAM_T
 # what a grpc channel says when it could not send the call at all (grpc core's message for a channel that
 # cannot connect): safe to try the next node, the request never left
 NOT_SENT = "failed to connect"
-# Triton's own clients allow messages up to 2 GiB (tritonclient.grpc: INT32_MAX)
+# Triton's own clients allow messages up to 2 GiB (tritonclient.grpc: INT32_MAX): answers may be that large.
+# Requests are not: tritonserver copies a request whole into the graph stub's shared memory, which never shrinks,
+# so the door refuses one over the nodes' HTTP limit from its length prefix (RESOURCE_EXHAUSTED), as `jigsaw
+# serve`'s gRPC front does, before anything is allocated for it
 MAX_MESSAGE = 2**31 - 1
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
+SERVER_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE),
+                  ("grpc.max_receive_message_length", DEFAULT_MAX_REQUEST_BYTES)]
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", DEFAULT_MAX_REQUEST_BYTES),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE)]
 PROBE_TIMEOUT_S = 1.0
 # headers of the client's call that are the transport's, not the client's: not passed on
 TRANSPORT_HEADERS = ("grpc-", ":")
@@ -168,7 +174,7 @@ class FrontDoor:
         handlers["ServerReady"] = grpc.unary_unary_rpc_method_handler(
             self._ready, request_deserializer=service_pb2.ServerReadyRequest.FromString,
             response_serializer=service_pb2.ServerReadyResponse.SerializeToString)
-        self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        self._server = grpc.aio.server(options=SERVER_OPTIONS)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
         self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
         # the node's answer passes as it came: no decompression, no headers of the door's own
