@@ -346,16 +346,24 @@ def _load_cluster_plan(plan_path: str):
     return ClusterPlan.from_json(doc)
 
 
-def _apply_cluster(plan_path: str, ray_address: str) -> None:
-    import ray
-
-    from .serving.ray_cluster import ClusterServing, connect
+def _connect_for(plan_path: str, ray_address: str) -> ClusterPlan:
+    """The cluster plan at ``plan_path``, read before this process joins the Ray cluster at ``ray_address``."""
+    from .serving.ray_cluster import connect
 
     plan = _load_cluster_plan(plan_path)
     try:
         connect(ray_address)
     except UnreachableError as exc:
         raise click.ClickException(str(exc)) from None
+    return plan
+
+
+def _apply_cluster(plan_path: str, ray_address: str) -> None:
+    import ray
+
+    from .serving.ray_cluster import ClusterServing
+
+    plan = _connect_for(plan_path, ray_address)
     try:
         serving = ClusterServing(progress=lambda line: click.echo(f"  {line}", err=True)).attach()
         report = serving.apply(plan)
@@ -381,13 +389,9 @@ def serve_cluster(plan_path: str, ray_address: str, port: int, http_port: int) -
     protocols, which spreads requests over the nodes by their planned shares. `jigsaw apply --ray` moves it."""
     import ray
 
-    from .serving.ray_cluster import ClusterServing, connect
+    from .serving.ray_cluster import ClusterServing
 
-    plan = _load_cluster_plan(plan_path)
-    try:
-        connect(ray_address)
-    except UnreachableError as exc:
-        raise click.ClickException(str(exc)) from None
+    plan = _connect_for(plan_path, ray_address)
     try:
         with ClusterServing(progress=lambda line: click.echo(line, err=True)) as serving:
             try:
