@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_app
-from jigsawserve.orchestrator.loop.fanout import FanoutMeter, edge_counts, with_factors
+from jigsawserve.orchestrator.loop.fanout import FanoutMeter, drifted, edge_counts, with_factors
 from jigsawserve.orchestrator.serving.metrics import parse
 from jigsawserve.orchestrator.reporting.fanout_report import fanout_lines, fanout_summary
 
@@ -53,3 +53,13 @@ def test_the_report_rows_say_when_the_refinement_settled(tmp_path: Path) -> None
     assert "spec 2, measured 3.020 over 50 items, planned last 3 (1 refinement(s); settled at interval 3)" \
         in fanout_lines([row])[0]
     assert fanout_summary(tmp_path / "none.jsonl") is None
+
+
+def test_a_drift_counts_once_it_stands_out_of_the_measurements_noise() -> None:
+    """3.5 children per parent against 3.0 planned (17% off): over 20 parents that is within two standard
+    errors (sqrt(3.5 / 20) = 0.42 each), over 200 (0.13) it is not; a drift under 10% never counts."""
+    assert not drifted(3.5, 3.0, 20, drift=0.10, z=2.0)
+    assert drifted(3.5, 3.0, 200, drift=0.10, z=2.0)
+    assert not drifted(3.2, 3.0, 100_000, drift=0.10, z=2.0)
+    assert drifted(3.5, 3.0, 20, drift=0.10, z=0.0)  # without the test: the drift alone, as before
+    assert not drifted(3.5, 3.0, 0, drift=0.10, z=2.0)

@@ -53,7 +53,8 @@ runner's compute time does not show.
 Fan-out refinement (typed apps, whose fan-out is the data's): per edge and parent variant, the child
 items its adapter made per parent item since the controller's first scrape (``fanout.FanoutMeter`` over
 the ``jigsaw_edge_*_items_total`` counters); once at least ``fanout_min_items`` parent items were seen and
-the measured factor differs from the one the plan used by more than ``fanout_drift`` of it, the app's
+the measured factor differs from the one the plan used by more than ``fanout_drift`` of it and by more
+than ``fanout_z`` standard errors of the measurement (``fanout.drifted``), the app's
 factor for that variant is replaced by the measured one (a ``fanout`` event per edge and variant every
 interval, ``refined`` when it replaced it) and the app is replanned.
 
@@ -95,7 +96,7 @@ from jigsawserve.triton_backend.variants import PADDING_METRIC
 
 from ..spec.appspec import AppSpec
 from ..errors import InfeasibleError, UnreachableError
-from .fanout import FanoutMeter, edge_counts, with_factors
+from .fanout import FanoutMeter, drifted, edge_counts, with_factors
 from .forecast import Dispersion, Forecaster
 from ..spec.gpus import GpuType
 from ..serving.inventory import Inventory
@@ -139,6 +140,7 @@ class Policy:
     admission_reserve: float = ADMISSION_RESERVE  # of a request's budget, held back by the stages' admission
     fanout_drift: float = 0.10   # replan when a measured fan-out differs from the planned by more than this share
     fanout_min_items: int = 20   # ... measured over at least this many parent items (0: never refine fan-out)
+    fanout_z: float = 2.0        # ... and by more than this many standard errors of the measurement (fanout.drifted)
     standby: bool = False        # keep the runners of a plan for more demand loaded, in no route (``standby_plan``)
     standby_step: float | None = None  # ... for the plan's demand x (1 + this); None: (1 + headroom)^2 - 1
     standby_slices: int | None = None  # ... its runners beside the live plan's take at most this many slices;
@@ -411,7 +413,7 @@ class Controller:
             if (src, dst) not in edges or parents < self.policy.fanout_min_items:
                 continue
             planned = edges[src, dst].factor_for(variant)
-            refine = abs(measured - planned) > self.policy.fanout_drift * planned
+            refine = drifted(measured, planned, parents, self.policy.fanout_drift, self.policy.fanout_z)
             self.events.write("fanout", edge=f"{src}->{dst}", variant=variant, planned=planned,
                               measured=round(measured, 4), parents=parents, children=children, refined=refine)
             if refine:

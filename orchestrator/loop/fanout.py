@@ -9,6 +9,7 @@ controller measures it on the served traffic (``Controller._refine_fanout``).
 from __future__ import annotations
 
 import copy
+import math
 from typing import Mapping
 
 from ..spec.appspec import AppSpec, parse_app
@@ -50,6 +51,16 @@ class FanoutMeter:
         """(measured factor, parent items, child items) of ``key`` so far; the factor is 0 before any."""
         p, c = self.totals.get(key, (0.0, 0.0))
         return (c / p if p else 0.0), p, c
+
+
+def drifted(measured: float, planned: float, parents: float, drift: float, z: float) -> bool:
+    """Whether a measured factor differs from the planned one by more than ``drift`` of it and by more than
+    ``z`` standard errors of the measurement, so that a few parents with many or few children each do not
+    replan the app. The standard error takes each parent's child count as Poisson around the measured mean
+    (sqrt(measured / parents)): an approximation, close for counts of detected objects or text lines, which
+    vary about that much from parent to parent."""
+    stderr = math.sqrt(max(measured, FLOOR) / parents) if parents > 0 else math.inf
+    return abs(measured - planned) > max(drift * planned, z * stderr)
 
 
 def with_factors(app: AppSpec, factors: Mapping[Key, float]) -> AppSpec:
