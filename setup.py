@@ -32,7 +32,7 @@ setup(
         # wheels (located there at plan/render time, never copied); with numpy<2 pip picks opencv 4.11
         "ocr": ["onnxruntime>=1.16", "rapidocr-onnxruntime==1.4.4", "rapidocr==3.10.0"],
         # serving across nodes (orchestrator/serving/ray_cluster.py; the front door's HTTP side is aiohttp); 2.60.0 is the version tested
-        "cluster": ["ray[default]>=2.60", "aiohttp>=3.9"],
+        "cluster": ["ray[default]>=2.60", "aiohttp>=3.10"],
     },
     entry_points={"console_scripts": ["jigsaw=jigsawserve.orchestrator.cli:run"]},
 )

@@ -207,7 +207,9 @@ def test_plain_tritonclient_http_through_the_front_door_spreads_by_share(served)
             if i % 2:
                 grpc_client.infer("cpudemo", _request())
             else:
-                out = client.infer("cpudemo", _http_request(), parameters={"deadline_ms": SLO_MS})
+                # every other HTTP call gzip-compressed: forwarded as it came, decompressed by the node's front
+                out = client.infer("cpudemo", _http_request(), parameters={"deadline_ms": SLO_MS},
+                                   request_compression_algorithm="gzip" if i % 4 == 0 else None)
                 assert out.as_numpy("cls_OUTPUT").shape[-1] == 16
         with pytest.raises(InferenceServerException, match="deadline_ns"):  # an hour old: refused at the node
             client.infer("cpudemo", _http_request(), parameters={"deadline_ns": time.time_ns() - 2 * 3600 * 10**9})

@@ -814,11 +814,13 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        """Send the counter increments still held back and give the backlog row back, or stop a runner's
-        background captures (the model is being unloaded)."""
+        """Send the counter increments still held back, give the backlog row back and close the graph's event
+        loop, or stop a runner's background captures (the model is being unloaded)."""
         if self.is_async:
             self.impl.counters.flush()
             self.impl.backlog.close()
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())  # its async_exec threads
+            self.loop.close()
         else:
             self.impl.close(*self.names)
             self.impl.flush()

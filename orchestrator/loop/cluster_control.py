@@ -2,7 +2,9 @@
 
 Every interval it reads the front door's arrival count (every inference request the cluster received, whether a
 node took it or not), feeds the rate to a forecaster and decides with the one-node controller's rule
-(``controller.decide``: up at once, down with hysteresis and a cooldown, the plan for forecast x (1 + headroom));
+(``controller.decide``: up at once, down with hysteresis and a cooldown, the plan for forecast x (1 + headroom);
+without the one-node controller's noise margins, surge, shedding, refinement and standby checks, which it does
+not run);
 a new demand is planned over the live nodes (``plan_cluster``, then at least ``spread`` nodes: ``spread_plan``)
 and applied node by node (``ClusterServing.apply``: no failed request, rolled back across the cluster when a
 node's apply fails). The front door's shares come with each apply.

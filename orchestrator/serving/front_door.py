@@ -16,7 +16,7 @@ call to one node's gRPC endpoint:
   node's channel refused before sending it (``gRPC``'s "failed to connect") is tried on the next node.
 - ``ModelReady``, ``ModelMetadata``, ``ModelConfig`` and ``ServerMetadata`` are idempotent: forwarded the
   same way, tried on each node that is up until one answers.
-- ``ServerLive`` is the front door's own; ``ServerReady`` is true while any node is up.
+- ``ServerLive`` is the front door's own; ``ServerReady`` is true while a node with a share of the plan is up.
 - Anything else (model control, shared memory, statistics, trace, logging, streaming) is a node's own
   business and answers UNIMPLEMENTED here: call a node.
 
@@ -185,7 +185,9 @@ class FrontDoor:
             auto_decompress=False, skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"))
         app = web.Application(client_max_size=DEFAULT_MAX_REQUEST_BYTES)
         app.router.add_route("*", "/{path:.*}", self._http_forward)
-        self._http = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_GRACE_S)
+        # the body goes on as it came, compressed or not, with its Content-Encoding: the node's front decompresses
+        # it under its own size check
+        self._http = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_GRACE_S, auto_decompress=False)
         await self._http.setup()
         site = web.TCPSite(self._http, self.host, self.http_port)
         await site.start()
@@ -240,15 +242,17 @@ class FrontDoor:
             await node.channel.close()
 
     async def _watch(self) -> None:
+        """Probe every node each ``health_s``; a probe that fails otherwise than by the node's answer (its channel
+        closed under it as the node was retired) must not end the watch, or a node marked down stays down."""
         while True:
             await asyncio.sleep(self.health_s)
-            await asyncio.gather(*(self._probe(n) for n in list(self._nodes.values())))
+            await asyncio.gather(*(self._probe(n) for n in list(self._nodes.values())), return_exceptions=True)
 
     async def _probe(self, node: _Node) -> None:
         try:
             answer = await node.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=PROBE_TIMEOUT_S)
             node.up = answer.ready
-        except grpc.aio.AioRpcError:
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
             node.up = False
 
     def _suspect(self, node: _Node) -> None:
