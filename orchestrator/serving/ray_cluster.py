@@ -110,6 +110,9 @@ class NodeServer:
         self._server: Any = None
         self._client: Any = None
         self._draining: list[threading.Thread] = []  # earlier applies unloading the runners they retired
+        # the actor is threaded: a stop while a start is under way waits for it, so that no server starts after
+        # the stop that should have ended it (re-entrant: a failed start stops what it began)
+        self._lifecycle = threading.RLock()
 
     def _render(self, plan: Plan) -> Any:
         from .render import GRAPH_INSTANCES, build_configs
@@ -117,6 +120,10 @@ class NodeServer:
 
     def start(self, plan_json: dict[str, Any]) -> dict[str, Any]:
         """Render the node's plan, serve it; the server's addresses (``urls``)."""
+        with self._lifecycle:
+            return self._start(plan_json)
+
+    def _start(self, plan_json: dict[str, Any]) -> dict[str, Any]:
         import tritonclient.grpc as grpcclient
 
         from .render import write_repository
@@ -189,13 +196,14 @@ class NodeServer:
     def stop(self) -> None:
         """Stop the server (and MPS daemon) by their process groups, once earlier applies' unloads are done.
         Idempotent."""
-        self._join_drains()
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        self._stack.close()
-        (self.dir / PROCESSES_FILE).unlink(missing_ok=True)
-        self._server = None
+        with self._lifecycle:
+            self._join_drains()
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            self._stack.close()
+            (self.dir / PROCESSES_FILE).unlink(missing_ok=True)
+            self._server = None
 
     def __ray_shutdown__(self) -> None:  # Ray calls it when the actor exits gracefully
         self.stop()
