@@ -390,6 +390,9 @@ class _GrpcForward(grpc.GenericRpcHandler):
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method = details.method
+        handler = self._handlers.get(method)  # built once per method: the lock only for the first call
+        if handler is not None:
+            return handler
         with self._lock:
             if method not in self._handlers:
                 self._handlers[method] = self._stream(method) if method in GRPC_STREAMS else self._unary(method)
